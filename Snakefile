@@ -1,0 +1,46 @@
+"""augdefense: regenerate the papers' tables and figures.
+
+    snakemake --cores all --resources gpu=4                     # paper scale (config.yaml)
+    snakemake --cores all --configfile presets/quick.yaml       # offline CPU demo
+
+A --configfile replaces config.yaml (presets are complete configs, not overlays); --config
+key=value still overrides single entries.
+"""
+
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+import augdefense.config as grid  # torch-free: checks and the experiment grid
+
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+grid.check_config(config)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/poison.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        expand("results/tables/{table}.{ext}", table=config["experiments"], ext=["csv", "md"]),
+        expand("results/figures/{table}.{ext}", table=config["experiments"], ext=["png", "pdf"]),
+    default_target: True
+
+
+onsuccess:
+    tables = ", ".join(f"results/tables/{t}.md" for t in config["experiments"])
+    print(f"\naugdefense: tables in {tables}; figures in results/figures/; "
+          f"per-run metrics in results/metrics.csv")

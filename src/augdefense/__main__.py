@@ -1,0 +1,3 @@
+from augdefense.cli import main
+
+raise SystemExit(main())

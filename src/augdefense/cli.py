@@ -1,0 +1,89 @@
+"""Command line: one subcommand per workflow rule (``python -m augdefense <command> ...``).
+
+Config slices arrive as JSON strings, exactly the values the rule's ``params:`` hold, so what a job
+ran with is what Snakemake tracks. Errors a user can act on print one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from augdefense.config import parse_json_arg
+from augdefense.errors import AugdefenseError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="augdefense", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare-data", help="load a dataset source into uint8 tensors")
+    p.add_argument("--spec", required=True, help="the config's 'data' entry as JSON")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("craft-poison", help="craft one attack's poison for one seed")
+    p.add_argument("--data", required=True)
+    p.add_argument("--attack", required=True, help="attack name")
+    p.add_argument("--attack-spec", required=True, help="the attack's config entry as JSON")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("train-victim", help="train a victim on poisoned data under one defense")
+    p.add_argument("--data", required=True)
+    p.add_argument("--poison", required=True)
+    p.add_argument("--attack", required=True)
+    p.add_argument("--defense", required=True, help="defense name")
+    p.add_argument("--defense-spec", required=True, help="the defense's config entry as JSON")
+    p.add_argument("--recipe", required=True, help="the attack's training recipe as JSON")
+    p.add_argument("--model", required=True, help="the config's 'model' entry as JSON")
+    p.add_argument("--runtime", required=True, help="the config's 'runtime' entry as JSON")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("collect-metrics", help="gather run records into one CSV")
+    p.add_argument("--out", required=True)
+    p.add_argument("runs", nargs="+")
+
+    for name in ("render-table", "render-figure"):
+        p = sub.add_parser(name, help=f"{name.split('-')[1]} of one experiment")
+        p.add_argument("--metrics", required=True)
+        p.add_argument("--table", required=True, help="experiment name")
+        p.add_argument("--experiment", required=True, help="the experiment's config entry as JSON")
+        p.add_argument("--out", required=True, nargs=2, help="CSV and MD (table) or PNG and PDF (figure)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from augdefense import pipeline, reporting
+
+    if args.command == "prepare-data":
+        pipeline.prepare_data(parse_json_arg(args.spec, "spec"), args.out)
+    elif args.command == "craft-poison":
+        pipeline.craft_poison(args.data, args.attack, parse_json_arg(args.attack_spec, "attack-spec"),
+                              args.seed, args.out)
+    elif args.command == "train-victim":
+        pipeline.train_victim(
+            args.data, args.poison, args.attack, args.defense,
+            parse_json_arg(args.defense_spec, "defense-spec"), parse_json_arg(args.recipe, "recipe"),
+            parse_json_arg(args.model, "model"), parse_json_arg(args.runtime, "runtime"),
+            args.seed, args.threads, args.out)
+    elif args.command == "collect-metrics":
+        reporting.collect_metrics(args.runs, args.out)
+    elif args.command == "render-table":
+        reporting.render_table(args.metrics, args.table, parse_json_arg(args.experiment, "experiment"), *args.out)
+    elif args.command == "render-figure":
+        reporting.render_figure(args.metrics, args.table, parse_json_arg(args.experiment, "experiment"), *args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        run(args)
+    except AugdefenseError as exc:
+        print(f"augdefense {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

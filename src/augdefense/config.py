@@ -1,0 +1,110 @@
+"""Config checks beyond the JSON schema, and the experiment grid. Torch-free: the Snakefile imports it.
+
+The JSON schema (workflow/schemas/config.schema.yaml) checks keys, types and ranges; this module
+checks what a schema cannot: names that must refer to defined entries, and the grid of jobs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from augdefense.errors import ConfigError
+
+# Crafting-model slot for poisons that do not depend on the victim's defense.
+NO_DEFENSE_SLOT = "none"
+
+
+def seeds(config: dict) -> list[int]:
+    value = config["seeds"]
+    return list(range(value)) if isinstance(value, int) else list(value)
+
+
+def check_config(config: dict) -> None:
+    """Raise ConfigError naming the first key that refers to something undefined."""
+    attacks, defenses, recipes = config["attacks"], config["defenses"], config["recipes"]
+    for name, attack in attacks.items():
+        if attack["recipe"] not in recipes:
+            raise ConfigError(
+                f"attacks.{name}.recipe: '{attack['recipe']}' is not defined under 'recipes' "
+                f"(defined: {sorted(recipes)})"
+            )
+    for table, experiment in config["experiments"].items():
+        for name in experiment["attacks"]:
+            if name not in attacks:
+                raise ConfigError(
+                    f"experiments.{table}.attacks: '{name}' is not defined under 'attacks' "
+                    f"(defined: {sorted(attacks)})"
+                )
+        for name in experiment["defenses"]:
+            if name not in defenses:
+                raise ConfigError(
+                    f"experiments.{table}.defenses: '{name}' is not defined under 'defenses' "
+                    f"(defined: {sorted(defenses)})"
+                )
+    for name in list(attacks) + list(defenses):
+        if "/" in name or name.startswith("."):
+            raise ConfigError(f"'{name}': attack and defense names become directory names; "
+                              "use letters, digits, '_' and '-'")
+
+
+def cells(config: dict) -> list[tuple[str, str]]:
+    """The (attack, defense) pairs of all experiments; a pair shared by two tables appears once."""
+    seen: dict[tuple[str, str], None] = {}
+    for experiment in config["experiments"].values():
+        for attack in experiment["attacks"]:
+            for defense in experiment["defenses"]:
+                seen[(attack, defense)] = None
+    return list(seen)
+
+
+def victim_runs(config: dict) -> list[tuple[str, str, int]]:
+    return [(a, d, s) for a, d in cells(config) for s in seeds(config)]
+
+
+def crafting_slot(config: dict, attack: str, defense: str) -> str:
+    """Adaptive poisons are crafted against the victim's defense; the others once, against none."""
+    return defense if config["attacks"][attack].get("adaptive", False) else NO_DEFENSE_SLOT
+
+
+def defense_spec(config: dict, name: str) -> dict:
+    if name == NO_DEFENSE_SLOT and name not in config["defenses"]:
+        return {"type": "none"}
+    return config["defenses"][name]
+
+
+def as_json(obj: Any) -> str:
+    """Canonical JSON: Snakemake's params trigger compares repr(), so the text must be stable."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def parse_json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--{what}: not valid JSON ({exc})") from None
+
+
+def require_keys(spec: dict, allowed: Iterable[str], where: str) -> None:
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def check_params(spec: dict, params: dict[str, tuple], where: str) -> None:
+    """Check a registry entry against its table ``key -> (types, check, rule)``; name the key at fault."""
+    unknown = sorted(set(spec) - {"type", *params})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} for type '{spec.get('type')}'; "
+                          f"allowed: {sorted({'type', *params})}")
+    for key, (kinds, ok, rule) in params.items():
+        if key not in spec:
+            continue
+        value = spec[key]
+        wrong_type = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds))
+        if wrong_type or not ok(value):
+            raise ConfigError(f"{where}.{key}: {value!r} is invalid; must be {rule}")
+
+
+def _as_tuple(kinds) -> tuple:
+    return kinds if isinstance(kinds, tuple) else (kinds,)

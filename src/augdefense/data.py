@@ -1,0 +1,178 @@
+"""Datasets as uint8 tensors: CIFAR-10 (torchvision download), scikit-learn digits (offline),
+and an ImageFolder tree (``train/`` and ``test/`` class folders).
+
+Every source ends in the same prepared artifact (see ``prepare``): ``train_images`` / ``test_images``
+as uint8 [N, C, H, W], int64 labels, class names, and the training set's per-channel mean and std
+(for normalisation on the training device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from augdefense.config import require_keys
+from augdefense.errors import ArtifactError, ConfigError, DataError
+from augdefense.io import load_tensors, save_tensors
+
+DATA_KEYS = {"source", "root", "path", "image_size", "split_seed"}
+SOURCES = ("cifar10", "digits", "imagefolder")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+@dataclass
+class Dataset:
+    train_images: torch.Tensor  # uint8 [N, C, H, W]
+    train_labels: torch.Tensor  # int64 [N]
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    mean: torch.Tensor  # float [C], in [0, 1] units
+    std: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _load_digits(spec: dict) -> tuple:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(np.round(digits.images * (255.0 / 16.0))).to(torch.uint8)[:, None]
+    labels = torch.from_numpy(digits.target).long()
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)), test_size=0.2, stratify=digits.target,
+        random_state=spec.get("split_seed", 0),
+    )
+    idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)
+    classes = [str(c) for c in range(10)]
+    return images[idx_train], labels[idx_train], images[idx_test], labels[idx_test], classes
+
+
+def _load_cifar10(spec: dict) -> tuple:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(spec.get("root", "resources"))
+    splits = []
+    for train in (True, False):
+        try:
+            # download=True verifies the archive's md5 and skips the download when it is present.
+            ds = CIFAR10(root=str(root), train=train, download=True)
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+            raise DataError(
+                f"CIFAR-10 under {root}: {exc} The extracted batches failed their md5 check; "
+                f"delete {root / 'cifar-10-batches-py'} and {root / 'cifar-10-python.tar.gz'} and rerun."
+            ) from None
+        except OSError as exc:  # no network, DNS failure, ...
+            raise DataError(
+                f"CIFAR-10 could not be downloaded into {root} ({exc}). Without internet, copy "
+                f"cifar-10-python.tar.gz (md5 c58f30108f718f92721af3b95e74349a) into {root}."
+            ) from None
+        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        splits += [images, torch.tensor(ds.targets, dtype=torch.long)]
+    return (*splits, list(ds.classes))
+
+
+def _read_image_dir(split_dir: Path, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels, unreadable = [], [], []
+    for label, name in enumerate(classes):
+        for file in sorted(p for p in (split_dir / name).rglob("*") if p.is_file()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as img:
+                    img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+                    array = np.asarray(img, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                unreadable.append(f"{file} ({type(exc).__name__})")
+                continue
+            images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+            labels.append(label)
+    if unreadable:
+        raise DataError(f"{split_dir}: {len(unreadable)} unreadable image(s): " + "; ".join(unreadable[:20]))
+    if not images:
+        raise DataError(f"{split_dir}: no images found (looked for {sorted(IMAGE_SUFFIXES)})")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
+
+
+def _load_imagefolder(spec: dict) -> tuple:
+    if not spec.get("path"):
+        raise ConfigError("data.path: required for source 'imagefolder' (a folder with train/ and test/)")
+    if not spec.get("image_size"):
+        raise ConfigError("data.image_size: required for source 'imagefolder' (images are resized to it)")
+    root = Path(spec["path"])
+    splits = {}
+    for split in ("train", "test"):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DataError(f"{split_dir}: missing; an imagefolder dataset needs {root}/train/<class>/ "
+                            f"and {root}/test/<class>/")
+        splits[split] = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if splits["train"] != splits["test"]:
+        only_train = sorted(set(splits["train"]) - set(splits["test"]))
+        only_test = sorted(set(splits["test"]) - set(splits["train"]))
+        raise DataError(f"{root}: train/ and test/ have different classes; only in train: {only_train}; "
+                        f"only in test: {only_test}")
+    classes = splits["train"]
+    x_train, y_train = _read_image_dir(root / "train", classes, spec["image_size"])
+    x_test, y_test = _read_image_dir(root / "test", classes, spec["image_size"])
+    return x_train, y_train, x_test, y_test, classes
+
+
+LOADERS = {"cifar10": _load_cifar10, "digits": _load_digits, "imagefolder": _load_imagefolder}
+
+
+def build(spec: dict) -> Dataset:
+    """Load a source and resize it to ``image_size``; compute the normalisation statistics."""
+    require_keys(spec, DATA_KEYS, "data")
+    source = spec.get("source")
+    if source not in LOADERS:
+        raise ConfigError(f"data.source: '{source}' is not one of {list(LOADERS)}")
+    x_train, y_train, x_test, y_test, classes = LOADERS[source](spec)
+    size = spec.get("image_size")
+    x_train, x_test = _resize(x_train, size), _resize(x_test, size)
+    pixels = x_train.float().div(255).transpose(0, 1).reshape(x_train.shape[1], -1)
+    return Dataset(x_train.contiguous(), y_train, x_test.contiguous(), y_test, classes,
+                   pixels.mean(1), pixels.std(1))
+
+
+def prepare(spec: dict, out: str | Path) -> Dataset:
+    dataset = build(spec)
+    save_tensors(out, dataset.to_dict())
+    return dataset
+
+
+def load(path: str | Path) -> Dataset:
+    obj = load_tensors(path, {k: torch.Tensor for k in
+                              ("train_images", "train_labels", "test_images", "test_labels", "mean", "std")}
+                       | {"classes": list})
+    for split in ("train", "test"):
+        images, labels = obj[f"{split}_images"], obj[f"{split}_labels"]
+        if images.dtype != torch.uint8 or images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise ArtifactError(f"{path}: '{split}_images' must be uint8 [N, C, H, W] with one label each; "
+                                f"found {images.dtype} {tuple(images.shape)} and labels {tuple(labels.shape)}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(obj["classes"])):
+            raise ArtifactError(f"{path}: '{split}_labels' outside 0..{len(obj['classes']) - 1}")
+    return Dataset(**{k: obj[k] for k in Dataset.__dataclass_fields__})

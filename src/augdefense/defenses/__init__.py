@@ -1,0 +1,24 @@
+"""Defense registry: a config entry ``{type: T, ...}`` is built by the class registered as T."""
+
+from __future__ import annotations
+
+from augdefense.defenses.base import Defense
+from augdefense.errors import ConfigError
+
+REGISTRY: dict[str, type[Defense]] = {}
+
+
+def register(cls: type[Defense]) -> type[Defense]:
+    REGISTRY[cls.type_name] = cls
+    return cls
+
+
+def build(spec: dict, num_classes: int, name: str = "", seed: int = 0) -> Defense:
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in REGISTRY:
+        raise ConfigError(f"defenses.{name or '?'}.type: '{kind}' is not one of {sorted(REGISTRY)}")
+    return REGISTRY[kind](spec, num_classes, name=name, seed=seed)
+
+
+# Importing the implementations registers them.
+from augdefense.defenses import mixing  # noqa: E402,F401

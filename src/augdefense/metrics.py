@@ -1,0 +1,39 @@
+"""Per-run metrics, Wilson intervals and aggregation over seeds."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def run_metrics(clean_probs: torch.Tensor, clean_labels: torch.Tensor, eval_probs: torch.Tensor,
+                eval_goals: torch.Tensor) -> dict:
+    """Clean accuracy, poison success (share of attack inputs classified as the attacker's goal) and
+    the mean probability the model gives the goal class (a finer measure than 0/1 success)."""
+    out = {"clean_acc": float((clean_probs.argmax(1) == clean_labels).float().mean()) if len(clean_labels) else math.nan,
+           "n_clean": int(len(clean_labels)), "n_eval": int(len(eval_goals))}
+    if len(eval_goals):
+        goal_prob = eval_probs.gather(1, eval_goals[:, None]).squeeze(1)
+        out["poison_success"] = float((eval_probs.argmax(1) == eval_goals).float().mean())
+        out["goal_probability"] = float(goal_prob.mean())
+    return out
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def aggregate(frame, by: list[str], columns: list[str]):
+    """Mean, std and count of ``columns`` per group of ``by`` (a pandas DataFrame in, one out)."""
+    grouped = frame.groupby(by, sort=False)[columns]
+    out = grouped.agg(["mean", "std", "count"])
+    out.columns = [f"{c}_{stat}" for c, stat in out.columns]
+    return out.reset_index()

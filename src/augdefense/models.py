@@ -1,0 +1,118 @@
+"""Models: CIFAR-style ResNet-18 (3x3 stem, no max-pool), torchvision's ImageNet ResNet-18, and a
+small ConvNet for the CPU presets. BatchNorm by default; GroupNorm as an option (for per-sample DP-SGD).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from augdefense.config import require_keys
+from augdefense.errors import ConfigError
+
+MODEL_KEYS = {"arch", "width", "norm", "groups"}
+
+
+def _norm(kind: str, channels: int, groups: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(groups, channels), channels)
+    raise ConfigError(f"model.norm: '{kind}' is not one of ['batch', 'group']")
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int, norm) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = norm(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = norm(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNetCifar(nn.Module):
+    """ResNet-18 for 32x32 inputs as used by the papers (and Geiping et al.): 3x3 stem, no max-pool."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int, norm) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = norm(width)
+        layers, cin = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            cout = width * 2**i
+            layers += [BasicBlock(cin, cout, stride, norm), BasicBlock(cout, cout, 1, norm)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(torch.relu(self.bn1(self.conv1(x))))
+        return self.pool(out).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+class ConvNet(nn.Module):
+    """conv(w)-conv(2w)-conv(4w) with norm, ReLU and max-pools, global average pool (CPU presets)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int, norm, image_size: int) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), norm(width), nn.ReLU()]
+        if image_size >= 16:  # one extra pool so 16x16 inputs cost what 8x8 ones do
+            blocks.append(nn.MaxPool2d(2))
+        cin = width
+        for cout in (2 * width, 4 * width):
+            blocks += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(), nn.MaxPool2d(2)]
+            cin = cout
+        self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.linear = nn.Linear(cin, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+def build(spec: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    require_keys(spec, MODEL_KEYS, "model")
+    arch, norm_kind = spec.get("arch"), spec.get("norm", "batch")
+    groups = spec.get("groups", 32)
+    _norm(norm_kind, 8, groups)  # fail early on an unknown norm
+
+    def norm(channels: int) -> nn.Module:
+        return _norm(norm_kind, channels, groups)
+
+    if arch == "resnet18_cifar":
+        return ResNetCifar(in_channels, num_classes, spec.get("width", 64), norm)
+    if arch == "convnet":
+        return ConvNet(in_channels, num_classes, spec.get("width", 32), norm, image_size)
+    if arch == "resnet18_imagenet":
+        if in_channels != 3:
+            raise ConfigError("model.arch: resnet18_imagenet needs 3-channel images")
+        return _resnet18_imagenet(num_classes, norm)
+    raise ConfigError(f"model.arch: '{arch}' is not one of ['resnet18_cifar', 'resnet18_imagenet', 'convnet']")
+
+
+def _resnet18_imagenet(num_classes: int, norm) -> nn.Module:
+    from torchvision.models.resnet import BasicBlock as TVBlock, ResNet
+
+    class ResNetImageNet(ResNet):
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return torch.flatten(self.avgpool(x), 1)
+
+    return ResNetImageNet(TVBlock, [2, 2, 2, 2], num_classes=num_classes, norm_layer=norm)

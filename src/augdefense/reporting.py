@@ -1,0 +1,137 @@
+"""Aggregation of run records into ``metrics.csv``, result tables (with the papers' numbers beside
+ours) and figures."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from augdefense.errors import ArtifactError
+from augdefense.io import atomic_path, read_json
+from augdefense.metrics import aggregate
+
+KEY_COLUMNS = ["attack", "defense", "seed"]
+METRICS = ["clean_acc", "poison_success", "goal_probability"]
+# The paper a table's reference numbers come from (paper_numbers.csv holds every paper's values).
+REFERENCE_PAPER = {"table1": "dp-instahide"}
+
+
+def paper_numbers() -> pd.DataFrame:
+    with resources.files("augdefense").joinpath("paper_numbers.csv").open() as fh:
+        return pd.read_csv(fh)
+
+
+def collect_metrics(run_files: list[str | Path], out: str | Path) -> pd.DataFrame:
+    records = [read_json(f) for f in run_files]
+    for file, record in zip(run_files, records):
+        missing = [k for k in KEY_COLUMNS + ["clean_acc"] if k not in record]
+        if missing:
+            raise ArtifactError(f"{file}: run record lacks {missing}")
+    frame = pd.DataFrame.from_records(records)
+    first = KEY_COLUMNS + [c for c in METRICS if c in frame]
+    frame = frame[first + [c for c in frame.columns if c not in first]]
+    frame = frame.sort_values(KEY_COLUMNS, kind="stable")
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
+    return frame
+
+
+def summarize(metrics: pd.DataFrame, table: str, attacks: list[str], defenses: list[str]) -> pd.DataFrame:
+    """One row per (defense, attack) of an experiment: mean, std and count over seeds, and the
+    reference paper's values where it reports that cell."""
+    present = [c for c in METRICS if c in metrics]
+    cells = metrics[metrics.attack.isin(attacks) & metrics.defense.isin(defenses)]
+    summary = aggregate(cells, ["defense", "attack"], present)
+    paper = paper_numbers()
+    paper = paper[(paper.table == table) & (paper.paper == REFERENCE_PAPER.get(table, ""))]
+    for metric in ("clean_acc", "poison_success"):
+        values = paper[paper.metric == metric].set_index(["defense", "attack"])["value"]
+        summary[f"paper_{metric}"] = [values.get((d, a), math.nan) for d, a in zip(summary.defense, summary.attack)]
+    order = {(d, a): i for i, (d, a) in enumerate((d, a) for d in defenses for a in attacks)}
+    summary["_order"] = [order[(d, a)] for d, a in zip(summary.defense, summary.attack)]
+    return summary.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+def _pct(mean: float, std: float) -> str:
+    if mean != mean:  # NaN
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
+
+
+def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses: list[str]) -> str:
+    header = ["defense"]
+    for attack in attacks:
+        header += [f"clean acc % ({attack})", f"poison success % ({attack})"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = summary.set_index(["defense", "attack"])
+    for defense in defenses:
+        row = [defense]
+        for attack in attacks:
+            if (defense, attack) not in cells.index:
+                row += ["not run", "not run"]
+                continue
+            c = cells.loc[(defense, attack)]
+            for metric in ("clean_acc", "poison_success"):
+                text = _pct(c.get(f"{metric}_mean", math.nan), c.get(f"{metric}_std", math.nan))
+                paper = c.get(f"paper_{metric}", math.nan)
+                if paper == paper:
+                    text += f" (paper {100 * paper:.1f})"
+                row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    seeds = sorted(set(summary.get("clean_acc_count", pd.Series(dtype=int)).astype(int)))
+    lines += ["", f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell. "
+              f"Paper values: {REFERENCE_PAPER.get(table, 'none recorded')}."]
+    return "\n".join(lines) + "\n"
+
+
+def render_table(metrics_csv: str | Path, table: str, experiment: dict, out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
+    metrics = pd.read_csv(metrics_csv)
+    attacks, defenses = experiment["attacks"], experiment["defenses"]
+    summary = summarize(metrics, table, attacks, defenses)
+    with atomic_path(out_csv) as tmp:
+        summary.to_csv(tmp, index=False)
+    with atomic_path(out_md) as tmp:
+        tmp.write_text(f"# {table}\n\n" + to_markdown(summary, table, attacks, defenses))
+    return summary
+
+
+def render_figure(metrics_csv: str | Path, table: str, experiment: dict, out_png: str | Path, out_pdf: str | Path) -> None:
+    """Poison success against clean accuracy per defense, one panel per attack (as the papers'
+    security/accuracy trade-off plots); hollow markers are the paper's values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = pd.read_csv(metrics_csv)
+    attacks, defenses = experiment["attacks"], experiment["defenses"]
+    summary = summarize(metrics, table, attacks, defenses)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, attack in zip(axes[0], attacks):
+        for i, defense in enumerate(defenses):
+            row = summary[(summary.attack == attack) & (summary.defense == defense)]
+            if row.empty or "poison_success_mean" not in row:
+                continue
+            r = row.iloc[0]
+            color = colors[i % len(colors)]
+            ax.errorbar(100 * r.clean_acc_mean, 100 * r.poison_success_mean,
+                        xerr=100 * (r.clean_acc_std if r.clean_acc_std == r.clean_acc_std else 0),
+                        yerr=100 * (r.poison_success_std if r.poison_success_std == r.poison_success_std else 0),
+                        fmt="o", color=color, capsize=3, label=defense)
+            if r.paper_poison_success == r.paper_poison_success:
+                ax.plot(100 * r.paper_clean_acc, 100 * r.paper_poison_success, "o", mfc="none", color=color, ms=9)
+        ax.set_title(attack)
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel("poison success (%)")
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, title="filled: ours (mean ± std)\nhollow: paper", title_fontsize=7)
+    fig.tight_layout()
+    for out in (out_png, out_pdf):
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format=Path(out).suffix[1:], dpi=150)
+    plt.close(fig)

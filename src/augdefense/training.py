@@ -1,0 +1,163 @@
+"""The papers' training recipe and one victim run (train under a defense, then evaluate).
+
+Data stay on the training device as uint8; each batch is converted, cropped/flipped, passed
+through the defense and normalised there, with no per-sample Python pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from augdefense.config import check_params
+from augdefense.errors import TrainingError
+
+log = logging.getLogger("augdefense.training")
+
+RECIPE_PARAMS = {
+    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
+    "milestones": (list, lambda v: all(isinstance(m, int) and m >= 1 for m in v), "a list of epochs"),
+    "gamma": ((int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
+    "lr": ((int, float), lambda v: v > 0, "> 0"),
+    "momentum": ((int, float), lambda v: 0 <= v < 1, "in [0, 1)"),
+    "nesterov": (bool, lambda v: True, "true or false"),
+    "weight_decay": ((int, float), lambda v: v >= 0, ">= 0"),
+    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "crop_pad": (int, lambda v: v >= 0, "an integer >= 0 (pixels)"),
+    "flip": (bool, lambda v: True, "true or false"),
+}
+RUNTIME_PARAMS = {
+    "device": (str, lambda v: v in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+    "amp": (bool, lambda v: True, "true or false (bf16 autocast on CUDA)"),
+    "deterministic": (bool, lambda v: True, "true or false"),
+    "eval_batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 80
+    milestones: tuple = (30, 50, 70)
+    gamma: float = 0.1
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    crop_pad: int = 4
+    flip: bool = True
+
+    @classmethod
+    def from_spec(cls, spec: dict, where: str = "recipe") -> "Recipe":
+        check_params({"type": None, **spec}, RECIPE_PARAMS, where)
+        return cls(**{k: (tuple(v) if k == "milestones" else v) for k, v in spec.items()})
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str = "auto"
+    amp: bool = True
+    deterministic: bool = False
+    eval_batch_size: int = 1024
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Runtime":
+        check_params({"type": None, **spec}, RUNTIME_PARAMS, "runtime")
+        return cls(**spec)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+class Normalizer(torch.nn.Module):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().view(1, -1, 1, 1))
+        self.register_buffer("std", std.float().view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _autocast(device: torch.device, amp: bool):
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, defense, recipe: Recipe,
+          normalizer: Normalizer, device: torch.device, seed: int, amp: bool = True) -> list[dict]:
+    """Train ``model`` in place on uint8 ``images``; return one record per epoch."""
+    from augdefense import augment
+
+    model.to(device)
+    normalizer.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=recipe.nesterov and recipe.momentum > 0,
+                                weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+    shuffle = torch.Generator().manual_seed(seed)
+    n = len(labels)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = normalizer(x)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            return model(x)
+
+    history = []
+    for epoch in tqdm(range(recipe.epochs), desc=f"train [{defense.describe()}]", mininterval=10):
+        model.train()
+        order = torch.randperm(n, generator=shuffle).to(device)
+        total, steps, start = 0.0, 0, time.perf_counter()
+        for step, begin in enumerate(range(0, n, recipe.batch_size)):
+            idx = order[begin:begin + recipe.batch_size]
+            x = images[idx].float().div_(255)
+            x = augment.baseline(x, recipe.crop_pad, recipe.flip)
+            loss = defense.loss(forward, x, labels[idx], epoch)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(f"loss is {value} at epoch {epoch + 1}, step {step + 1} under defense "
+                                    f"{defense.describe()}; no metrics were written")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + value, steps + 1
+        scheduler.step()
+        record = {"epoch": epoch + 1, "loss": total / steps, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - start}
+        log.info("epoch %(epoch)d loss %(loss).4f lr %(lr).4g (%(seconds).1f s)", record)
+        history.append(record)
+    return history
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
+            batch_size: int = 1024, amp: bool = True) -> torch.Tensor:
+    """Softmax probabilities [N, classes] for uint8 ``images`` (no augmentation)."""
+    model.eval().to(device)
+    normalizer.to(device)
+    out = []
+    for begin in range(0, len(images), batch_size):
+        x = normalizer(images[begin:begin + batch_size].to(device).float().div_(255))
+        with _autocast(device, amp):
+            out.append(torch.softmax(model(x).float(), dim=1).cpu())
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)
