@@ -19,7 +19,7 @@ import augdefense.config as grid  # torch-free: checks and the experiment grid
 
 if not workflow.config_settings.configfiles:
 
-    configfile: "config.yaml"
+    configfile: Path(workflow.basedir) / "config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -1,9 +1,10 @@
-import shlex
+import os
 
 SRC = Path(workflow.basedir) / "src" / "augdefense"
 CONDA_ENV = "../../envs/augdefense.yaml"
-# Rules call the package from this checkout, whether or not it is installed in the environment.
-AUGDEFENSE = f"env PYTHONPATH={shlex.quote(str(SRC.parent))} python -m augdefense"
+# Jobs run `python -m augdefense` from this checkout, whether or not the package is installed in
+# their environment (a conda env of the rule, a cluster node): they inherit this variable.
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC.parent), os.environ.get("PYTHONPATH")])))
 THREADS = config.get("threads", 1)
 RUNTIME = grid.as_json(config.get("runtime", {}))
 

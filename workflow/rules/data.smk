@@ -12,4 +12,4 @@ rule prepare_data:
     conda:
         CONDA_ENV
     shell:
-        AUGDEFENSE + " prepare-data --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "python -m augdefense prepare-data --spec {params.spec:q} --out {output} > {log} 2>&1"

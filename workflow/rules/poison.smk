@@ -16,5 +16,5 @@ rule craft_poison:
     conda:
         CONDA_ENV
     shell:
-        AUGDEFENSE + " craft-poison --data {input.data} --attack {wildcards.attack} "
+        "python -m augdefense craft-poison --data {input.data} --attack {wildcards.attack} "
         "--attack-spec {params.attack:q} --seed {wildcards.seed} --out {output} > {log} 2>&1"

@@ -9,7 +9,7 @@ rule collect_metrics:
     conda:
         CONDA_ENV
     shell:
-        AUGDEFENSE + " collect-metrics --out {output} {input.runs} > {log} 2>&1"
+        "python -m augdefense collect-metrics --out {output} {input.runs} > {log} 2>&1"
 
 
 rule render_tables:
@@ -27,7 +27,7 @@ rule render_tables:
     conda:
         CONDA_ENV
     shell:
-        AUGDEFENSE + " render-table --metrics {input.metrics} --table {wildcards.table} "
+        "python -m augdefense render-table --metrics {input.metrics} --table {wildcards.table} "
         "--experiment {params.experiment:q} --out {output.csv} {output.md} > {log} 2>&1"
 
 
@@ -46,5 +46,5 @@ rule render_figures:
     conda:
         CONDA_ENV
     shell:
-        AUGDEFENSE + " render-figure --metrics {input.metrics} --table {wildcards.table} "
+        "python -m augdefense render-figure --metrics {input.metrics} --table {wildcards.table} "
         "--experiment {params.experiment:q} --out {output.png} {output.pdf} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule train_victim:
     conda:
         CONDA_ENV
     shell:
-        AUGDEFENSE + " train-victim --data {input.data} --poison {input.poison} "
+        "python -m augdefense train-victim --data {input.data} --poison {input.poison} "
         "--attack {wildcards.attack} --defense {wildcards.defense} --defense-spec {params.defense:q} "
         "--recipe {params.recipe:q} --model {params.model:q} --runtime {params.runtime:q} "
         "--seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,136 @@
+"""Mixing defenses: labels are mixed exactly as the images are."""
+
+import pytest
+import torch
+
+from augdefense import defenses
+from augdefense.defenses.base import soft_cross_entropy
+from augdefense.errors import ConfigError
+
+C = 5
+
+
+def label_images(y: torch.Tensor, size: int = 8) -> torch.Tensor:
+    """Image i has channel y[i] set to 1 everywhere: its pixels spell out its label, so any mix of
+    images spells out the matching mix of labels."""
+    return torch.nn.functional.one_hot(y, C).float()[:, :, None, None].expand(-1, -1, size, size).clone()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("weights", ["dirichlet", "equal"])
+def test_mixup_labels_mix_as_images(k, weights):
+    torch.manual_seed(0)
+    mixup = defenses.build({"type": "mixup", "k": k, "alpha": 1.0, "weights": weights}, C, seed=1)
+    y = torch.randint(0, C, (64,))
+    for _ in range(5):
+        x, soft = mixup.transform(label_images(y), y, epoch=0)
+        assert torch.allclose(x[:, :, 3, 5], soft, atol=1e-6)
+        assert torch.allclose(x[:, :, 0, 0], x[:, :, 7, 7])  # the same weights at every pixel
+        assert torch.allclose(soft.sum(1), torch.ones(64), atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_mixup_weights(k):
+    mixup = defenses.build({"type": "mixup", "k": k, "alpha": 1.0}, C, seed=0)
+    draws = torch.stack([mixup.draw_weights() for _ in range(500)])
+    assert torch.allclose(draws.sum(1), torch.ones(500, dtype=draws.dtype))
+    assert (draws >= 0).all()
+    assert torch.allclose(draws.mean(0), torch.full((k,), 1 / k, dtype=draws.dtype), atol=0.05)
+    equal = defenses.build({"type": "mixup", "k": k, "weights": "equal"}, C)
+    assert torch.equal(equal.draw_weights(), torch.full((k,), 1 / k, dtype=torch.float64))
+
+
+def test_cutmix_labels_follow_pasted_area():
+    torch.manual_seed(0)
+    cutmix = defenses.build({"type": "cutmix", "alpha": 1.0, "p": 1.0}, C, seed=0)
+    y = torch.arange(32) % C
+    mixed = 0
+    for _ in range(20):
+        x, soft = cutmix.transform(label_images(y, 16), y, epoch=0)
+        # Each pixel carries its source image's label: the area-average is the true label mix.
+        assert torch.allclose(x.mean((2, 3)), soft, atol=1e-5)
+        mixed += int((soft.max(1).values < 1).any())
+    assert mixed >= 15  # almost every batch gets a box
+
+
+def test_cutmix_probability():
+    y = torch.arange(32) % C
+    never = defenses.build({"type": "cutmix", "p": 0.0}, C, seed=0)
+    for _ in range(10):
+        x, soft = never.transform(label_images(y), y, epoch=0)
+        assert torch.equal(soft, torch.nn.functional.one_hot(y, C).float())
+    sometimes = defenses.build({"type": "cutmix", "p": 0.5}, C, seed=0)
+    applied = sum(int(not torch.equal(sometimes.transform(label_images(y), y, 0)[1],
+                                      torch.nn.functional.one_hot(y, C).float())) for _ in range(200))
+    assert 70 <= applied <= 130
+
+
+def test_cutout_blacks_out_one_clipped_square():
+    torch.manual_seed(0)
+    cutout = defenses.build({"type": "cutout", "size": 4}, C)
+    y = torch.zeros(200, dtype=torch.long)
+    x, soft = cutout.transform(torch.ones(200, 3, 12, 12), y, epoch=0)
+    assert torch.equal(soft, torch.nn.functional.one_hot(y, C).float())
+    zero = x[:, 0] == 0
+    assert torch.equal(zero, (x == 0).all(1))  # all channels together
+    rows, cols = zero.any(2), zero.any(1)
+    area = zero.sum((1, 2))
+    assert (area == rows.sum(1) * cols.sum(1)).all()  # a rectangle
+    assert (rows.sum(1) <= 4).all() and (cols.sum(1) <= 4).all()
+    assert (area == 16).float().mean() > 0.4 and (area < 16).any()  # clipped at the border sometimes
+
+
+def test_maxup_trains_on_the_worst_draw():
+    torch.manual_seed(0)
+    maxup = defenses.build({"type": "maxup", "m": 3, "start_epoch": 2, "inner": {"type": "cutout", "size": 2}}, C)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, C))
+    x, y = torch.rand(6, 3, 4, 4), torch.randint(0, C, (6,))
+    draws = [(x * s, torch.nn.functional.one_hot(y, C).float()) for s in (0.5, 2.0, -1.0)]
+    maxup.inner.transform = lambda xx, yy, e, it=iter(draws): next(it)
+    loss = maxup.loss(model, x, y, epoch=2)
+    per_draw = torch.stack([soft_cross_entropy(model(d), t, reduction="none") for d, t in draws])
+    expected = per_draw.max(0).values.mean()
+    assert torch.allclose(loss, expected)
+    assert not torch.allclose(loss, per_draw.mean())
+    # The gradient is that of the per-sample worst draw.
+    g = torch.autograd.grad(loss, model[1].weight)[0]
+    g_expected = torch.autograd.grad(expected, model[1].weight)[0]
+    assert torch.allclose(g, g_expected)
+
+
+def test_maxup_late_start_is_plain_training():
+    maxup = defenses.build({"type": "maxup", "m": 4, "start_epoch": 5}, C)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, C))
+    x, y = torch.rand(6, 3, 4, 4), torch.randint(0, C, (6,))
+    plain = soft_cross_entropy(model(x), torch.nn.functional.one_hot(y, C).float())
+    assert torch.allclose(maxup.loss(model, x, y, epoch=4), plain)
+
+
+def test_laplace_noise_composes_with_mixup():
+    y = torch.randint(0, C, (256,))
+    images = torch.rand(256, 3, 16, 16)
+    clean = defenses.build({"type": "mixup", "k": 4, "weights": "equal"}, C)
+    noisy = defenses.build({"type": "mixup", "k": 4, "weights": "equal", "laplace": 8}, C)
+    torch.manual_seed(3)
+    x_clean, y_clean = clean.transform(images, y, 0)
+    torch.manual_seed(3)
+    x_noisy, y_noisy = noisy.transform(images, y, 0)
+    assert torch.equal(y_clean, y_noisy)
+    noise = x_noisy - x_clean
+    assert abs(noise.abs().mean().item() - 8 / 255) < 0.03 * 8 / 255  # E|Laplace(b)| = b
+    assert abs(noise.mean().item()) < 0.01 * 8 / 255 + 1e-4
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"type": "mixup", "k": 0}, "k"),
+    ({"type": "mixup", "alpha": -1.0}, "alpha"),
+    ({"type": "mixup", "k": 2.5}, "k"),
+    ({"type": "cutmix", "p": 1.5}, "p"),
+    ({"type": "cutmix", "beta": 1.0}, "beta"),
+    ({"type": "none", "laplace": -2}, "laplace"),
+    ({"type": "maxup", "inner": {"type": "cutout", "size": 0}}, "size"),
+    ({"type": "mixupp"}, "type"),
+])
+def test_bad_defense_entries_name_the_key(spec, key):
+    with pytest.raises(ConfigError, match=key):
+        defenses.build(spec, C, name="d")

@@ -1,0 +1,81 @@
+"""The backdoor patch changes only the chosen images, inside the valid range, reproducibly."""
+
+import io
+
+import pytest
+import torch
+
+from augdefense import attacks
+
+SPEC = {"type": "patch", "recipe": "backdoor", "patch_size": 2, "fraction": 0.1}
+
+
+def craft(dataset, seed=0, **overrides):
+    return attacks.build({**SPEC, **overrides}, "patch").craft(dataset, seed)
+
+
+def test_only_chosen_images_change(digits8):
+    poison = craft(digits8, fraction=0.5)
+    images, labels = attacks.apply_poison(digits8.train_images, digits8.train_labels, poison)
+    changed = torch.nonzero((images != digits8.train_images).flatten(1).any(1)).flatten()
+    assert set(changed.tolist()) <= set(poison["train_indices"].tolist())
+    assert torch.equal(labels, digits8.train_labels)  # clean-label: labels unchanged
+    target = poison["info"]["target_class"]
+    assert (digits8.train_labels[poison["train_indices"]] == target).all()
+    n_target = int((digits8.train_labels == target).sum())
+    assert poison["info"]["n_poisons"] == len(poison["train_indices"]) == round(0.5 * n_target)
+    patch = poison["patch"]
+    assert set(patch.unique().tolist()) <= {0, 255}
+    for i in poison["train_indices"].tolist():
+        diff = (images[i] != digits8.train_images[i]).any(0)
+        if diff.any():
+            rows, cols = torch.nonzero(diff, as_tuple=True)
+            assert rows.max() - rows.min() < 2 and cols.max() - cols.min() < 2
+        # the patch is somewhere in the image, intact
+        windows = images[i].unfold(1, 2, 1).unfold(2, 2, 1)  # [C, H-1, W-1, 2, 2]
+        assert (windows == patch[:, None, None]).flatten(3).all(3).all(0).any()
+    assert images.dtype == torch.uint8
+
+
+def test_eval_set_is_patched_victim_images(digits8):
+    poison = craft(digits8)
+    info = poison["info"]
+    n_victim = int((digits8.test_labels == info["victim_class"]).sum())
+    assert len(poison["eval_images"]) == n_victim
+    assert (poison["eval_labels"] == info["victim_class"]).all()
+    assert (poison["eval_goals"] == info["target_class"]).all()
+    assert info["target_class"] != info["victim_class"]
+    victims = digits8.test_images[digits8.test_labels == info["victim_class"]]
+    assert (poison["eval_images"] != victims).flatten(1).any(1).float().mean() > 0.5
+
+
+def _bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_same_seed_same_poison_bytes(digits8):
+    assert _bytes(craft(digits8, seed=3)) == _bytes(craft(digits8, seed=3))
+    assert _bytes(craft(digits8, seed=3)) != _bytes(craft(digits8, seed=4))
+
+
+def test_fractions_of_one_seed_share_pair_and_trigger(digits8):
+    small, full = craft(digits8, seed=5, fraction=0.1), craft(digits8, seed=5, fraction=1.0)
+    assert small["info"]["target_class"] == full["info"]["target_class"]
+    assert torch.equal(small["patch"], full["patch"])
+    assert full["info"]["n_poisons"] == int((digits8.train_labels == full["info"]["target_class"]).sum())
+
+
+def test_fraction_zero_is_a_clean_control(digits8):
+    poison = craft(digits8, fraction=0.0)
+    assert len(poison["train_indices"]) == 0 and len(poison["eval_images"]) > 0
+    images, _ = attacks.apply_poison(digits8.train_images, digits8.train_labels, poison)
+    assert torch.equal(images, digits8.train_images)
+
+
+def test_patch_larger_than_image_is_refused(digits8):
+    from augdefense.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="patch_size"):
+        craft(digits8, patch_size=9)

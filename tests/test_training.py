@@ -1,0 +1,69 @@
+"""Training: the batched baseline augmentation, seeding, and divergence handling."""
+
+import json
+
+import pytest
+import torch
+
+from augdefense import augment, attacks, data, pipeline
+from augdefense.errors import TrainingError
+
+RECIPE = {"epochs": 2, "milestones": [1], "batch_size": 128, "crop_pad": 1, "flip": False}
+MODEL = {"arch": "convnet", "width": 8}
+
+
+def test_random_crop_is_a_window_of_the_padded_image():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 6, 6)
+    out = augment.random_crop(x, 2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = []
+    for i in range(64):
+        matches = [(r, c) for r in range(5) for c in range(5) if torch.equal(padded[i, :, r:r + 6, c:c + 6], out[i])]
+        assert matches, f"image {i} is not a crop of its padded version"
+        offsets.append(matches[0])
+    assert len(set(offsets)) > 10  # offsets vary per image
+
+
+def test_random_flip_rate():
+    torch.manual_seed(0)
+    x = torch.rand(4000, 1, 2, 3)
+    out = augment.random_flip(x)
+    flipped = (out == x.flip(3)).flatten(1).all(1) & ~(out == x).flatten(1).all(1)
+    assert 0.45 < flipped.float().mean() < 0.55
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory, digits8):
+    root = tmp_path_factory.mktemp("tiny")
+    data.prepare({"source": "digits"}, root / "data.pt")
+    pipeline.craft_poison(root / "data.pt", "patch100",
+                          {"type": "patch", "recipe": "r", "patch_size": 2, "fraction": 1.0}, 0, root / "poison.pt")
+    return root
+
+
+def _train(root, out, seed=0, defense=None, recipe=RECIPE):
+    return pipeline.train_victim(root / "data.pt", root / "poison.pt", "patch100", "mixup",
+                                 defense or {"type": "mixup", "k": 2, "alpha": 1.0}, recipe, MODEL,
+                                 {"device": "cpu", "amp": False}, seed, 1, out)
+
+
+def _without_timing(record):
+    return {k: v for k, v in record.items() if k != "train_seconds"}
+
+
+def test_same_seed_same_metrics(tiny_files, tmp_path):
+    first = _train(tiny_files, tmp_path / "a.json", seed=1)
+    second = _train(tiny_files, tmp_path / "b.json", seed=1)
+    assert _without_timing(first) == _without_timing(second)
+    other = _train(tiny_files, tmp_path / "c.json", seed=2)
+    assert other["final_train_loss"] != first["final_train_loss"]
+    written = json.loads((tmp_path / "a.json").read_text())
+    assert written["clean_acc"] == first["clean_acc"] and 0 <= written["poison_success"] <= 1
+
+
+def test_divergence_stops_with_epoch_step_and_defense(tiny_files, tmp_path):
+    with pytest.raises(TrainingError, match=r"epoch 1, step \d+ under defense mixup"):
+        _train(tiny_files, tmp_path / "nan.json", recipe={**RECIPE, "lr": 1e30})
+    assert not (tmp_path / "nan.json").exists()
+    assert not list(tmp_path.glob(".nan.json*"))  # no temporary left behind either

@@ -1,0 +1,114 @@
+"""The Snakemake workflow: lint, the paper-scale grid, an end-to-end tiny run, partial reruns."""
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from augdefense import config as grid
+from conftest import REPO, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = output.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def scheduled_outputs(output: str, rule: str) -> list[str]:
+    blocks = re.findall(rf"^rule {rule}:\n(.*?)(?:\n\n|\Z)", output, re.M | re.S)
+    return [re.search(r"output: (\S+)", b).group(1).rstrip(",") for b in blocks]
+
+
+def test_lint(tmp_path):
+    result = snakemake("--lint", cwd=tmp_path)
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_paper_config_schedules_one_victim_per_cell_and_seed(tmp_path):
+    result = snakemake("-n", cwd=tmp_path)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    counts = job_counts(result.stdout)
+    assert config["seeds"] == 20 and config["data"]["source"] == "cifar10"
+    assert counts["train_victim"] == len(grid.cells(config)) * 20
+    runs = set(scheduled_outputs(result.stdout, "train_victim"))
+    expected = {f"results/runs/{a}/{d}/{s}.json" for a, d, s in grid.victim_runs(config)}
+    assert runs == expected
+    # Non-adaptive poisons are crafted once per (attack, seed), not per defense.
+    assert counts["craft_poison"] == len(config["attacks"]) * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    shutil.copy(REPO / "presets" / "tiny.yaml", workdir / "tiny.yaml")
+    result = snakemake("--cores", "2", "--configfile", str(workdir / "tiny.yaml"), cwd=workdir)
+    return workdir, result
+
+
+def test_end_to_end_tiny_run(tiny_run):
+    workdir, result = tiny_run
+    metrics = pd.read_csv(workdir / "results" / "metrics.csv")
+    assert len(metrics) == 2 * 3 * 2
+    assert set(metrics.defense) == {"none", "mixup", "cutmix"}
+    assert metrics.clean_acc.between(0, 1).all() and metrics.poison_success.between(0, 1).all()
+    table = pd.read_csv(workdir / "results" / "tables" / "table1.csv")
+    assert len(table) == 6 and table.clean_acc_count.eq(2).all()
+    md = (workdir / "results" / "tables" / "table1.md").read_text()
+    assert "| cutmix |" in md and "(paper 14.1)" in md
+    for ext in ("png", "pdf"):
+        assert (workdir / "results" / "figures" / f"table1.{ext}").stat().st_size > 1000
+    assert "results/tables/table1.md" in result.stdout + result.stderr
+
+
+def test_nothing_to_do_after_a_complete_run(tiny_run):
+    workdir, _ = tiny_run
+    result = snakemake("-n", "--configfile", str(workdir / "tiny.yaml"), cwd=workdir)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_one_defense_reruns_only_its_jobs(tiny_run):
+    workdir, _ = tiny_run
+    config = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    config["defenses"]["mixup"]["alpha"] = 0.5
+    changed = workdir / "tiny_mixup_alpha.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(changed), cwd=workdir)
+    counts = job_counts(result.stdout)
+    assert counts == {"train_victim": 4, "collect_metrics": 1, "render_tables": 1, "render_figures": 1, "all": 1}
+    runs = scheduled_outputs(result.stdout, "train_victim")
+    assert sorted(runs) == sorted(f"results/runs/{a}/mixup/{s}.json" for a in ("patch10", "patch100") for s in (0, 1))
+
+
+def test_unknown_config_key_fails_naming_it(tmp_path):
+    config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    config["defenses"]["cutmix"]["propability"] = 0.5
+    config_file = tmp_path / "typo.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(config_file), cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "propability" in result.stderr
+
+
+def test_undefined_defense_in_experiment_fails_naming_it(tmp_path):
+    config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    config["experiments"]["table1"]["defenses"].append("mixup8")
+    config_file = tmp_path / "undefined.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(config_file), cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "experiments.table1.defenses: 'mixup8' is not defined" in result.stderr
+
+
+def test_wrong_type_fails_naming_it(tmp_path):
+    config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    config["defenses"]["mixup"]["k"] = "four"
+    config_file = tmp_path / "wrong.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(config_file), cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "'four'" in result.stderr
