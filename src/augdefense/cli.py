@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", help="scratch file for resumable training state (not an output)")
 
     p = sub.add_parser("collect-metrics", help="gather run records into one CSV")
     p.add_argument("--out", required=True)
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
             args.data, args.poison, args.attack, args.defense,
             parse_json_arg(args.defense_spec, "defense-spec"), parse_json_arg(args.recipe, "recipe"),
             parse_json_arg(args.model, "model"), parse_json_arg(args.runtime, "runtime"),
-            args.seed, args.threads, args.out)
+            args.seed, args.threads, args.out, args.checkpoint)
     elif args.command == "collect-metrics":
         reporting.collect_metrics(args.runs, args.out)
     elif args.command == "render-table":

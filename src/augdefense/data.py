@@ -69,6 +69,18 @@ def _load_digits(spec: dict) -> tuple:
     return images[idx_train], labels[idx_train], images[idx_test], labels[idx_test], classes
 
 
+def _check_archive(path: Path, expected_md5: str) -> None:
+    """Name a present but corrupted archive instead of letting a download attempt hide it."""
+    import hashlib
+
+    if not path.exists():
+        return
+    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    if digest != expected_md5:
+        raise DataError(f"{path}: md5 {digest} does not match the expected {expected_md5}; "
+                        f"the file is corrupted or truncated: delete it and rerun to download it again")
+
+
 def _load_cifar10(spec: dict) -> tuple:
     from torchvision.datasets import CIFAR10
 
@@ -76,18 +88,22 @@ def _load_cifar10(spec: dict) -> tuple:
     splits = []
     for train in (True, False):
         try:
-            # download=True verifies the archive's md5 and skips the download when it is present.
-            ds = CIFAR10(root=str(root), train=train, download=True)
-        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
-            raise DataError(
-                f"CIFAR-10 under {root}: {exc} The extracted batches failed their md5 check; "
-                f"delete {root / 'cifar-10-batches-py'} and {root / 'cifar-10-python.tar.gz'} and rerun."
-            ) from None
-        except OSError as exc:  # no network, DNS failure, ...
-            raise DataError(
-                f"CIFAR-10 could not be downloaded into {root} ({exc}). Without internet, copy "
-                f"cifar-10-python.tar.gz (md5 c58f30108f718f92721af3b95e74349a) into {root}."
-            ) from None
+            ds = CIFAR10(root=str(root), train=train, download=False)
+        except RuntimeError:  # not extracted yet, or extracted batches fail their md5
+            _check_archive(root / CIFAR10.filename, CIFAR10.tgz_md5)
+            try:
+                # Downloads unless the archive is present; verifies its md5 and the batches'.
+                ds = CIFAR10(root=str(root), train=train, download=True)
+            except RuntimeError as exc:
+                raise DataError(
+                    f"CIFAR-10 under {root}: {exc} The extracted batches failed their md5 check; "
+                    f"delete {root / CIFAR10.base_folder} and {root / CIFAR10.filename} and rerun."
+                ) from None
+            except OSError as exc:  # no network, DNS failure, ...
+                raise DataError(
+                    f"CIFAR-10 could not be downloaded into {root} ({exc}). Without internet, copy "
+                    f"{CIFAR10.filename} (md5 {CIFAR10.tgz_md5}) into {root}."
+                ) from None
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         splits += [images, torch.tensor(ds.targets, dtype=torch.long)]
     return (*splits, list(ds.classes))

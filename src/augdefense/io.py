@@ -32,6 +32,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
@@ -47,10 +57,16 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_tensors(path: str | os.PathLike, obj: dict) -> None:
+    """Save through a buffer: torch.save names the archive's records after the file, and the
+    temporary name is random, so saving to the file directly would make equal objects differ."""
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_tensors(path: str | os.PathLike, required: dict[str, type] | None = None) -> dict:

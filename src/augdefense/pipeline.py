@@ -32,13 +32,14 @@ def craft_poison(data_path: str | Path, attack_name: str, attack_spec: dict, see
 
 def train_victim(data_path: str | Path, poison_path: str | Path, attack_name: str, defense_name: str,
                  defense_spec: dict, recipe_spec: dict, model_spec: dict, runtime_spec: dict, seed: int,
-                 threads: int, out: str | Path) -> dict:
+                 threads: int, out: str | Path, checkpoint: str | Path | None = None) -> dict:
     import torch
 
     from augdefense import attacks, data, defenses, gpu, models
-    from augdefense.io import write_json
+    from augdefense.config import as_json
+    from augdefense.io import sha256, write_json
     from augdefense.metrics import run_metrics
-    from augdefense.training import Normalizer, Recipe, Runtime, predict, seed_everything, train
+    from augdefense.training import Checkpointer, Normalizer, Recipe, Runtime, predict, seed_everything, train
 
     recipe = Recipe.from_spec(recipe_spec, f"recipe of attack '{attack_name}'")
     runtime = Runtime.from_spec(runtime_spec)
@@ -56,12 +57,18 @@ def train_victim(data_path: str | Path, poison_path: str | Path, attack_name: st
     keep = torch.ones(len(dataset.test_labels), dtype=torch.bool)
     keep[poison["clean_exclude"]] = False
 
+    fingerprint = as_json({"data": sha256(data_path), "poison": sha256(poison_path), "defense": defense_spec,
+                           "recipe": recipe_spec, "model": model_spec, "runtime": runtime_spec, "seed": seed,
+                           "threads": threads})
+    checkpointer = Checkpointer(Path(checkpoint) if checkpoint else None, runtime.checkpoint_every, fingerprint)
+
     with gpu.acquire(runtime.device) as slot:
         device = torch.device(slot.device)
         log.info("attack %s, defense %s, seed %d on %s (%d threads)", attack_name, defense.describe(), seed,
                  device, threads)
         start = time.perf_counter()
-        history = train(model, images, labels, defense, recipe, normalizer, device, seed, runtime.amp)
+        history = train(model, images, labels, defense, recipe, normalizer, device, seed, runtime.amp,
+                        checkpointer)
         train_seconds = time.perf_counter() - start
         clean_probs = predict(model, dataset.test_images[keep], normalizer, device, runtime.eval_batch_size, runtime.amp)
         eval_probs = predict(model, poison["eval_images"], normalizer, device, runtime.eval_batch_size, runtime.amp)
@@ -77,5 +84,6 @@ def train_victim(data_path: str | Path, poison_path: str | Path, attack_name: st
     }
     record.pop("type", None)
     write_json(out, record)
+    checkpointer.clear()
     log.info("%s", record)
     return record

@@ -6,17 +6,21 @@ through the defense and normalised there, with no per-sample Python pipeline.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from augdefense.config import check_params
-from augdefense.errors import TrainingError
+from augdefense.errors import ArtifactError, TrainingError
+from augdefense.io import load_tensors, save_tensors
 
 log = logging.getLogger("augdefense.training")
 
@@ -37,6 +41,7 @@ RUNTIME_PARAMS = {
     "amp": (bool, lambda v: True, "true or false (bf16 autocast on CUDA)"),
     "deterministic": (bool, lambda v: True, "true or false"),
     "eval_batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "checkpoint_every": (int, lambda v: v >= 1, "an integer >= 1 (epochs)"),
 }
 
 
@@ -65,6 +70,7 @@ class Runtime:
     amp: bool = True
     deterministic: bool = False
     eval_batch_size: int = 1024
+    checkpoint_every: int = 5
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Runtime":
@@ -76,6 +82,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
 
@@ -95,8 +102,44 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+@dataclass
+class Checkpointer:
+    """Saves the whole training state every ``every`` epochs to a scratch file (not a workflow
+    output), so a killed job resumes where it stopped and ends with the same numbers. The
+    ``fingerprint`` names what the run depends on; a checkpoint of another run is ignored."""
+
+    path: Path | None
+    every: int = 5
+    fingerprint: str = ""
+
+    def load(self) -> dict | None:
+        if self.path is None or not Path(self.path).exists():
+            return None
+        try:
+            state = load_tensors(self.path, {"fingerprint": str, "epoch": int, "model": dict})
+        except ArtifactError as exc:
+            log.warning("ignoring checkpoint (%s); training from scratch", exc)
+            return None
+        if state["fingerprint"] != self.fingerprint:
+            log.warning("ignoring checkpoint %s: it belongs to another run; training from scratch", self.path)
+            return None
+        log.info("resuming from %s after epoch %d", self.path, state["epoch"])
+        return state
+
+    def due(self, epoch: int, last: int) -> bool:
+        return self.path is not None and epoch < last and epoch % self.every == 0
+
+    def save(self, state: dict) -> None:
+        save_tensors(self.path, {"fingerprint": self.fingerprint, **state})
+
+    def clear(self) -> None:
+        if self.path is not None:
+            Path(self.path).unlink(missing_ok=True)
+
+
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, defense, recipe: Recipe,
-          normalizer: Normalizer, device: torch.device, seed: int, amp: bool = True) -> list[dict]:
+          normalizer: Normalizer, device: torch.device, seed: int, amp: bool = True,
+          checkpointer: Checkpointer | None = None) -> list[dict]:
     """Train ``model`` in place on uint8 ``images``; return one record per epoch."""
     from augdefense import augment
 
@@ -121,8 +164,23 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
         with _autocast(device, amp):
             return model(x)
 
-    history = []
-    for epoch in tqdm(range(recipe.epochs), desc=f"train [{defense.describe()}]", mininterval=10):
+    checkpointer = checkpointer or Checkpointer(None)
+    history, first_epoch = [], 0
+    resumed = checkpointer.load()
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in resumed:
+            torch.cuda.set_rng_state(resumed["rng_cuda"], device)
+        shuffle.set_state(resumed["rng_shuffle"])
+        for generator, state in zip(defense.generators(), json.loads(resumed["rng_defense"])):
+            generator.bit_generator.state = state
+        history, first_epoch = list(resumed["history"]), resumed["epoch"]
+
+    for epoch in tqdm(range(first_epoch, recipe.epochs), desc=f"train [{defense.describe()}]", mininterval=10,
+                      initial=first_epoch, total=recipe.epochs):
         model.train()
         order = torch.randperm(n, generator=shuffle).to(device)
         total, steps, start = 0.0, 0, time.perf_counter()
@@ -144,6 +202,14 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
                   "seconds": time.perf_counter() - start}
         log.info("epoch %(epoch)d loss %(loss).4f lr %(lr).4g (%(seconds).1f s)", record)
         history.append(record)
+        if checkpointer.due(epoch + 1, recipe.epochs):
+            checkpointer.save({
+                "epoch": epoch + 1, "history": history, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(), "rng_shuffle": shuffle.get_state(),
+                "rng_defense": json.dumps([g.bit_generator.state for g in defense.generators()]),
+                **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            })
     return history
 
 

@@ -24,4 +24,6 @@ rule train_victim:
         "python -m augdefense train-victim --data {input.data} --poison {input.poison} "
         "--attack {wildcards.attack} --defense {wildcards.defense} --defense-spec {params.defense:q} "
         "--recipe {params.recipe:q} --model {params.model:q} --runtime {params.runtime:q} "
-        "--seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+        "--seed {wildcards.seed} --threads {threads} --out {output} "
+        "--checkpoint scratch/checkpoints/{wildcards.attack}/{wildcards.defense}/{wildcards.seed}.pt "
+        "> {log} 2>&1"

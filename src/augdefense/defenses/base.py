@@ -59,6 +59,10 @@ class Defense:
         return soft_cross_entropy(forward(x), soft)
 
     # -- helpers ------------------------------------------------------------------------------
+    def generators(self) -> list[np.random.Generator]:
+        """Every random generator the defense draws from (saved in training checkpoints)."""
+        return [self.rng]
+
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.num_classes).float()
 

@@ -122,6 +122,9 @@ class MaxUp(Defense):
         self.inner = build(spec.get("inner", {"type": "cutout", "size": 16}), num_classes,
                            name=f"{self.name}.inner", seed=seed + 1)
 
+    def generators(self):
+        return [self.rng, *self.inner.generators()]
+
     def loss(self, forward: Forward, x, y, epoch):
         if epoch < self.start_epoch:
             return super().loss(forward, x, y, epoch)
