@@ -42,6 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", help="scratch file for resumable training state (not an output)")
+    p.add_argument("--sanitized", help="a filter defense's sanitize record (filter defenses only)")
+
+    p = sub.add_parser("train-feature-model", help="train the filters' feature model (no defense) on poisoned data")
+    for arg in ("--data", "--poison", "--attack", "--recipe", "--model", "--runtime", "--out"):
+        p.add_argument(arg, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint")
+
+    p = sub.add_parser("sanitize", help="run a filter defense on the feature model's features")
+    for arg in ("--data", "--poison", "--feature-model", "--defense", "--defense-spec", "--runtime", "--out"):
+        p.add_argument(arg, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
 
     p = sub.add_parser("collect-metrics", help="gather run records into one CSV")
     p.add_argument("--out", required=True)
@@ -69,7 +83,16 @@ def run(args: argparse.Namespace) -> None:
             args.data, args.poison, args.attack, args.defense,
             parse_json_arg(args.defense_spec, "defense-spec"), parse_json_arg(args.recipe, "recipe"),
             parse_json_arg(args.model, "model"), parse_json_arg(args.runtime, "runtime"),
-            args.seed, args.threads, args.out, args.checkpoint)
+            args.seed, args.threads, args.out, args.checkpoint, args.sanitized)
+    elif args.command == "train-feature-model":
+        pipeline.train_feature_model(
+            args.data, args.poison, args.attack, parse_json_arg(args.recipe, "recipe"),
+            parse_json_arg(args.model, "model"), parse_json_arg(args.runtime, "runtime"), args.seed, args.threads,
+            args.out, args.checkpoint)
+    elif args.command == "sanitize":
+        pipeline.sanitize(args.data, args.poison, args.feature_model, args.defense,
+                          parse_json_arg(args.defense_spec, "defense-spec"), parse_json_arg(args.runtime, "runtime"),
+                          args.seed, args.threads, args.out)
     elif args.command == "collect-metrics":
         reporting.collect_metrics(args.runs, args.out)
     elif args.command == "render-table":

@@ -13,6 +13,8 @@ from augdefense.errors import ConfigError
 
 # Crafting-model slot for poisons that do not depend on the victim's defense.
 NO_DEFENSE_SLOT = "none"
+# Defense types that filter the training set (a sanitize step runs before their victim).
+FILTER_TYPES = frozenset({"spectral_signatures", "activation_clustering", "deep_knn"})
 
 
 def seeds(config: dict) -> list[int]:
@@ -30,6 +32,10 @@ def check_config(config: dict) -> None:
                 f"(defined: {sorted(recipes)})"
             )
     for table, experiment in config["experiments"].items():
+        for pair in experiment.get("exclude", []):
+            if pair.get("attack") not in experiment["attacks"] or pair.get("defense") not in experiment["defenses"]:
+                raise ConfigError(f"experiments.{table}.exclude: {pair} does not name one of the experiment's "
+                                  "attacks and one of its defenses")
         for name in experiment["attacks"]:
             if name not in attacks:
                 raise ConfigError(
@@ -42,19 +48,41 @@ def check_config(config: dict) -> None:
                     f"experiments.{table}.defenses: '{name}' is not defined under 'defenses' "
                     f"(defined: {sorted(defenses)})"
                 )
+    for table, experiment in config["experiments"].items():
+        for attack, defense in experiment_cells(experiment):
+            reason = filter_inapplicable(attacks[attack], defenses[defense])
+            if reason:
+                raise ConfigError(f"experiments.{table}: defense '{defense}' cannot apply to attack '{attack}': "
+                                  f"{reason}; list {{attack: {attack}, defense: {defense}}} under "
+                                  f"experiments.{table}.exclude")
     for name in list(attacks) + list(defenses):
         if "/" in name or name.startswith("."):
             raise ConfigError(f"'{name}': attack and defense names become directory names; "
                               "use letters, digits, '_' and '-'")
 
 
+def is_filter(spec: dict) -> bool:
+    return spec.get("type") in FILTER_TYPES
+
+
+def filter_inapplicable(attack: dict, defense: dict) -> str | None:
+    """Why a filter defense cannot apply to an attack, or None when it can."""
+    if is_filter(defense) and attack.get("type") == "patch" and attack.get("fraction", 0.1) >= 1.0:
+        return "every training image of the target class is poisoned, so no clean image is left to tell apart"
+    return None
+
+
+def experiment_cells(experiment: dict) -> list[tuple[str, str]]:
+    excluded = {(p["attack"], p["defense"]) for p in experiment.get("exclude", [])}
+    return [(a, d) for a in experiment["attacks"] for d in experiment["defenses"] if (a, d) not in excluded]
+
+
 def cells(config: dict) -> list[tuple[str, str]]:
     """The (attack, defense) pairs of all experiments; a pair shared by two tables appears once."""
     seen: dict[tuple[str, str], None] = {}
     for experiment in config["experiments"].values():
-        for attack in experiment["attacks"]:
-            for defense in experiment["defenses"]:
-                seen[(attack, defense)] = None
+        for cell in experiment_cells(experiment):
+            seen[cell] = None
     return list(seen)
 
 
@@ -65,12 +93,6 @@ def victim_runs(config: dict) -> list[tuple[str, str, int]]:
 def crafting_slot(config: dict, attack: str, defense: str) -> str:
     """Adaptive poisons are crafted against the victim's defense; the others once, against none."""
     return defense if config["attacks"][attack].get("adaptive", False) else NO_DEFENSE_SLOT
-
-
-def defense_spec(config: dict, name: str) -> dict:
-    if name == NO_DEFENSE_SLOT and name not in config["defenses"]:
-        return {"type": "none"}
-    return config["defenses"][name]
 
 
 def as_json(obj: Any) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("augdefense")
@@ -30,60 +31,198 @@ def craft_poison(data_path: str | Path, attack_name: str, attack_spec: dict, see
     log.info("crafted %s seed %d: %s -> %s", attack_name, seed, poison["info"], out)
 
 
+@dataclass
+class PoisonedTraining:
+    """A validated training job on a poisoned training set (shared by victims and feature models)."""
+
+    dataset: object
+    poison: dict
+    defense: object
+    recipe: object
+    runtime: object
+    model_spec: dict
+    fingerprint: str
+
+    @classmethod
+    def load(cls, data_path, poison_path, defense_name: str, defense_spec: dict, recipe_spec: dict,
+             model_spec: dict, runtime_spec: dict, seed: int, threads: int, where: str) -> "PoisonedTraining":
+        from augdefense import attacks, data, defenses, models
+        from augdefense.config import as_json
+        from augdefense.io import sha256
+        from augdefense.training import Recipe, Runtime
+
+        recipe = Recipe.from_spec(recipe_spec, where)
+        runtime = Runtime.from_spec(runtime_spec)
+        dataset = data.load(data_path)
+        defense = defenses.build(defense_spec, dataset.num_classes, name=defense_name, seed=seed)
+        models.build(model_spec, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
+        poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
+        fingerprint = as_json({"data": sha256(data_path), "poison": sha256(poison_path), "defense": defense_spec,
+                               "recipe": recipe_spec, "model": model_spec, "runtime": runtime_spec, "seed": seed,
+                               "threads": threads})
+        return cls(dataset, poison, defense, recipe, runtime, model_spec, fingerprint)
+
+    def build_model(self):
+        from augdefense import models
+
+        ds = self.dataset
+        return models.build(self.model_spec, ds.image_shape[0], ds.num_classes, ds.image_shape[-1])
+
+    def training_set(self, sanitized: dict | None = None):
+        """The poisoned training set, minus what a filter removed and with what it relabelled."""
+        import torch
+
+        from augdefense import attacks
+
+        images, labels = attacks.apply_poison(self.dataset.train_images, self.dataset.train_labels, self.poison)
+        if sanitized is None:
+            return images, labels
+        for index, label in sanitized["relabeled"]:
+            labels[index] = label
+        keep = torch.ones(len(labels), dtype=torch.bool)
+        keep[torch.tensor(sanitized["removed"], dtype=torch.long)] = False
+        return images[keep], labels[keep]
+
+    def fit(self, seed: int, threads: int, checkpoint, sanitized: dict | None = None) -> dict:
+        """Train from scratch (resuming from ``checkpoint`` when it holds this run's state) and
+        evaluate. Returns the model, its history, probabilities and where it ran."""
+        import torch
+
+        from augdefense import gpu
+        from augdefense.training import Checkpointer, Normalizer, predict, seed_everything, train
+
+        torch.set_num_threads(threads)
+        seed_everything(seed, self.runtime.deterministic)
+        model = self.build_model()
+        images, labels = self.training_set(sanitized)
+        normalizer = Normalizer(self.dataset.mean, self.dataset.std)
+        checkpointer = Checkpointer(Path(checkpoint) if checkpoint else None, self.runtime.checkpoint_every,
+                                    self.fingerprint)
+        keep = torch.ones(len(self.dataset.test_labels), dtype=torch.bool)
+        keep[self.poison["clean_exclude"]] = False
+        rt = self.runtime
+        with gpu.acquire(rt.device) as slot:
+            device = torch.device(slot.device)
+            log.info("defense %s, seed %d on %s (%d threads), %d training images", self.defense.describe(), seed,
+                     device, threads, len(labels))
+            start = time.perf_counter()
+            history = train(model, images, labels, self.defense, self.recipe, normalizer, device, seed, rt.amp,
+                            checkpointer)
+            seconds = time.perf_counter() - start
+            clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
+            attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        return {"model": model.cpu(), "history": history, "clean_probs": clean, "clean_labels":
+                self.dataset.test_labels[keep], "eval_probs": attack, "seconds": seconds, "device": str(device),
+                "device_name": name, "checkpointer": checkpointer}
+
+
 def train_victim(data_path: str | Path, poison_path: str | Path, attack_name: str, defense_name: str,
                  defense_spec: dict, recipe_spec: dict, model_spec: dict, runtime_spec: dict, seed: int,
-                 threads: int, out: str | Path, checkpoint: str | Path | None = None) -> dict:
+                 threads: int, out: str | Path, checkpoint: str | Path | None = None,
+                 sanitized_path: str | Path | None = None) -> dict:
+    from augdefense.io import read_json, write_json
+    from augdefense.metrics import run_metrics
+
+    job = PoisonedTraining.load(data_path, poison_path, defense_name, defense_spec, recipe_spec, model_spec,
+                                runtime_spec, seed, threads, f"recipe of attack '{attack_name}'")
+    sanitized = _check_sanitized(read_json(sanitized_path), sanitized_path, job) if sanitized_path else None
+    if getattr(job.defense, "is_filter", False) and sanitized is None:
+        from augdefense.errors import ConfigError
+
+        raise ConfigError(f"defense '{defense_name}' is a filter: it needs --sanitized (the sanitize step's output)")
+    result = job.fit(seed, threads, checkpoint, sanitized)
+    info = job.poison["info"]
+    record = {
+        "attack": attack_name, "defense": defense_name, "seed": seed,
+        **run_metrics(result["clean_probs"], result["clean_labels"], result["eval_probs"], job.poison["eval_goals"]),
+        **{k: v for k, v in info.items() if k not in ("attack", "seed", "type")},
+        "attack_type": info.get("type"), "defense_type": job.defense.type_name,
+        "epochs": job.recipe.epochs, "final_train_loss": result["history"][-1]["loss"],
+        "train_seconds": round(result["seconds"], 2), "device": result["device"], "device_name": result["device_name"],
+    }
+    if sanitized is not None:
+        record.update({k: sanitized[k] for k in ("n_removed", "n_relabeled", "filter_precision", "filter_recall")})
+    write_json(out, record)
+    result["checkpointer"].clear()
+    log.info("%s", record)
+    return record
+
+
+def train_feature_model(data_path: str | Path, poison_path: str | Path, attack_name: str, recipe_spec: dict,
+                        model_spec: dict, runtime_spec: dict, seed: int, threads: int, out: str | Path,
+                        checkpoint: str | Path | None = None) -> None:
+    """The filters' feature extractor: a model trained on the poisoned set with no defense."""
+    from augdefense.io import save_tensors
+
+    job = PoisonedTraining.load(data_path, poison_path, "none", {"type": "none"}, recipe_spec, model_spec,
+                                runtime_spec, seed, threads, f"recipe of attack '{attack_name}'")
+    result = job.fit(seed, threads, checkpoint)
+    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": model_spec,
+                       "fingerprint": job.fingerprint})
+    result["checkpointer"].clear()
+    log.info("feature model for %s seed %d -> %s", attack_name, seed, out)
+
+
+def sanitize(data_path: str | Path, poison_path: str | Path, model_path: str | Path, defense_name: str,
+             defense_spec: dict, runtime_spec: dict, seed: int, threads: int, out: str | Path) -> dict:
+    """Run a filter defense on the penultimate-layer features of the poisoned training set."""
     import torch
 
     from augdefense import attacks, data, defenses, gpu, models
-    from augdefense.config import as_json
-    from augdefense.io import sha256, write_json
-    from augdefense.metrics import run_metrics
-    from augdefense.training import Checkpointer, Normalizer, Recipe, Runtime, predict, seed_everything, train
+    from augdefense.errors import ArtifactError, ConfigError
+    from augdefense.io import load_tensors, write_json
+    from augdefense.training import Normalizer, Runtime
 
-    recipe = Recipe.from_spec(recipe_spec, f"recipe of attack '{attack_name}'")
     runtime = Runtime.from_spec(runtime_spec)
     dataset = data.load(data_path)
     defense = defenses.build(defense_spec, dataset.num_classes, name=defense_name, seed=seed)
-    channels, size = dataset.image_shape[0], dataset.image_shape[-1]
-    models.build(model_spec, channels, dataset.num_classes, size)  # fail on a bad model entry now
+    if not getattr(defense, "is_filter", False):
+        raise ConfigError(f"defenses.{defense_name}: type '{defense.type_name}' is not a filter defense")
     poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
+    saved = load_tensors(model_path, {"state_dict": dict, "model": dict})
+    model = models.build(saved["model"], dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        raise ArtifactError(f"{model_path}: weights do not fit model {saved['model']}: {exc}") from None
 
-    torch.set_num_threads(threads)
-    seed_everything(seed, runtime.deterministic)
-    model = models.build(model_spec, channels, dataset.num_classes, size)
     images, labels = attacks.apply_poison(dataset.train_images, dataset.train_labels, poison)
+    torch.set_num_threads(threads)
     normalizer = Normalizer(dataset.mean, dataset.std)
-    keep = torch.ones(len(dataset.test_labels), dtype=torch.bool)
-    keep[poison["clean_exclude"]] = False
-
-    fingerprint = as_json({"data": sha256(data_path), "poison": sha256(poison_path), "defense": defense_spec,
-                           "recipe": recipe_spec, "model": model_spec, "runtime": runtime_spec, "seed": seed,
-                           "threads": threads})
-    checkpointer = Checkpointer(Path(checkpoint) if checkpoint else None, runtime.checkpoint_every, fingerprint)
-
-    with gpu.acquire(runtime.device) as slot:
+    with gpu.acquire(runtime.device) as slot, torch.inference_mode():
         device = torch.device(slot.device)
-        log.info("attack %s, defense %s, seed %d on %s (%d threads)", attack_name, defense.describe(), seed,
-                 device, threads)
-        start = time.perf_counter()
-        history = train(model, images, labels, defense, recipe, normalizer, device, seed, runtime.amp,
-                        checkpointer)
-        train_seconds = time.perf_counter() - start
-        clean_probs = predict(model, dataset.test_images[keep], normalizer, device, runtime.eval_batch_size, runtime.amp)
-        eval_probs = predict(model, poison["eval_images"], normalizer, device, runtime.eval_batch_size, runtime.amp)
-        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-
+        model.eval().to(device)
+        normalizer.to(device)
+        features = torch.cat([
+            model.features(normalizer(images[i:i + runtime.eval_batch_size].to(device).float().div_(255))).float().cpu()
+            for i in range(0, len(images), runtime.eval_batch_size)])
+    expected = torch.bincount(poison["train_labels"], minlength=dataset.num_classes)
+    result = defense.sanitize(features, labels, {c: int(n) for c, n in enumerate(expected.tolist())})
+    removed = result["removed"].tolist()
+    relabeled = torch.nonzero(result["labels"] != labels).flatten().tolist()
+    poisons = set(poison["train_indices"].tolist())
+    caught = len(poisons & set(removed))
     record = {
-        "attack": attack_name, "defense": defense_name, "seed": seed,
-        **run_metrics(clean_probs, dataset.test_labels[keep], eval_probs, poison["eval_goals"]),
-        **{k: v for k, v in poison["info"].items() if k not in ("attack", "seed")},
-        "attack_type": poison["info"].get("type"), "defense_type": defense.type_name,
-        "epochs": recipe.epochs, "final_train_loss": history[-1]["loss"],
-        "train_seconds": round(train_seconds, 2), "device": str(device), "device_name": device_name,
+        "attack": poison["info"].get("attack"), "defense": defense_name, "seed": seed,
+        "removed": removed, "relabeled": [[i, int(result["labels"][i])] for i in relabeled],
+        "n_removed": len(removed), "n_relabeled": len(relabeled), "n_poisons": len(poisons),
+        "n_poisons_removed": caught,
+        "filter_precision": caught / len(removed) if removed else None,
+        "filter_recall": caught / len(poisons) if poisons else None,
     }
-    record.pop("type", None)
     write_json(out, record)
-    checkpointer.clear()
-    log.info("%s", record)
+    log.info("%s removed %d (%d of %d poisons), relabelled %d", defense_name, len(removed), caught, len(poisons),
+             len(relabeled))
+    return record
+
+
+def _check_sanitized(record: dict, path, job: PoisonedTraining) -> dict:
+    from augdefense.errors import ArtifactError
+
+    n = len(job.dataset.train_labels)
+    if not isinstance(record, dict) or not {"removed", "relabeled", "n_removed"} <= set(record):
+        raise ArtifactError(f"{path}: not a sanitize record (needs 'removed', 'relabeled', 'n_removed')")
+    if any(not isinstance(i, int) or not 0 <= i < n for i in record["removed"]):
+        raise ArtifactError(f"{path}: 'removed' holds indices outside 0..{n - 1}")
     return record

@@ -61,7 +61,8 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
 
 
-def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses: list[str]) -> str:
+def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses: list[str],
+                excluded: set[tuple[str, str]] = frozenset()) -> str:
     header = ["defense"]
     for attack in attacks:
         header += [f"clean acc % ({attack})", f"poison success % ({attack})"]
@@ -71,7 +72,7 @@ def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses:
         row = [defense]
         for attack in attacks:
             if (defense, attack) not in cells.index:
-                row += ["not run", "not run"]
+                row += ["not applicable"] * 2 if (attack, defense) in excluded else ["not run"] * 2
                 continue
             c = cells.loc[(defense, attack)]
             for metric in ("clean_acc", "poison_success"):
@@ -94,7 +95,8 @@ def render_table(metrics_csv: str | Path, table: str, experiment: dict, out_csv:
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False)
     with atomic_path(out_md) as tmp:
-        tmp.write_text(f"# {table}\n\n" + to_markdown(summary, table, attacks, defenses))
+        excluded = {(p["attack"], p["defense"]) for p in experiment.get("exclude", [])}
+        tmp.write_text(f"# {table}\n\n" + to_markdown(summary, table, attacks, defenses, excluded))
     return summary
 
 

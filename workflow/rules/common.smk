@@ -28,3 +28,14 @@ def code(*names):
 
 def poison_path(attack, defense, seed):
     return f"results/poisons/{attack}/{grid.crafting_slot(config, attack, defense)}/{seed}.pt"
+
+
+def sanitized_path(attack, defense, seed):
+    """Filter defenses train on what their sanitize step kept; other defenses need no such input."""
+    if grid.is_filter(config["defenses"][defense]):
+        return f"results/sanitize/{attack}/{defense}/{seed}.json"
+    return []
+
+
+def feature_model_path(attack, defense, seed):
+    return f"results/feature_models/{attack}/{grid.crafting_slot(config, attack, defense)}/{seed}.pt"
