@@ -151,3 +151,43 @@ def test_cifar_batches_become_uint8_tensors(tmp_path, monkeypatch):
     assert ds.train_images.dtype == torch.uint8 and ds.classes[9] == "c9"
     first = np.frombuffer(pickle.loads((folder / "data_batch_1").read_bytes())["data"][0].tobytes(), np.uint8)
     assert torch.equal(ds.train_images[0], torch.from_numpy(first.reshape(3, 32, 32).copy()))
+
+
+def test_workflow_resumes_a_killed_job(tmp_path):
+    """Kill a running `snakemake` (and its job) with SIGKILL, rerun it: the job resumes from its checkpoint."""
+    import yaml
+
+    from conftest import REPO, snakemake
+
+    config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    config["data"]["image_size"] = 16
+    config["model"]["width"] = 16
+    config["recipes"]["backdoor"].update(epochs=10, milestones=[5])
+    config["runtime"]["checkpoint_every"] = 1
+    config["attacks"] = {"patch100": {**config["attacks"]["patch100"], "patch_size": 4}}
+    config["experiments"] = {"table1": {"attacks": ["patch100"], "defenses": ["none"]}}
+    config["seeds"] = 1
+    config_file = tmp_path / "resume.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [os.path.join(bin_dir, "snakemake"), "--snakefile", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--cores", "1", "--configfile", str(config_file)]
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = tmp_path / "scratch" / "checkpoints" / "patch100" / "none" / "0.pt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ckpt.exists(), "the job wrote no checkpoint"
+    os.killpg(run.pid, signal.SIGKILL)  # snakemake and the job it started
+    run.wait(timeout=30)
+    assert not (tmp_path / "results" / "runs" / "patch100" / "none" / "0.json").exists()
+
+    snakemake("--unlock", "--configfile", str(config_file), cwd=tmp_path)
+    snakemake("--cores", "1", "--rerun-incomplete", "--configfile", str(config_file), cwd=tmp_path)
+    log = (tmp_path / "logs" / "train_victim" / "patch100" / "none" / "0.log").read_text()
+    assert "resuming from" in log
+    record = json.loads((tmp_path / "results" / "runs" / "patch100" / "none" / "0.json").read_text())
+    assert 0 <= record["poison_success"] <= 1
+    assert not ckpt.exists()
