@@ -1,0 +1,67 @@
+"""Config checks the schema cannot express, and the experiment grid."""
+
+import copy
+
+import pytest
+import yaml
+
+from augdefense import config as grid
+from augdefense.errors import ConfigError
+from conftest import REPO
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+
+
+def test_presets_and_paper_config_pass(config):
+    grid.check_config(config)
+    for path in [REPO / "config.yaml", *sorted((REPO / "presets").glob("*.yaml"))]:
+        grid.check_config(yaml.safe_load(path.read_text()))
+
+
+def test_grid_is_the_union_of_experiments(config):
+    config["experiments"]["other"] = {"attacks": ["patch10"], "defenses": ["none", "cutmix"]}
+    cells = grid.cells(config)
+    assert len(cells) == len(set(cells)) == 6  # shared cells appear once
+    assert len(grid.victim_runs(config)) == 6 * 2
+    config["seeds"] = [3, 7]
+    assert {s for _, _, s in grid.victim_runs(config)} == {3, 7}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["experiments"]["table1"]["attacks"].append("wb"), "experiments.table1.attacks: 'wb' is not defined"),
+    (lambda c: c["experiments"]["table1"]["defenses"].append("ss"), "experiments.table1.defenses: 'ss' is not defined"),
+    (lambda c: c["attacks"]["patch10"].update(recipe="targeted"), "attacks.patch10.recipe: 'targeted' is not defined"),
+    (lambda c: c["experiments"]["table1"].update(exclude=[{"attack": "patch10", "defense": "ss"}]),
+     "experiments.table1.exclude"),
+])
+def test_undefined_references_are_named(config, edit, message):
+    edit(config)
+    with pytest.raises(ConfigError, match=message):
+        grid.check_config(config)
+
+
+def test_filter_on_a_fully_poisoned_class_is_refused_unless_excluded(config):
+    config["defenses"]["ss"] = {"type": "spectral_signatures"}
+    config["experiments"]["table1"]["defenses"].append("ss")
+    with pytest.raises(ConfigError, match="defense 'ss' cannot apply to attack 'patch100'"):
+        grid.check_config(config)
+    allowed = copy.deepcopy(config)
+    allowed["experiments"]["table1"]["exclude"] = [{"attack": "patch100", "defense": "ss"}]
+    grid.check_config(allowed)
+    assert ("patch100", "ss") not in grid.cells(allowed) and ("patch10", "ss") in grid.cells(allowed)
+
+
+def test_non_adaptive_poisons_are_crafted_once(config):
+    assert grid.crafting_slot(config, "patch10", "mixup") == grid.crafting_slot(config, "patch10", "cutmix") == "none"
+    config["attacks"]["patch10"]["adaptive"] = True
+    assert grid.crafting_slot(config, "patch10", "mixup") == "mixup"
+
+
+def test_filter_types_match_the_registry():
+    from augdefense import defenses
+
+    registered = {name for name, cls in defenses.REGISTRY.items() if getattr(cls, "is_filter", False)}
+    assert registered == set(grid.FILTER_TYPES)
