@@ -59,13 +59,17 @@ def tiny_run(tmp_path_factory):
 def test_end_to_end_tiny_run(tiny_run):
     workdir, result = tiny_run
     metrics = pd.read_csv(workdir / "results" / "metrics.csv")
-    assert len(metrics) == 2 * 3 * 2
-    assert set(metrics.defense) == {"none", "mixup", "cutmix"}
+    assert len(metrics) == 2 * 3 * 2 + 2  # + spectral signatures on patch10 only
+    assert set(metrics.defense) == {"none", "mixup", "cutmix", "ss"}
+    filtered = metrics[metrics.defense == "ss"]
+    assert (filtered.attack == "patch10").all() and (filtered.n_removed > 0).all()
+    assert filtered.filter_recall.between(0, 1).all()
     assert metrics.clean_acc.between(0, 1).all() and metrics.poison_success.between(0, 1).all()
     table = pd.read_csv(workdir / "results" / "tables" / "table1.csv")
-    assert len(table) == 6 and table.clean_acc_count.eq(2).all()
+    assert len(table) == 7 and table.clean_acc_count.eq(2).all()
     md = (workdir / "results" / "tables" / "table1.md").read_text()
     assert "| cutmix |" in md and "(paper 14.1)" in md
+    assert "| ss | " in md and "not applicable" in md
     for ext in ("png", "pdf"):
         assert (workdir / "results" / "figures" / f"table1.{ext}").stat().st_size > 1000
     assert "results/tables/table1.md" in result.stdout + result.stderr

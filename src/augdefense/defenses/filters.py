@@ -14,6 +14,8 @@ in JonasGeiping/data-poisoning), which the augmentation papers compared against.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
@@ -27,7 +29,7 @@ from augdefense.defenses.base import Defense
 QUERY_CHUNK = 4096
 
 
-class FilterDefense(Defense):
+class FilterDefense(Defense, metaclass=ABCMeta):
     """Base for filters: trains like the baseline (inherits Defense.mix etc. unchanged)."""
 
     is_filter = True
@@ -51,9 +53,9 @@ class FilterDefense(Defense):
                 "scores": torch.as_tensor(scores, dtype=torch.float32),
                 "labels": torch.as_tensor(new_labels, dtype=torch.int64)}
 
+    @abstractmethod
     def _filter(self, feats: np.ndarray, labels: np.ndarray, expected: dict[int, int]):
         """Return (removed indices, scores [N], labels [N]) as numpy arrays."""
-        raise NotImplementedError
 
     @staticmethod
     def _check_inputs(features, labels) -> tuple[np.ndarray, np.ndarray]:
