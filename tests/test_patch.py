@@ -67,11 +67,21 @@ def test_fractions_of_one_seed_share_pair_and_trigger(digits8):
     assert full["info"]["n_poisons"] == int((digits8.train_labels == full["info"]["target_class"]).sum())
 
 
-def test_fraction_zero_is_a_clean_control(digits8):
-    poison = craft(digits8, fraction=0.0)
-    assert len(poison["train_indices"]) == 0 and len(poison["eval_images"]) > 0
-    images, _ = attacks.apply_poison(digits8.train_images, digits8.train_labels, poison)
+def test_control_poisons_nothing_but_keeps_the_draw(digits8):
+    poison, control = craft(digits8, seed=2), craft(digits8, seed=2, control=True)
+    assert len(control["train_indices"]) == 0
+    assert torch.equal(control["eval_images"], poison["eval_images"])
+    assert control["info"]["target_class"] == poison["info"]["target_class"]
+    images, _ = attacks.apply_poison(digits8.train_images, digits8.train_labels, control)
     assert torch.equal(images, digits8.train_images)
+
+
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.5])
+def test_fraction_outside_unit_interval_is_refused(fraction):
+    from augdefense.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="attacks.patch.fraction"):
+        attacks.build({**SPEC, "fraction": fraction}, "patch")
 
 
 def test_patch_larger_than_image_is_refused(digits8):

@@ -67,3 +67,37 @@ def test_divergence_stops_with_epoch_step_and_defense(tiny_files, tmp_path):
         _train(tiny_files, tmp_path / "nan.json", recipe={**RECIPE, "lr": 1e30})
     assert not (tmp_path / "nan.json").exists()
     assert not list(tmp_path.glob(".nan.json*"))  # no temporary left behind either
+
+
+def test_sanitized_training_set_excludes_exactly_the_removed(tiny_files):
+    job = pipeline.PoisonedTraining.load(tiny_files / "data.pt", tiny_files / "poison.pt", "ss",
+                                         {"type": "spectral_signatures"}, RECIPE, MODEL, {"device": "cpu"}, 0, 1, "r")
+    full_images, full_labels = job.training_set()
+    removed, relabeled = [0, 5, 17, 1000], [[3, 9], [6, 0]]
+    images, labels = job.training_set({"removed": removed, "relabeled": relabeled})
+    kept = [i for i in range(len(full_labels)) if i not in removed]
+    assert torch.equal(images, full_images[kept])
+    expected = full_labels.clone()
+    expected[3], expected[6] = 9, 0
+    assert torch.equal(labels, expected[kept])
+
+
+def test_sanitize_and_filtered_victim(tiny_files, tmp_path):
+    pipeline.train_feature_model(tiny_files / "data.pt", tiny_files / "poison.pt", "patch100", RECIPE, MODEL,
+                                 {"device": "cpu", "amp": False}, 0, 1, tmp_path / "fm.pt")
+    spec = {"type": "spectral_signatures"}
+    record = pipeline.sanitize(tiny_files / "data.pt", tiny_files / "poison.pt", tmp_path / "fm.pt", "ss", spec,
+                               {"device": "cpu"}, 0, 1, tmp_path / "s.json")
+    # Every target-class image is a poison here, and 1.5x that budget is capped at the class size.
+    assert record["n_removed"] == record["n_poisons"] > 0
+    assert record["filter_recall"] == record["filter_precision"] == 1.0
+    victim = pipeline.train_victim(tiny_files / "data.pt", tiny_files / "poison.pt", "patch100", "ss", spec, RECIPE,
+                                   MODEL, {"device": "cpu", "amp": False}, 0, 1, tmp_path / "v.json",
+                                   sanitized_path=tmp_path / "s.json")
+    assert victim["n_removed"] == record["n_removed"]
+    (tmp_path / "fm_bad.pt").write_bytes((tmp_path / "fm.pt").read_bytes()[:500])
+    from augdefense.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="fm_bad.pt"):
+        pipeline.sanitize(tiny_files / "data.pt", tiny_files / "poison.pt", tmp_path / "fm_bad.pt", "ss", spec,
+                          {"device": "cpu"}, 0, 1, tmp_path / "s2.json")

@@ -4,9 +4,9 @@ Per seed: a random (target, victim) class pair and a random Bernoulli patch of s
 pixel and channel 0 or 1, i.e. 0 or 255 in uint8; the paper normalises it with the data's mean and
 std, as it does the images). A ``fraction`` of the target class's training images get the patch at
 a random location each, labels unchanged. At test time every victim-class test image gets the
-patch at a random location; success = share classified as the target class. ``fraction: 0``
-poisons nothing and serves as the clean control (how often a clean model already maps patched
-victim images to the target).
+patch at a random location; success = share classified as the target class. ``control: true``
+draws the same pair, trigger and test images but poisons nothing: the clean control (how often a
+clean model already maps patched victim images to the target).
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ class PatchBackdoor(Attack):
     type_name = "patch"
     params = {
         "patch_size": (int, lambda v: v >= 1, "an integer >= 1 (pixels)"),
-        "fraction": ((int, float), lambda v: 0 <= v <= 1, "in [0, 1] (share of the target class patched)"),
+        "fraction": ((int, float), lambda v: 0 < v <= 1, "in (0, 1] (share of the target class patched)"),
+        "control": (bool, lambda v: True, "true or false (poison nothing: the clean control)"),
     }
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
         self.patch_size = spec.get("patch_size", 4)
         self.fraction = float(spec.get("fraction", 0.1))
+        self.control = spec.get("control", False)
 
     def craft(self, dataset, seed: int) -> dict:
         _, h, w = dataset.image_shape
@@ -54,7 +56,7 @@ class PatchBackdoor(Attack):
 
         place = np.random.default_rng([seed, 1])
         target_idx = torch.nonzero(dataset.train_labels == target).flatten().numpy()
-        n_poison = int(round(self.fraction * len(target_idx)))
+        n_poison = 0 if self.control else int(round(self.fraction * len(target_idx)))
         chosen = np.sort(place.choice(target_idx, n_poison, replace=False))
         rows, cols = place.integers(0, h - p + 1, n_poison), place.integers(0, w - p + 1, n_poison)
         train_indices = torch.from_numpy(chosen).long()
