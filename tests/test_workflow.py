@@ -94,31 +94,29 @@ def test_changing_one_defense_reruns_only_its_jobs(tiny_run):
     assert sorted(runs) == sorted(f"results/runs/{a}/mixup/{s}.json" for a in ("patch10", "patch100") for s in (0, 1))
 
 
-def test_unknown_config_key_fails_naming_it(tmp_path):
+def _set_typo(c):
+    c["defenses"]["cutmix"]["propability"] = 0.5
+
+
+def _add_undefined(c):
+    c["experiments"]["table1"]["defenses"].append("mixup8")
+
+
+def _wrong_type(c):
+    c["defenses"]["mixup"]["k"] = "four"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set_typo, "'propability' was unexpected"),
+    (_add_undefined, "experiments.table1.defenses: 'mixup8' is not defined"),
+    (_wrong_type, "'four'"),
+])
+def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, edit, message):
     config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
-    config["defenses"]["cutmix"]["propability"] = 0.5
-    config_file = tmp_path / "typo.yaml"
+    edit(config)
+    config_file = tmp_path / "bad.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    result = snakemake("-n", "--configfile", str(config_file), cwd=tmp_path, check=False)
+    result = snakemake("--cores", "1", "--configfile", str(config_file), cwd=tmp_path, check=False)
     assert result.returncode != 0
-    assert "propability" in result.stdout + result.stderr
-
-
-def test_undefined_defense_in_experiment_fails_naming_it(tmp_path):
-    config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
-    config["experiments"]["table1"]["defenses"].append("mixup8")
-    config_file = tmp_path / "undefined.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    result = snakemake("-n", "--configfile", str(config_file), cwd=tmp_path, check=False)
-    assert result.returncode != 0
-    assert "experiments.table1.defenses: 'mixup8' is not defined" in result.stdout + result.stderr
-
-
-def test_wrong_type_fails_naming_it(tmp_path):
-    config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
-    config["defenses"]["mixup"]["k"] = "four"
-    config_file = tmp_path / "wrong.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    result = snakemake("-n", "--configfile", str(config_file), cwd=tmp_path, check=False)
-    assert result.returncode != 0
-    assert "'four'" in result.stdout + result.stderr
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
