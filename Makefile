@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 SNAKEMAKE := PATH="$(BIN):$$PATH" $(BIN)/snakemake
+# The config `make demo` and `make report` use; `make report CONFIG=config.yaml` after a paper-scale run.
+CONFIG ?= presets/quick.yaml
 
-.PHONY: setup demo test lint report clean
+.PHONY: setup demo test lint report archive check clean
 
 setup: $(STAMP)
 
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(SNAKEMAKE) --cores 2 --configfile presets/quick.yaml
+	$(SNAKEMAKE) --configfile $(CONFIG)
 	@echo "Table 1 (demo):   $(CURDIR)/results/tables/table1.md"
 	@echo "Figures:          $(CURDIR)/results/figures/ (table1.png, table1.pdf)"
 	@cat results/tables/table1.md
@@ -27,7 +29,14 @@ lint: setup
 	$(SNAKEMAKE) --lint
 
 report: setup
-	$(SNAKEMAKE) --report results/report.html $(if $(CONFIG),--configfile $(CONFIG))
+	$(SNAKEMAKE) --configfile $(CONFIG) --report results/report.html
+	@echo "Report: $(CURDIR)/results/report.html"
+
+archive: setup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense archive
+
+check: setup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense check-manifest results/provenance/manifest.tsv
 
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs benchmarks scratch .snakemake

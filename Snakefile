@@ -37,10 +37,14 @@ rule all:
     input:
         expand("results/tables/{table}.{ext}", table=config["experiments"], ext=["csv", "md"]),
         expand("results/figures/{table}.{ext}", table=config["experiments"], ext=["png", "pdf"]),
+        "results/figures/illustrations.png",
+        "results/paper_comparison.md",
+        "results/provenance/manifest.tsv",
     default_target: True
 
 
 onsuccess:
     tables = ", ".join(f"results/tables/{t}.md" for t in config["experiments"])
     print(f"\naugdefense: tables in {tables}; figures in results/figures/; "
-          f"per-run metrics in results/metrics.csv")
+          f"per-run metrics in results/metrics.csv; comparison with the papers in results/paper_comparison.md; "
+          f"output checksums in results/provenance/manifest.tsv")

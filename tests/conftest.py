@@ -25,3 +25,15 @@ def digits8():
     from augdefense import data
 
     return data.build({"source": "digits"})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One complete run of presets/tiny.yaml, shared by the tests that read its outputs (read-only:
+    a test that edits outputs works on a copy)."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    shutil.copy(REPO / "presets" / "tiny.yaml", workdir / "tiny.yaml")
+    result = snakemake("--cores", "2", "--configfile", str(workdir / "tiny.yaml"), cwd=workdir)
+    return workdir, result

@@ -1,7 +1,6 @@
 """The Snakemake workflow: lint, the paper-scale grid, an end-to-end tiny run, partial reruns."""
 
 import re
-import shutil
 
 import pandas as pd
 import pytest
@@ -46,14 +45,6 @@ def test_paper_config_schedules_one_victim_per_cell_and_seed(tmp_path):
     assert runs == expected
     # Non-adaptive poisons are crafted once per (attack, seed), not per defense.
     assert counts["craft_poison"] == len(config["attacks"]) * 20
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    shutil.copy(REPO / "presets" / "tiny.yaml", workdir / "tiny.yaml")
-    result = snakemake("--cores", "2", "--configfile", str(workdir / "tiny.yaml"), cwd=workdir)
-    return workdir, result
 
 
 def test_end_to_end_tiny_run(tiny_run):

@@ -67,11 +67,63 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--table", required=True, help="experiment name")
         p.add_argument("--experiment", required=True, help="the experiment's config entry as JSON")
         p.add_argument("--out", required=True, nargs=2, help="CSV and MD (table) or PNG and PDF (figure)")
+
+    p = sub.add_parser("render-illustrations", help="a poisoned training image and its augmented versions")
+    p.add_argument("--data", required=True)
+    p.add_argument("--poison", required=True)
+    p.add_argument("--out", required=True, nargs=2, help="PNG and PDF")
+
+    p = sub.add_parser("compare-papers", help="every reproduced cell beside the papers' value")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--experiments", required=True, help="the config's 'experiments' entry as JSON")
+    p.add_argument("--out", required=True, nargs=2, help="CSV and MD")
+
+    p = sub.add_parser("write-manifest", help="sha256 of every output")
+    p.add_argument("--out", required=True)
+    p.add_argument("files", nargs="+")
+
+    p = sub.add_parser("check-manifest", help="exit 1 naming each output that no longer matches the manifest")
+    p.add_argument("manifest", nargs="?", default="results/provenance/manifest.tsv")
+
+    p = sub.add_parser("archive", help="bundle results, provenance and environment for reviewers")
+    p.add_argument("--out", help="default: results/archive-<UTC timestamp>.tar.gz")
     return parser
 
 
+# command -> (rule, input args, output args, config args, wildcard args): what its sidecars record.
+PROVENANCE = {
+    "prepare-data": ("prepare_data", [], ["out"], ["spec"], []),
+    "craft-poison": ("craft_poison", ["data"], ["out"], ["attack_spec"], ["attack", "seed"]),
+    "train-victim": ("train_victim", ["data", "poison", "sanitized"], ["out"],
+                     ["defense_spec", "recipe", "model", "runtime"], ["attack", "defense", "seed"]),
+    "train-feature-model": ("train_feature_model", ["data", "poison"], ["out"], ["recipe", "model", "runtime"],
+                            ["attack", "seed"]),
+    "sanitize": ("sanitize", ["data", "poison", "feature_model"], ["out"], ["defense_spec", "runtime"],
+                 ["defense", "seed"]),
+    "collect-metrics": ("collect_metrics", ["runs"], ["out"], [], []),
+    "render-table": ("render_tables", ["metrics"], ["out"], ["experiment"], ["table"]),
+    "render-figure": ("render_figures", ["metrics"], ["out"], ["experiment"], ["table"]),
+    "render-illustrations": ("render_illustrations", ["data", "poison"], ["out"], [], []),
+    "compare-papers": ("compare_papers", ["metrics"], ["out"], ["experiments"], []),
+}
+
+
+def _files(args: argparse.Namespace, names: list[str]) -> list[str]:
+    values = [getattr(args, n) for n in names]
+    return [str(v) for value in values if value for v in (value if isinstance(value, list) else [value])]
+
+
+def record_provenance(args: argparse.Namespace, started: str) -> None:
+    from augdefense import provenance
+
+    rule, inputs, outputs, config, wildcards = PROVENANCE[args.command]
+    provenance.write_sidecars(
+        rule, {w: getattr(args, w) for w in wildcards}, _files(args, inputs), _files(args, outputs),
+        {c: parse_json_arg(getattr(args, c), c) for c in config}, started, getattr(args, "seed", None))
+
+
 def run(args: argparse.Namespace) -> None:
-    from augdefense import pipeline, reporting
+    from augdefense import pipeline, provenance, reporting
 
     if args.command == "prepare-data":
         pipeline.prepare_data(parse_json_arg(args.spec, "spec"), args.out)
@@ -99,14 +151,34 @@ def run(args: argparse.Namespace) -> None:
         reporting.render_table(args.metrics, args.table, parse_json_arg(args.experiment, "experiment"), *args.out)
     elif args.command == "render-figure":
         reporting.render_figure(args.metrics, args.table, parse_json_arg(args.experiment, "experiment"), *args.out)
+    elif args.command == "render-illustrations":
+        reporting.render_illustrations(args.data, args.poison, *args.out)
+    elif args.command == "compare-papers":
+        reporting.compare_papers(args.metrics, parse_json_arg(args.experiments, "experiments"), *args.out)
+    elif args.command == "write-manifest":
+        provenance.write_manifest(args.files, args.out)
+    elif args.command == "check-manifest":
+        problems = provenance.check_manifest(args.manifest)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            raise SystemExit(1)
+        print(f"{args.manifest}: every output matches")
+    elif args.command == "archive":
+        provenance.archive_results(args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    from augdefense.provenance import now
+
+    started = now()
     try:
         run(args)
+        if args.command in PROVENANCE:
+            record_provenance(args, started)
     except AugdefenseError as exc:
         print(f"augdefense {args.command}: error: {exc}", file=sys.stderr)
         return 2

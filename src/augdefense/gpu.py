@@ -25,6 +25,11 @@ class DeviceSlot:
     lock_file: Path | None = None
     _fd: int | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        from augdefense import provenance
+
+        provenance.DEVICES_USED.append(self.device)
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

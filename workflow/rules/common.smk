@@ -39,3 +39,22 @@ def sanitized_path(attack, defense, seed):
 
 def feature_model_path(attack, defense, seed):
     return f"results/feature_models/{attack}/{grid.crafting_slot(config, attack, defense)}/{seed}.pt"
+
+
+def _workflow_outputs():
+    """Every file the workflow produces (the manifest hashes them, and their sidecars)."""
+    files = {PREPARED_DATA, "results/metrics.csv", "results/paper_comparison.csv", "results/paper_comparison.md",
+             "results/figures/illustrations.png", "results/figures/illustrations.pdf"}
+    for attack, defense, seed in grid.victim_runs(config):
+        files |= {f"results/runs/{attack}/{defense}/{seed}.json", poison_path(attack, defense, seed)}
+        if grid.is_filter(config["defenses"][defense]):
+            files |= {sanitized_path(attack, defense, seed), feature_model_path(attack, defense, seed)}
+    for table in config["experiments"]:
+        files |= {f"results/tables/{table}.{ext}" for ext in ("csv", "md")}
+        files |= {f"results/figures/{table}.{ext}" for ext in ("png", "pdf")}
+    return sorted(files)
+
+
+WORKFLOW_OUTPUTS = _workflow_outputs()
+_first = next(iter(config["experiments"].values()))
+ILLUSTRATED_POISON = poison_path(_first["attacks"][0], _first["defenses"][0], grid.seeds(config)[0])

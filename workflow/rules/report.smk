@@ -17,7 +17,7 @@ rule render_tables:
         metrics="results/metrics.csv",
         code=code("reporting.py", "metrics.py", "paper_numbers.csv"),
     output:
-        csv=report("results/tables/{table}.csv", category="Tables", subcategory="{table}",
+        csv=report("results/tables/{table}.csv", category="{table}", subcategory="table",
                    caption="../report/table.rst"),
         md="results/tables/{table}.md",
     params:
@@ -36,7 +36,7 @@ rule render_figures:
         metrics="results/metrics.csv",
         code=code("reporting.py", "metrics.py", "paper_numbers.csv"),
     output:
-        png=report("results/figures/{table}.png", category="Figures", subcategory="{table}",
+        png=report("results/figures/{table}.png", category="{table}", subcategory="figure",
                    caption="../report/figure.rst"),
         pdf="results/figures/{table}.pdf",
     params:
@@ -48,3 +48,69 @@ rule render_figures:
     shell:
         "python -m augdefense render-figure --metrics {input.metrics} --table {wildcards.table} "
         "--experiment {params.experiment:q} --out {output.png} {output.pdf} > {log} 2>&1"
+
+
+rule render_illustrations:
+    input:
+        data=PREPARED_DATA,
+        poison=ILLUSTRATED_POISON,
+        code=code("reporting.py", "defenses/*.py"),
+    output:
+        png=report("results/figures/illustrations.png", category="Illustrations",
+                   caption="../report/illustrations.rst"),
+        pdf="results/figures/illustrations.pdf",
+    log:
+        "logs/render_illustrations.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m augdefense render-illustrations --data {input.data} --poison {input.poison} "
+        "--out {output.png} {output.pdf} > {log} 2>&1"
+
+
+rule compare_papers:
+    input:
+        metrics="results/metrics.csv",
+        code=code("reporting.py", "metrics.py", "paper_numbers.csv"),
+    output:
+        csv=report("results/paper_comparison.csv", category="Paper comparison",
+                   caption="../report/comparison.rst"),
+        md="results/paper_comparison.md",
+    params:
+        experiments=grid.as_json(config["experiments"]),
+    log:
+        "logs/compare_papers.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m augdefense compare-papers --metrics {input.metrics} --experiments {params.experiments:q} "
+        "--out {output.csv} {output.md} > {log} 2>&1"
+
+
+rule resolved_config:
+    output:
+        "results/provenance/config.json",
+    params:
+        # The one rule that reads the whole config: it records it for reviewers.
+        config=grid.as_json(config),
+    log:
+        "logs/resolved_config.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -c 'import json, sys; json.dump(json.loads(sys.argv[1]), open(sys.argv[2], \"w\"), indent=2)' "
+        "{params.config:q} {output} > {log} 2>&1"
+
+
+rule provenance_manifest:
+    input:
+        WORKFLOW_OUTPUTS,
+        "results/provenance/config.json",
+    output:
+        "results/provenance/manifest.tsv",
+    log:
+        "logs/provenance_manifest.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m augdefense write-manifest --out {output} {input} > {log} 2>&1"

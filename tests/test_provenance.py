@@ -1,0 +1,97 @@
+"""Provenance sidecars, the output manifest, the HTML report, the paper comparison and the archive."""
+
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pandas as pd
+import pytest
+
+from augdefense import provenance, reporting
+from augdefense.io import sha256
+from conftest import snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def test_sidecars_hash_their_inputs_and_outputs(tiny_run):
+    workdir, _ = tiny_run
+    sidecars = sorted((workdir / "results").rglob("*.prov.json"))
+    rules = {json.loads(p.read_text())["rule"] for p in sidecars}
+    assert {"craft_poison", "train_victim", "train_feature_model", "sanitize", "collect_metrics", "render_tables",
+            "render_figures", "render_illustrations", "compare_papers"} <= rules
+    record = json.loads((workdir / "results/runs/patch10/ss/1.json.prov.json").read_text())
+    assert record["wildcards"] == {"attack": "patch10", "defense": "ss", "seed": 1}
+    assert set(record["inputs"]) == {"resources/prepared/digits.pt", "results/poisons/patch10/none/1.pt",
+                                     "results/sanitize/patch10/ss/1.json"}
+    for path, digest in {**record["inputs"], **record["outputs"]}.items():
+        assert sha256(workdir / path) == digest
+    assert record["config"]["defense_spec"] == {"type": "spectral_signatures"}
+    assert record["environment"]["torch"] and record["environment"]["devices_used"] == ["cpu"]
+    assert len(record["code"]["git_commit"]) == 40 and record["started"] <= record["finished"]
+
+
+def test_manifest_check_names_an_edited_output(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    manifest = copy / "results/provenance/manifest.tsv"
+    listed = manifest.read_text()
+    for name in ("results/metrics.csv", "results/tables/table1.md", "results/figures/illustrations.png",
+                 "results/runs/patch10/none/0.json.prov.json", "resources/prepared/digits.pt"):
+        assert f"{name}\t" in listed
+    assert provenance.check_manifest(manifest, copy) == []
+    with open(copy / "results/tables/table1.md", "a") as fh:
+        fh.write("edited\n")
+    (copy / "results/runs/patch10/none/0.json").unlink()
+    check = subprocess.run([sys.executable, "-m", "augdefense", "check-manifest"], cwd=copy, capture_output=True,
+                           text=True)
+    assert check.returncode == 1
+    assert "results/tables/table1.md: sha256 differs" in check.stderr
+    assert "results/runs/patch10/none/0.json: missing" in check.stderr
+    assert "metrics.csv" not in check.stderr
+
+
+def test_report_contains_every_table_and_figure(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    report = tmp_path / "report.html"
+    snakemake("--configfile", str(workdir / "tiny.yaml"), "--report", str(report), cwd=workdir)
+    html = report.read_text(errors="replace")
+    for name in ("table1.csv", "table1.png", "illustrations.png", "paper_comparison.csv", "metrics.csv"):
+        assert name in html, name
+
+
+def test_comparison_flags_values_outside_our_interval(tmp_path):
+    rows = [{"attack": "patch10", "defense": "none", "seed": s, "clean_acc": 0.943, "n_clean": 10000,
+             "poison_success": 0.10, "n_eval": 1000} for s in range(3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    experiments = {"table1": {"attacks": ["patch10"], "defenses": ["none"]}}
+    frame = reporting.compare_papers(tmp_path / "metrics.csv", experiments, tmp_path / "c.csv", tmp_path / "c.md")
+    by_metric = frame.set_index("metric")
+    assert bool(by_metric.loc["clean_acc", "paper_inside_ci"]) is True       # 94.3 vs ours 94.3
+    assert bool(by_metric.loc["poison_success", "paper_inside_ci"]) is False  # 45.6 vs ours 10.0
+    assert by_metric.loc["poison_success", "ci_high"] < 0.12
+    assert "| table1 | patch10 | none | poison_success | 45.6 | 10.0 |" in (tmp_path / "c.md").read_text()
+    assert "**no**" in (tmp_path / "c.md").read_text()
+
+
+def test_archive_bundles_what_a_reviewer_needs(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    out = subprocess.run([sys.executable, "-m", "augdefense", "archive", "--out", "results/archive-test.tar.gz"],
+                         cwd=copy, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    with tarfile.open(copy / "results/archive-test.tar.gz") as tar:
+        names = set(tar.getnames())
+    for member in ("results/provenance/manifest.tsv", "results/provenance/config.json", "results/metrics.csv",
+                   "environment/pip-freeze.txt", "logs/collect_metrics.log"):
+        assert member in names, member
+    assert any(n.startswith(".snakemake/metadata/") for n in names)
+    assert not any(n.endswith(".tar.gz") for n in names)
+    # An edited output is refused rather than archived.
+    (copy / "results/metrics.csv").write_text("tampered\n")
+    refused = subprocess.run([sys.executable, "-m", "augdefense", "archive"], cwd=copy, capture_output=True, text=True)
+    assert refused.returncode == 2 and "results/metrics.csv" in refused.stderr
