@@ -195,6 +195,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
                                     f"{defense.describe()}; no metrics were written")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            defense.process_gradients(model)
             optimizer.step()
             total, steps = total + value, steps + 1
         scheduler.step()

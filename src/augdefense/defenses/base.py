@@ -58,6 +58,9 @@ class Defense:
         x, soft = self.transform(x, y, epoch)
         return soft_cross_entropy(forward(x), soft)
 
+    def process_gradients(self, model: torch.nn.Module) -> None:
+        """Called after each backward pass, before the optimizer step (DP-SGD clips and noises here)."""
+
     # -- helpers ------------------------------------------------------------------------------
     def generators(self) -> list[np.random.Generator]:
         """Every random generator the defense draws from (saved in training checkpoints)."""
