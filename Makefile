@@ -7,7 +7,7 @@ SNAKEMAKE := PATH="$(BIN):$$PATH" $(BIN)/snakemake
 # The config `make demo` and `make report` use; `make report CONFIG=config.yaml` after a paper-scale run.
 CONFIG ?= presets/quick.yaml
 
-.PHONY: setup demo test lint report archive check clean
+.PHONY: setup demo test lint report archive check bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,9 @@ archive: setup
 
 check: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense check-manifest results/provenance/manifest.tsv
+
+bench: setup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense.bench
 
 clean:
 	rm -rf results logs benchmarks scratch .snakemake

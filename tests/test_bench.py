@@ -1,0 +1,68 @@
+"""The benchmark runs in its tiny mode (its output's shape is checked, not its speed), and the
+batched fast paths follow the same distributions as the reference per-sample transforms."""
+
+import json
+
+import torch
+from torchvision.transforms import v2
+
+from augdefense import augment, bench, defenses
+
+
+def test_tiny_benchmark_writes_its_report(tmp_path):
+    assert bench.main(["--tiny", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert set(result) == {"machine", "setup", "training", "crafting", "workflow"}
+    measured = [r for r in result["training"] if "skipped" not in r]
+    assert [r["defense"] for r in measured] == ["none", "mixup k=2"]
+    for row in measured:
+        assert row["ours_images_per_s"] > 0 and row["reference_images_per_s"] > 0
+        assert abs(row["ratio"] - row["ours_images_per_s"] / row["reference_images_per_s"]) < 0.02
+    assert "skipped" in result["crafting"]
+    assert "| mixup k=2 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_batched_crop_offsets_match_v2_random_crop():
+    # Encode each pixel's (row, col) so the crop offset can be read back from the output.
+    size, pad, n = 8, 2, 4000
+    rows = torch.arange(size).view(size, 1).expand(size, size)
+    cols = torch.arange(size).view(1, size).expand(size, size)
+    image = torch.stack([rows + 1, cols + 1]).float()  # 0 marks padding
+    torch.manual_seed(0)
+    ours = augment.random_crop(image.expand(n, -1, -1, -1).contiguous(), pad)
+    ref_crop = v2.RandomCrop(size, padding=pad)
+    reference = torch.stack([ref_crop(image) for _ in range(n)])
+
+    def offsets(batch):
+        # crop pixel i shows padded pixel offset + i, i.e. image pixel offset + i - pad; the centre is
+        # always inside the image, and its value is that image position + 1
+        centre = size // 2
+        row = batch[:, 0, centre, centre].long() - 1 - centre + pad
+        col = batch[:, 1, centre, centre].long() - 1 - centre + pad
+        return row * 10 + col
+
+    ours_hist = torch.bincount(offsets(ours), minlength=50).float() / n
+    ref_hist = torch.bincount(offsets(reference), minlength=50).float() / n
+    assert (ours_hist > 0).sum() == (ref_hist > 0).sum() == 25  # 5 x 5 offsets, all reachable
+    assert (ours_hist - ref_hist).abs().max() < 0.02  # each ~0.04; sampling noise ~0.003
+
+
+def test_flip_rate_matches_v2():
+    x = torch.rand(4000, 1, 2, 3)
+    torch.manual_seed(0)
+    ours = (augment.random_flip(x) == x.flip(3)).flatten(1).all(1).float().mean()
+    flip = v2.RandomHorizontalFlip()
+    ref = torch.stack([(flip(img) == img.flip(2)).all() for img in x]).float().mean()
+    assert abs(ours - 0.5) < 0.03 and abs(ref - 0.5) < 0.03
+
+
+def test_two_way_mixup_weights_match_v2_mixup():
+    """Our k=2 Dirichlet(α, α) weight has the distribution of v2.MixUp's Beta(α, α) lambda."""
+    ours = defenses.build({"type": "mixup", "k": 2, "alpha": 0.4}, 2, seed=0)
+    ours_lam = torch.tensor([float(ours.draw_weights()[0]) for _ in range(4000)])
+    mixup = v2.MixUp(alpha=0.4, num_classes=2)
+    torch.manual_seed(0)
+    x, y = torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])
+    ref_lam = torch.stack([mixup(x, y)[1][0, 0] for _ in range(4000)])  # image 0 (class 0) keeps weight lambda
+    for stat in (torch.mean, torch.var, lambda t: (t < 0.1).float().mean()):
+        assert abs(stat(ours_lam) - stat(ref_lam)) < 0.03
