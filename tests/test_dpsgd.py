@@ -51,3 +51,50 @@ def test_training_calls_the_hook(digits8):
     train(model, digits8.train_images, digits8.train_labels, defense, recipe,
           Normalizer(digits8.mean, digits8.std), torch.device("cpu"), seed=0, amp=False)
     assert len(calls) == 6  # ceil(1437 / 256) steps
+
+
+def _opacus_run(tmp_path, digits8, noise_multiplier, norm="group"):
+    from augdefense import pipeline
+
+    root = tmp_path
+    if not (root / "data.pt").exists():
+        from augdefense import data
+
+        data.prepare({"source": "digits"}, root / "data.pt")
+        pipeline.craft_poison(root / "data.pt", "p", {"type": "patch", "recipe": "r", "patch_size": 2,
+                                                       "fraction": 0.1}, 0, root / "poison.pt")
+    return pipeline.train_victim(root / "data.pt", root / "poison.pt", "p", "dp",
+                                 {"type": "dpsgd_opacus", "clip": 1.0, "noise_multiplier": noise_multiplier,
+                                  "delta": 1e-5},
+                                 {"epochs": 1, "milestones": [], "batch_size": 128, "crop_pad": 0, "flip": False},
+                                 {"arch": "convnet", "width": 8, "norm": norm, "groups": 4},
+                                 {"device": "cpu", "amp": False}, 0, 1, root / f"run_{noise_multiplier}.json")
+
+
+def test_opacus_reports_an_epsilon_that_falls_as_noise_rises(tmp_path, digits8):
+    low, high = _opacus_run(tmp_path, digits8, 0.8), _opacus_run(tmp_path, digits8, 2.0)
+    for record in (low, high):
+        assert 0 < record["dp_epsilon"] < float("inf") and record["dp_delta"] == 1e-5
+        assert 0 <= record["clean_acc"] <= 1
+    assert high["dp_epsilon"] < low["dp_epsilon"]
+
+
+def test_opacus_refuses_batchnorm_before_training(tmp_path, digits8):
+    from augdefense.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.norm: group"):
+        _opacus_run(tmp_path, digits8, 1.0, norm="batch")
+
+
+def test_laplace_runs_record_theorem2_epsilon():
+    from augdefense import privacy
+
+    dpih = defenses.build({"type": "mixup", "k": 4, "weights": "equal", "laplace": 8}, 10)
+    record = dpih.privacy_record(1000, (1, 8, 8), epochs=2, batch_size=100)
+    sigma = privacy.sigma_from_noise(8, (1, 8, 8))
+    assert record["theorem2_epsilon"] == pytest.approx(privacy.mixup_laplace_epsilon(4, sigma, 1000, 2000))
+    noise_only = defenses.build({"type": "none", "laplace": 8}, 10).privacy_record(1000, (1, 8, 8), 2, 100)
+    assert noise_only["theorem2_epsilon"] > record["theorem2_epsilon"]  # k = 1
+    dirichlet = defenses.build({"type": "mixup", "k": 4, "laplace": 8}, 10).privacy_record(1000, (1, 8, 8), 2, 100)
+    assert dirichlet == {"theorem2_epsilon": None}  # the theorem covers equal weights only
+    assert defenses.build({"type": "mixup", "k": 4}, 10).privacy_record(1000, (1, 8, 8), 2, 100) == {}

@@ -55,7 +55,8 @@ class PoisonedTraining:
         runtime = Runtime.from_spec(runtime_spec)
         dataset = data.load(data_path)
         defense = defenses.build(defense_spec, dataset.num_classes, name=defense_name, seed=seed)
-        models.build(model_spec, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
+        probe = models.build(model_spec, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
+        defense.check_model(probe)
         poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
         fingerprint = as_json({"data": sha256(data_path), "poison": sha256(poison_path), "defense": defense_spec,
                                "recipe": recipe_spec, "model": model_spec, "runtime": runtime_spec, "seed": seed,
@@ -112,7 +113,7 @@ class PoisonedTraining:
             clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
             attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-        return {"model": model.cpu(), "history": history, "clean_probs": clean, "clean_labels":
+        return {"model": model.cpu(), "history": history, "n_train": len(labels), "clean_probs": clean, "clean_labels":
                 self.dataset.test_labels[keep], "eval_probs": attack, "seconds": seconds, "device": str(device),
                 "device_name": name, "checkpointer": checkpointer}
 
@@ -143,6 +144,8 @@ def train_victim(data_path: str | Path, poison_path: str | Path, attack_name: st
     }
     if sanitized is not None:
         record.update({k: sanitized[k] for k in ("n_removed", "n_relabeled", "filter_precision", "filter_recall")})
+    record.update(job.defense.privacy_record(result["n_train"], job.dataset.image_shape, job.recipe.epochs,
+                                             job.recipe.batch_size))
     write_json(out, record)
     result["checkpointer"].clear()
     log.info("%s", record)

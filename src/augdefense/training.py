@@ -156,13 +156,15 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
     shuffle = torch.Generator().manual_seed(seed)
     n = len(labels)
+    # A defense may wrap both (per-sample DP-SGD); checkpoints keep the unwrapped ones' state.
+    trained_model, step_optimizer = defense.wrap_training(model, optimizer, n, recipe.batch_size)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = normalizer(x)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
-            return model(x)
+            return trained_model(x)
 
     checkpointer = checkpointer or Checkpointer(None)
     history, first_epoch = [], 0
@@ -193,10 +195,10 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
             if not math.isfinite(value):
                 raise TrainingError(f"loss is {value} at epoch {epoch + 1}, step {step + 1} under defense "
                                     f"{defense.describe()}; no metrics were written")
-            optimizer.zero_grad(set_to_none=True)
+            step_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             defense.process_gradients(model)
-            optimizer.step()
+            step_optimizer.step()
             total, steps = total + value, steps + 1
         scheduler.step()
         record = {"epoch": epoch + 1, "loss": total / steps, "lr": optimizer.param_groups[0]["lr"],

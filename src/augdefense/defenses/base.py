@@ -61,6 +61,32 @@ class Defense:
     def process_gradients(self, model: torch.nn.Module) -> None:
         """Called after each backward pass, before the optimizer step (DP-SGD clips and noises here)."""
 
+    def check_model(self, model: torch.nn.Module, where: str = "model") -> None:
+        """Raise ConfigError before training if the defense cannot train this model."""
+
+    def wrap_training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, n_train: int,
+                      batch_size: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The model to call and the optimizer to step (per-sample DP-SGD wraps both)."""
+        return model, optimizer
+
+    def theorem2_k(self) -> int | None:
+        """Mixture width for DP-InstaHide's Theorem 2, or None where the theorem does not cover the
+        augmentation (only equal-weight k-way mixup and plain noise, k = 1, are covered)."""
+        return 1 if type(self).mix is Defense.mix else None
+
+    def privacy_record(self, n_train: int, image_shape: tuple[int, ...], epochs: int, batch_size: int) -> dict:
+        """Privacy figures for the run's metrics: Theorem 2's epsilon when Laplacian noise is on."""
+        if self.laplace <= 0:
+            return {}
+        from augdefense import privacy
+
+        k = self.theorem2_k()
+        if k is None or k > n_train:
+            return {"theorem2_epsilon": None}
+        sigma = privacy.sigma_from_noise(self.laplace, image_shape)
+        return {"theorem2_epsilon": privacy.mixup_laplace_epsilon(k, sigma, n_train, n_train * epochs),
+                "theorem2_sigma": sigma}
+
     # -- helpers ------------------------------------------------------------------------------
     def generators(self) -> list[np.random.Generator]:
         """Every random generator the defense draws from (saved in training checkpoints)."""

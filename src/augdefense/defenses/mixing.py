@@ -36,6 +36,9 @@ class Mixup(Defense):
         self.alpha = float(spec.get("alpha", 1.0))
         self.weights = spec.get("weights", "dirichlet")
 
+    def theorem2_k(self):
+        return self.k if self.weights == "equal" or self.k == 1 else None
+
     def draw_weights(self) -> torch.Tensor:
         if self.weights == "equal":
             return torch.full((self.k,), 1.0 / self.k, dtype=torch.float64)
