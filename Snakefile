@@ -38,6 +38,7 @@ rule all:
         expand("results/tables/{table}.{ext}", table=config["experiments"], ext=["csv", "md"]),
         expand("results/figures/{table}.{ext}", table=config["experiments"], ext=["png", "pdf"]),
         "results/figures/illustrations.png",
+        "results/figures/figure4a.png",
         "results/paper_comparison.md",
         "results/provenance/manifest.tsv",
     default_target: True

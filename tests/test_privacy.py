@@ -53,3 +53,14 @@ def test_poison_ceiling():
     assert privacy.poison_success_ceiling(1e4, 0.0, 50, 0.1) == 1.0
     # delta only loosens it.
     assert privacy.poison_success_ceiling(0.05, 1e-3, 10, 0.1) >= privacy.poison_success_ceiling(0.05, 0.0, 10, 0.1)
+
+
+def test_figure4a_table(tmp_path):
+    from augdefense import reporting
+
+    frame = reporting.render_privacy_figure(tmp_path / "f.png", tmp_path / "f.pdf", tmp_path / "f.csv")
+    assert len(frame) == 5 * 16 and (tmp_path / "f.png").stat().st_size > 1000
+    for _, group in frame.groupby("noise_over_255"):
+        assert group.epsilon_unit_diameter.is_monotonic_decreasing
+        assert (group.epsilon_unit_diameter <= group.bound_unit_diameter * (1 + 1e-12)).all()
+        assert (group.epsilon_cifar_diameter > group.epsilon_unit_diameter).all()

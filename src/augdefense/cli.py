@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--poison", required=True)
     p.add_argument("--out", required=True, nargs=2, help="PNG and PDF")
 
+    p = sub.add_parser("render-privacy-figure", help="DP-InstaHide Figure 4a: Theorem 2's epsilon against k")
+    p.add_argument("--out", required=True, nargs=3, help="PNG, PDF and CSV")
+
     p = sub.add_parser("compare-papers", help="every reproduced cell beside the papers' value")
     p.add_argument("--metrics", required=True)
     p.add_argument("--experiments", required=True, help="the config's 'experiments' entry as JSON")
@@ -105,6 +108,7 @@ PROVENANCE = {
     "render-figure": ("render_figures", ["metrics"], ["out"], ["experiment"], ["table"]),
     "render-illustrations": ("render_illustrations", ["data", "poison"], ["out"], [], []),
     "compare-papers": ("compare_papers", ["metrics"], ["out"], ["experiments"], []),
+    "render-privacy-figure": ("render_privacy_figure", [], ["out"], [], []),
 }
 
 
@@ -153,6 +157,8 @@ def run(args: argparse.Namespace) -> None:
         reporting.render_figure(args.metrics, args.table, parse_json_arg(args.experiment, "experiment"), *args.out)
     elif args.command == "render-illustrations":
         reporting.render_illustrations(args.data, args.poison, *args.out)
+    elif args.command == "render-privacy-figure":
+        reporting.render_privacy_figure(*args.out)
     elif args.command == "compare-papers":
         reporting.compare_papers(args.metrics, parse_json_arg(args.experiments, "experiments"), *args.out)
     elif args.command == "write-manifest":

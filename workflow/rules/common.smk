@@ -44,7 +44,8 @@ def feature_model_path(attack, defense, seed):
 def _workflow_outputs():
     """Every file the workflow produces (the manifest hashes them, and their sidecars)."""
     files = {PREPARED_DATA, "results/metrics.csv", "results/paper_comparison.csv", "results/paper_comparison.md",
-             "results/figures/illustrations.png", "results/figures/illustrations.pdf"}
+             "results/figures/illustrations.png", "results/figures/illustrations.pdf",
+             "results/figures/figure4a.png", "results/figures/figure4a.pdf", "results/figures/figure4a.csv"}
     for attack, defense, seed in grid.victim_runs(config):
         files |= {f"results/runs/{attack}/{defense}/{seed}.json", poison_path(attack, defense, seed)}
         if grid.is_filter(config["defenses"][defense]):

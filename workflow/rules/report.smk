@@ -68,6 +68,22 @@ rule render_illustrations:
         "--out {output.png} {output.pdf} > {log} 2>&1"
 
 
+rule render_privacy_figure:
+    input:
+        code=code("reporting.py", "privacy.py"),
+    output:
+        png=report("results/figures/figure4a.png", category="Figure 4a (DP-InstaHide)",
+                   caption="../report/figure4a.rst"),
+        pdf="results/figures/figure4a.pdf",
+        csv="results/figures/figure4a.csv",
+    log:
+        "logs/render_privacy_figure.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m augdefense render-privacy-figure --out {output.png} {output.pdf} {output.csv} > {log} 2>&1"
+
+
 rule compare_papers:
     input:
         metrics="results/metrics.csv",
