@@ -7,7 +7,7 @@ SNAKEMAKE := PATH="$(BIN):$$PATH" $(BIN)/snakemake
 # The config `make demo` and `make report` use; `make report CONFIG=config.yaml` after a paper-scale run.
 CONFIG ?= presets/quick.yaml
 
-.PHONY: setup demo test lint report archive check bench clean
+.PHONY: setup demo test test-slurm lint report archive check bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+test-slurm: setup
+	$(BIN)/python -m pip install --quiet -e '.[test,slurm]'
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
 lint: setup
 	$(SNAKEMAKE) --lint

@@ -21,6 +21,17 @@ wildcard_constraints:
     table=r"[A-Za-z0-9_\-]+",
 
 
+# SLURM wall time of a training job, minutes: the recipe's epochs at MINUTES_PER_EPOCH (ResNet-18 on
+# CIFAR-10 on one GPU, with room for mixup/maxup) plus start-up; each retry (--retries) doubles it.
+# Local runs ignore it.
+MINUTES_PER_EPOCH = 3
+
+
+def train_runtime(wildcards, attempt):
+    recipe = config["recipes"][config["attacks"][wildcards.attack]["recipe"]]
+    return attempt * (15 + MINUTES_PER_EPOCH * recipe["epochs"])
+
+
 def code(*names):
     """Package sources a rule's results depend on: inputs, so that editing them reruns the rule."""
     return sorted(str(p) for name in names for p in SRC.glob(name))

@@ -16,6 +16,7 @@ rule train_victim:
     threads: THREADS
     resources:
         gpu=1,
+        runtime=train_runtime,
     log:
         "logs/train_victim/{attack}/{defense}/{seed}.log",
     benchmark:
@@ -46,6 +47,7 @@ rule train_feature_model:
     threads: THREADS
     resources:
         gpu=1,
+        runtime=train_runtime,
     log:
         "logs/train_feature_model/{attack}/{slot}/{seed}.log",
     benchmark:
