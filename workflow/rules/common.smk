@@ -11,6 +11,8 @@ RUNTIME = grid.as_json(config.get("runtime", {}))
 _data = config["data"]
 DATASET = _data["source"] + (f"-{_data['image_size']}px" if _data.get("image_size") else "")
 PREPARED_DATA = f"resources/prepared/{DATASET}.pt"
+# The scale a result was computed at, for report captions (a params value: captions see only params).
+SCALE = f"dataset {DATASET}, model {config['model']['arch']}, seeds {config['seeds']}"
 
 
 wildcard_constraints:

@@ -22,6 +22,7 @@ rule render_tables:
         md="results/tables/{table}.md",
     params:
         experiment=lambda w: grid.as_json(config["experiments"][w.table]),
+        scale=SCALE,
     log:
         "logs/render_tables/{table}.log",
     conda:
@@ -41,6 +42,7 @@ rule render_figures:
         pdf="results/figures/{table}.pdf",
     params:
         experiment=lambda w: grid.as_json(config["experiments"][w.table]),
+        scale=SCALE,
     log:
         "logs/render_figures/{table}.log",
     conda:
@@ -94,6 +96,7 @@ rule compare_papers:
         md="results/paper_comparison.md",
     params:
         experiments=grid.as_json(config["experiments"]),
+        scale=SCALE,
     log:
         "logs/compare_papers.log",
     conda:
