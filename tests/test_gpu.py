@@ -33,7 +33,7 @@ def test_concurrent_jobs_get_distinct_devices(tmp_path):
     assert sorted(devices) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
 
 
-def test_a_fifth_job_waits_for_a_free_slot(tmp_path):
+def test_a_third_job_waits_for_a_free_slot(tmp_path):
     holders = [_spawn(tmp_path, 2, 2) for _ in range(2)]
     assert sorted(p.stdout.readline().strip() for p in holders) == ["cuda:0", "cuda:1"]
     start = time.monotonic()
