@@ -24,16 +24,22 @@ def test_presets_and_paper_config_pass(config):
 def test_grid_is_the_union_of_experiments(config):
     config["experiments"]["other"] = {"attacks": ["patch10"], "defenses": ["none", "cutmix"]}
     cells = grid.cells(config)
-    assert len(cells) == len(set(cells)) == 3 * 2 + 1  # shared cells once; ss x patch100 excluded
-    assert len(grid.victim_runs(config)) == 7 * 2
+    # Shared cells once; ss x patch100 excluded; table2: wb x 2, wb_adapt x mixup, control x 2.
+    assert len(cells) == len(set(cells)) == 3 * 2 + 1 + 5
+    assert ("wb_control", "none") in cells and ("wb_adapt", "none") not in cells
+    assert len(grid.victim_runs(config)) == 12 * 2
     config["seeds"] = [3, 7]
     assert {s for _, _, s in grid.victim_runs(config)} == {3, 7}
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c["experiments"]["table1"]["attacks"].append("wb"), "experiments.table1.attacks: 'wb' is not defined"),
+    (lambda c: c["experiments"]["table1"]["attacks"].append("wb9"), "experiments.table1.attacks: 'wb9' is not defined"),
+    (lambda c: c["experiments"]["table2"].update(control="wb"), "experiments.table2.control: attack 'wb' poisons"),
+    (lambda c: c["experiments"]["table2"].update(control="wb7"), "experiments.table2.attacks: 'wb7' is not defined"),
+    (lambda c: c["experiments"]["table2"]["defenses"].append("ss"),
+     "defense 'ss' cannot apply to attack 'wb_adapt': an adaptive attack"),
     (lambda c: c["experiments"]["table1"]["defenses"].append("dknn"), "experiments.table1.defenses: 'dknn' is not"),
-    (lambda c: c["attacks"]["patch10"].update(recipe="targeted"), "attacks.patch10.recipe: 'targeted' is not defined"),
+    (lambda c: c["attacks"]["patch10"].update(recipe="targeted9"), "attacks.patch10.recipe: 'targeted9' is not defined"),
     (lambda c: c["experiments"]["table1"].update(exclude=[{"attack": "patch10", "defense": "ac"}]),
      "experiments.table1.exclude"),
 ])

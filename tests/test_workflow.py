@@ -43,15 +43,67 @@ def test_paper_config_schedules_one_victim_per_cell_and_seed(tmp_path):
     runs = set(scheduled_outputs(result.stdout, "train_victim"))
     expected = {f"results/runs/{a}/{d}/{s}.json" for a, d, s in grid.victim_runs(config)}
     assert runs == expected
-    # Non-adaptive poisons are crafted once per (attack, seed), not per defense.
-    assert counts["craft_poison"] == len(config["attacks"]) * 20
+    # Non-adaptive poisons are crafted once per (attack, seed), not per defense; adaptive ones once
+    # per (attack, defense, seed).
+    slots = {(a, grid.crafting_slot(config, a, d)) for a, d in grid.cells(config)}
+    assert counts["craft_poison"] == len(slots) * 20
+    adaptive = {(a, d) for a, d in grid.cells(config) if config["attacks"][a].get("adaptive")}
+    assert len(adaptive) == 9 and all(config["attacks"][a]["type"] == "gradient_matching" for a, _ in adaptive)
+    # One crafting model per (recipe, defense slot, seed): none, plus each defense an adaptive attack meets.
+    assert counts["train_crafting_model"] == (1 + len({d for _, d in adaptive} - {"none"})) * 20
+
+
+def _shell_commands(output: str, rule: str) -> list[str]:
+    """The shell command of every job of ``rule`` in a dry run with --printshellcmds."""
+    commands, current = [], None
+    for line in output.splitlines():
+        if line.startswith("rule "):
+            current = line[5:].rstrip(":")
+        elif line.startswith("    python -m augdefense") and current == rule:
+            commands.append(line.strip())
+    return commands
+
+
+def test_adaptive_poisons_are_crafted_on_a_model_trained_under_the_defense(tmp_path):
+    """Through the DAG: the adaptive attack's crafting model is another file, trained with the
+    defense's own config entry, and the crafting job receives that defense; the non-adaptive one
+    crafts on the defense-free model, once for every defense."""
+    import shutil
+
+    shutil.copy(REPO / "presets" / "tiny.yaml", tmp_path / "tiny.yaml")
+    out = snakemake("-n", "-p", "--configfile", str(tmp_path / "tiny.yaml"), cwd=tmp_path).stdout
+    models = _shell_commands(out, "train_crafting_model")
+    assert len(models) == 4  # slots none and mixup, 2 seeds
+    mixup = [c for c in models if "--defense mixup " in c]
+    assert len(mixup) == 2 and all('"type":"mixup"' in c and '"k":2' in c for c in mixup)
+    assert all('"type":"none"' in c for c in models if "--defense none " in c)
+    crafts = _shell_commands(out, "craft_poison")
+    adaptive = [c for c in crafts if "--attack wb_adapt " in c]
+    plain = [c for c in crafts if "--attack wb " in c]
+    assert len(adaptive) == 2 and len(plain) == 2
+    assert all("--crafting-model results/crafting_models/targeted/mixup/" in c and '"type":"mixup"' in c
+               for c in adaptive)
+    assert all("--crafting-model results/crafting_models/targeted/none/" in c and "--defense none " in c
+               for c in plain)
+    assert all("--crafting-model" not in c for c in crafts if "--attack patch" in c or "--attack wb_control" in c)
 
 
 def test_end_to_end_tiny_run(tiny_run):
     workdir, result = tiny_run
     metrics = pd.read_csv(workdir / "results" / "metrics.csv")
-    assert len(metrics) == 2 * 3 * 2 + 2  # + spectral signatures on patch10 only
+    # table1: 2 attacks x 3 defenses + spectral signatures on patch10 only; table2: wb and its control
+    # under 2 defenses, wb_adapt under mixup; 2 seeds each.
+    assert len(metrics) == 2 * (2 * 3 + 1) + 2 * (2 * 2 + 1)
     assert set(metrics.defense) == {"none", "mixup", "cutmix", "ss"}
+    wb = metrics[metrics.attack.isin(["wb", "wb_adapt"])]
+    assert (wb.n_poisons == 14).all() and wb.goal_margin.notna().all() and (wb.n_eval == 1).all()
+    assert (metrics[metrics.attack == "wb_control"].n_poisons == 0).all()
+    assert set(metrics[metrics.attack == "wb_adapt"].crafting_defense) == {"mixup"}
+    table2 = pd.read_csv(workdir / "results" / "tables" / "table2.csv")
+    assert len(table2) == 3 and table2.goal_margin_shift_n.eq(2).all()
+    md2 = (workdir / "results" / "tables" / "table2.md").read_text()
+    assert "| mixup |" in md2 and "(paper 72.7)" in md2 and "log-odds shift" in md2
+    assert (workdir / "results" / "figures" / "table2.png").stat().st_size > 1000
     filtered = metrics[metrics.defense == "ss"]
     assert (filtered.attack == "patch10").all() and (filtered.n_removed > 0).all()
     assert filtered.filter_recall.between(0, 1).all()
@@ -80,11 +132,16 @@ def test_changing_one_defense_reruns_only_its_jobs(tiny_run):
     changed.write_text(yaml.safe_dump(config))
     result = snakemake("-n", "--configfile", str(changed), cwd=workdir)
     counts = job_counts(result.stdout)
-    # The mixup victims, and what aggregates them (the resolved-config record reads the whole config).
-    assert counts == {"train_victim": 4, "collect_metrics": 1, "render_tables": 1, "render_figures": 1,
-                      "compare_papers": 1, "resolved_config": 1, "provenance_manifest": 1, "all": 1}
+    # The mixup victims, the adaptive attack's mixup crafting models and poisons, and what aggregates
+    # them (the resolved-config record reads the whole config).
+    assert counts == {"train_victim": 10, "train_crafting_model": 2, "craft_poison": 2, "collect_metrics": 1,
+                      "render_tables": 2, "render_figures": 2, "compare_papers": 1, "resolved_config": 1,
+                      "provenance_manifest": 1, "all": 1}
     runs = scheduled_outputs(result.stdout, "train_victim")
-    assert sorted(runs) == sorted(f"results/runs/{a}/mixup/{s}.json" for a in ("patch10", "patch100") for s in (0, 1))
+    attacks = ("patch10", "patch100", "wb", "wb_adapt", "wb_control")
+    assert sorted(runs) == sorted(f"results/runs/{a}/mixup/{s}.json" for a in attacks for s in (0, 1))
+    assert sorted(scheduled_outputs(result.stdout, "craft_poison")) == [
+        f"results/poisons/wb_adapt/mixup/{s}.pt" for s in (0, 1)]
 
 
 def _set_typo(c):

@@ -28,6 +28,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-spec", required=True, help="the attack's config entry as JSON")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--crafting-model", help="the trained model an optimisation-based attack crafts against")
+    p.add_argument("--defense", default="none", help="the crafting model's defense (adaptive attacks)")
+    p.add_argument("--defense-spec", default='{"type": "none"}', help="that defense's config entry as JSON")
+    p.add_argument("--recipe", default="{}", help="the attack's training recipe as JSON (its crop and flip)")
+    p.add_argument("--runtime", default="{}", help="the config's 'runtime' entry as JSON")
+    p.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser("train-crafting-model", help="train the model an attack crafts against, on clean data")
+    for arg in ("--data", "--defense", "--defense-spec", "--recipe", "--model", "--runtime", "--out"):
+        p.add_argument(arg, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint")
 
     p = sub.add_parser("train-victim", help="train a victim on poisoned data under one defense")
     p.add_argument("--data", required=True)
@@ -96,7 +109,10 @@ def _parser() -> argparse.ArgumentParser:
 # command -> (rule, input args, output args, config args, wildcard args): what its sidecars record.
 PROVENANCE = {
     "prepare-data": ("prepare_data", [], ["out"], ["spec"], []),
-    "craft-poison": ("craft_poison", ["data"], ["out"], ["attack_spec"], ["attack", "seed"]),
+    "craft-poison": ("craft_poison", ["data", "crafting_model"], ["out"],
+                     ["attack_spec", "defense_spec", "recipe", "runtime"], ["attack", "defense", "seed"]),
+    "train-crafting-model": ("train_crafting_model", ["data"], ["out"], ["defense_spec", "recipe", "model", "runtime"],
+                             ["defense", "seed"]),
     "train-victim": ("train_victim", ["data", "poison", "sanitized"], ["out"],
                      ["defense_spec", "recipe", "model", "runtime"], ["attack", "defense", "seed"]),
     "train-feature-model": ("train_feature_model", ["data", "poison"], ["out"], ["recipe", "model", "runtime"],
@@ -133,7 +149,14 @@ def run(args: argparse.Namespace) -> None:
         pipeline.prepare_data(parse_json_arg(args.spec, "spec"), args.out)
     elif args.command == "craft-poison":
         pipeline.craft_poison(args.data, args.attack, parse_json_arg(args.attack_spec, "attack-spec"),
-                              args.seed, args.out)
+                              args.seed, args.out, args.crafting_model, args.defense,
+                              parse_json_arg(args.defense_spec, "defense-spec"), parse_json_arg(args.recipe, "recipe"),
+                              parse_json_arg(args.runtime, "runtime"), args.threads)
+    elif args.command == "train-crafting-model":
+        pipeline.train_crafting_model(
+            args.data, args.defense, parse_json_arg(args.defense_spec, "defense-spec"),
+            parse_json_arg(args.recipe, "recipe"), parse_json_arg(args.model, "model"),
+            parse_json_arg(args.runtime, "runtime"), args.seed, args.threads, args.out, args.checkpoint)
     elif args.command == "train-victim":
         pipeline.train_victim(
             args.data, args.poison, args.attack, args.defense,

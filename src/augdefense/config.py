@@ -17,6 +17,21 @@ NO_DEFENSE_SLOT = "none"
 FILTER_TYPES = frozenset({"spectral_signatures", "activation_clustering", "deep_knn"})
 
 
+# Crafting models train with seed + this offset: the victim of seed s is a fresh initialisation,
+# not the model the poisons were crafted on (Geiping et al. retrain the victim from scratch).
+CRAFTING_SEED_OFFSET = 1_000_000
+# Attack types whose crafting optimises against a trained model (a crafting model rule runs first).
+MODEL_ATTACK_TYPES = frozenset({"gradient_matching"})
+
+
+def crafting_seed(seed: int) -> int:
+    return seed + CRAFTING_SEED_OFFSET
+
+
+def needs_crafting_model(attack: dict) -> bool:
+    return attack.get("type") in MODEL_ATTACK_TYPES and not attack.get("control", False)
+
+
 def seeds(config: dict) -> list[int]:
     value = config["seeds"]
     return list(range(value)) if isinstance(value, int) else list(value)
@@ -36,7 +51,7 @@ def check_config(config: dict) -> None:
             if pair.get("attack") not in experiment["attacks"] or pair.get("defense") not in experiment["defenses"]:
                 raise ConfigError(f"experiments.{table}.exclude: {pair} does not name one of the experiment's "
                                   "attacks and one of its defenses")
-        for name in experiment["attacks"]:
+        for name in experiment["attacks"] + ([experiment["control"]] if "control" in experiment else []):
             if name not in attacks:
                 raise ConfigError(
                     f"experiments.{table}.attacks: '{name}' is not defined under 'attacks' "
@@ -49,6 +64,10 @@ def check_config(config: dict) -> None:
                     f"(defined: {sorted(defenses)})"
                 )
     for table, experiment in config["experiments"].items():
+        control = experiment.get("control")
+        if control is not None and not attacks[control].get("control", False):
+            raise ConfigError(f"experiments.{table}.control: attack '{control}' poisons; a control needs "
+                              "'control: true'")
         for attack, defense in experiment_cells(experiment):
             reason = filter_inapplicable(attacks[attack], defenses[defense])
             if reason:
@@ -69,12 +88,20 @@ def filter_inapplicable(attack: dict, defense: dict) -> str | None:
     """Why a filter defense cannot apply to an attack, or None when it can."""
     if is_filter(defense) and attack.get("type") == "patch" and attack.get("fraction", 0.1) >= 1.0:
         return "every training image of the target class is poisoned, so no clean image is left to tell apart"
+    if is_filter(defense) and attack.get("adaptive", False):
+        return "an adaptive attack crafts against the victim's training-time defense, and a filter has none"
     return None
 
 
 def experiment_cells(experiment: dict) -> list[tuple[str, str]]:
+    """The experiment's (attack, defense) cells; its ``control`` attack (a clean control: same draw,
+    no poisons) runs under every defense, so each poisoned victim has a same-seed clean twin."""
     excluded = {(p["attack"], p["defense"]) for p in experiment.get("exclude", [])}
-    return [(a, d) for a in experiment["attacks"] for d in experiment["defenses"] if (a, d) not in excluded]
+    cells = [(a, d) for a in experiment["attacks"] for d in experiment["defenses"] if (a, d) not in excluded]
+    if "control" in experiment:
+        cells += [(experiment["control"], d) for d in experiment["defenses"]
+                  if any((a, d) in cells for a in experiment["attacks"])]
+    return cells
 
 
 def cells(config: dict) -> list[tuple[str, str]]:

@@ -20,15 +20,65 @@ def prepare_data(spec: dict, out: str | Path) -> None:
              tuple(dataset.train_images.shape), tuple(dataset.test_images.shape), dataset.num_classes, out)
 
 
-def craft_poison(data_path: str | Path, attack_name: str, attack_spec: dict, seed: int, out: str | Path) -> None:
-    from augdefense import attacks, data
+def craft_poison(data_path: str | Path, attack_name: str, attack_spec: dict, seed: int, out: str | Path,
+                 crafting_model: str | Path | None = None, defense_name: str = "none",
+                 defense_spec: dict | None = None, recipe_spec: dict | None = None, runtime_spec: dict | None = None,
+                 threads: int = 1) -> None:
+    """Craft one attack's poison; an optimisation-based attack crafts against ``crafting_model``
+    (and, when adaptive, through the defense it was trained under)."""
+    import torch
+
+    from augdefense import attacks, data, defenses, gpu
+    from augdefense.attacks.base import CraftingContext
+    from augdefense.errors import ConfigError
     from augdefense.io import save_tensors
+    from augdefense.training import Normalizer, Recipe, Runtime, seed_everything
 
     attack = attacks.build(attack_spec, attack_name)
     dataset = data.load(data_path)
-    poison = attack.craft(dataset, seed)
+    if not attack.needs_model:
+        poison = attack.craft(dataset, seed)
+    else:
+        if crafting_model is None:
+            raise ConfigError(f"attacks.{attack_name}: type '{attack.type_name}' crafts against a trained model; "
+                              "pass --crafting-model")
+        recipe = Recipe.from_spec(recipe_spec or {}, f"recipe of attack '{attack_name}'")
+        runtime = Runtime.from_spec(runtime_spec or {})
+        defense = None
+        if attack_spec.get("adaptive", False):
+            defense = defenses.build(defense_spec or {"type": "none"}, dataset.num_classes, name=defense_name,
+                                     seed=seed)
+        model = load_model(crafting_model, dataset)
+        torch.set_num_threads(threads)
+        seed_everything(seed, runtime.deterministic)
+        normalizer = Normalizer(dataset.mean, dataset.std)
+        with gpu.acquire(runtime.device) as slot:
+            device = torch.device(slot.device)
+            model.eval().to(device)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            context = CraftingContext(model, normalizer.to(device), device, defense, recipe)
+            start = time.perf_counter()
+            poison = attack.craft(dataset, seed, context)
+            poison["info"]["craft_seconds"] = round(time.perf_counter() - start, 2)
+            poison["info"]["crafting_defense"] = defense_name if defense is not None else "none"
     save_tensors(out, poison)
     log.info("crafted %s seed %d: %s -> %s", attack_name, seed, poison["info"], out)
+
+
+def load_model(path: str | Path, dataset):
+    """A model saved by train_crafting_model / train_feature_model, rebuilt from its own spec."""
+    from augdefense import models
+    from augdefense.errors import ArtifactError
+    from augdefense.io import load_tensors
+
+    saved = load_tensors(path, {"state_dict": dict, "model": dict})
+    model = models.build(saved["model"], dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: weights do not fit model {saved['model']}: {exc}") from None
+    return model
 
 
 @dataclass
@@ -57,8 +107,12 @@ class PoisonedTraining:
         defense = defenses.build(defense_spec, dataset.num_classes, name=defense_name, seed=seed)
         probe = models.build(model_spec, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
         defense.check_model(probe)
-        poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
-        fingerprint = as_json({"data": sha256(data_path), "poison": sha256(poison_path), "defense": defense_spec,
+        if poison_path is None:  # clean training (a crafting model)
+            poison = attacks.no_poison(dataset.image_shape)
+        else:
+            poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels),
+                                         dataset.num_classes)
+        fingerprint = as_json({"data": sha256(data_path), "poison": sha256(poison_path) if poison_path else None, "defense": defense_spec,
                                "recipe": recipe_spec, "model": model_spec, "runtime": runtime_spec, "seed": seed,
                                "threads": threads})
         return cls(dataset, poison, defense, recipe, runtime, model_spec, fingerprint)
@@ -167,6 +221,30 @@ def train_feature_model(data_path: str | Path, poison_path: str | Path, attack_n
     log.info("feature model for %s seed %d -> %s", attack_name, seed, out)
 
 
+def train_crafting_model(data_path: str | Path, defense_name: str, defense_spec: dict, recipe_spec: dict,
+                         model_spec: dict, runtime_spec: dict, seed: int, threads: int, out: str | Path,
+                         checkpoint: str | Path | None = None) -> None:
+    """The model an optimisation-based attack crafts against: trained on clean data, under the
+    victim's defense for an adaptive attack (``none`` otherwise). Its seed differs from the
+    victims' (config.crafting_seed), so the victim is a fresh initialisation, as in the papers."""
+    from augdefense.config import crafting_seed
+    from augdefense.io import save_tensors
+
+    job = PoisonedTraining.load(data_path, None, defense_name, defense_spec, recipe_spec, model_spec,
+                                runtime_spec, crafting_seed(seed), threads, "crafting model recipe")
+    if getattr(job.defense, "is_filter", False):
+        from augdefense.errors import ConfigError
+
+        raise ConfigError(f"defense '{defense_name}' is a filter: an adaptive attack has no training-time "
+                          "defense to adapt to")
+    result = job.fit(crafting_seed(seed), threads, checkpoint)
+    clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
+    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": model_spec,
+                       "fingerprint": job.fingerprint, "clean_acc": clean_acc})
+    result["checkpointer"].clear()
+    log.info("crafting model under %s, seed %d (clean accuracy %.4f) -> %s", defense_name, seed, clean_acc, out)
+
+
 def sanitize(data_path: str | Path, poison_path: str | Path, model_path: str | Path, defense_name: str,
              defense_spec: dict, runtime_spec: dict, seed: int, threads: int, out: str | Path) -> dict:
     """Run a filter defense on the penultimate-layer features of the poisoned training set."""
@@ -183,12 +261,7 @@ def sanitize(data_path: str | Path, poison_path: str | Path, model_path: str | P
     if not getattr(defense, "is_filter", False):
         raise ConfigError(f"defenses.{defense_name}: type '{defense.type_name}' is not a filter defense")
     poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
-    saved = load_tensors(model_path, {"state_dict": dict, "model": dict})
-    model = models.build(saved["model"], dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except RuntimeError as exc:
-        raise ArtifactError(f"{model_path}: weights do not fit model {saved['model']}: {exc}") from None
+    model = load_model(model_path, dataset)
 
     images, labels = attacks.apply_poison(dataset.train_images, dataset.train_labels, poison)
     torch.set_num_threads(threads)

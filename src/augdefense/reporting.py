@@ -14,9 +14,21 @@ from augdefense.io import atomic_path, read_json
 from augdefense.metrics import aggregate
 
 KEY_COLUMNS = ["attack", "defense", "seed"]
-METRICS = ["clean_acc", "poison_success", "goal_probability"]
-# The paper a table's reference numbers come from (paper_numbers.csv holds every paper's values).
-REFERENCE_PAPER = {"table1": "dp-instahide"}
+METRICS = ["clean_acc", "poison_success", "goal_probability", "goal_margin"]
+# The papers a table's reference numbers come from, in order of preference: a cell takes the first
+# paper's value that reports it (paper_numbers.csv holds every paper's values).
+REFERENCE_PAPER = {"table1": ["dp-instahide"], "table2": ["dp-instahide", "strong-augmentation"],
+                   "table3": ["dp-instahide"], "table5": ["dp-instahide"]}
+
+
+def reference_numbers(table: str) -> pd.DataFrame:
+    """The papers' values for a table's cells, one per (attack, defense, metric)."""
+    papers = REFERENCE_PAPER.get(table, [])
+    paper = paper_numbers()
+    paper = paper[(paper.table == table) & paper.paper.isin(papers)].copy()
+    paper["_rank"] = [papers.index(p) for p in paper.paper]
+    paper = paper.sort_values("_rank", kind="stable").drop_duplicates(["attack", "defense", "metric"])
+    return paper.drop(columns="_rank")
 
 
 def paper_numbers() -> pd.DataFrame:
@@ -39,14 +51,41 @@ def collect_metrics(run_files: list[str | Path], out: str | Path) -> pd.DataFram
     return frame
 
 
-def summarize(metrics: pd.DataFrame, table: str, attacks: list[str], defenses: list[str]) -> pd.DataFrame:
-    """One row per (defense, attack) of an experiment: mean, std and count over seeds, and the
-    reference paper's values where it reports that cell."""
+def summarize(metrics: pd.DataFrame, table: str, attacks: list[str], defenses: list[str],
+              control: str | None = None) -> pd.DataFrame:
+    """One row per (defense, attack) of an experiment: mean, std and count over seeds, the poison
+    success's 95% Wilson interval (attack inputs pooled over seeds), the shift of the goal class's
+    probability and log-odds margin against the same-seed clean control (when the experiment has
+    one), and the reference papers' values where they report that cell."""
+    from augdefense.metrics import paired_shift, wilson_interval
+
     present = [c for c in METRICS if c in metrics]
     cells = metrics[metrics.attack.isin(attacks) & metrics.defense.isin(defenses)]
     summary = aggregate(cells, ["defense", "attack"], present)
-    paper = paper_numbers()
-    paper = paper[(paper.table == table) & (paper.paper == REFERENCE_PAPER.get(table, ""))]
+    if "poison_success" in cells:
+        intervals = []
+        for d, a in zip(summary.defense, summary.attack):
+            runs = cells[(cells.defense == d) & (cells.attack == a)].dropna(subset=["poison_success"])
+            n = int(runs.n_eval.sum())
+            intervals.append(wilson_interval(float((runs.poison_success * runs.n_eval).sum()), n) + (n,))
+        summary["poison_success_ci_low"] = [i[0] for i in intervals]
+        summary["poison_success_ci_high"] = [i[1] for i in intervals]
+        summary["poison_success_n"] = [i[2] for i in intervals]
+    if control is not None:
+        controls = metrics[metrics.attack == control].set_index(["defense", "seed"])
+        for metric in ("goal_probability", "goal_margin"):
+            if metric not in metrics:
+                continue
+            rows = []
+            for d, a in zip(summary.defense, summary.attack):
+                runs = cells[(cells.defense == d) & (cells.attack == a)]
+                twins = [controls[metric].get((d, s), math.nan) for s in runs.seed]
+                rows.append((float(pd.Series(twins, dtype=float).mean()),
+                             *paired_shift(runs[metric].to_numpy(), twins)))
+            summary[f"control_{metric}_mean"] = [r[0] for r in rows]
+            for i, part in enumerate(("shift", "shift_ci_low", "shift_ci_high", "shift_n")):
+                summary[f"{metric}_{part}"] = [r[i + 1] for r in rows]
+    paper = reference_numbers(table)
     for metric in ("clean_acc", "poison_success"):
         values = paper[paper.metric == metric].set_index(["defense", "attack"])["value"]
         summary[f"paper_{metric}"] = [values.get((d, a), math.nan) for d, a in zip(summary.defense, summary.attack)]
@@ -62,41 +101,62 @@ def _pct(mean: float, std: float) -> str:
 
 
 def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses: list[str],
-                excluded: set[tuple[str, str]] = frozenset()) -> str:
+                excluded: set[tuple[str, str]] = frozenset(), control: str | None = None) -> str:
     header = ["defense"]
     for attack in attacks:
         header += [f"clean acc % ({attack})", f"poison success % ({attack})"]
+        if control is not None:
+            header += [f"goal-class probability % ({attack}; control)", f"goal log-odds shift ({attack})"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cells = summary.set_index(["defense", "attack"])
+    width = 4 if control is not None else 2
     for defense in defenses:
         row = [defense]
         for attack in attacks:
             if (defense, attack) not in cells.index:
-                row += ["not applicable"] * 2 if (attack, defense) in excluded else ["not run"] * 2
+                row += ["not applicable"] * width if (attack, defense) in excluded else ["not run"] * width
                 continue
             c = cells.loc[(defense, attack)]
             for metric in ("clean_acc", "poison_success"):
                 text = _pct(c.get(f"{metric}_mean", math.nan), c.get(f"{metric}_std", math.nan))
+                low = c.get(f"{metric}_ci_low", math.nan)
+                if metric == "poison_success" and low == low:
+                    text += f" [{100 * low:.0f}–{100 * c[f'{metric}_ci_high']:.0f}]"
                 paper = c.get(f"paper_{metric}", math.nan)
                 if paper == paper:
                     text += f" (paper {100 * paper:.1f})"
                 row.append(text)
+            if control is not None:
+                prob, twin = c.get("goal_probability_mean", math.nan), c.get("control_goal_probability_mean", math.nan)
+                row.append(f"{100 * prob:.1f}; {100 * twin:.1f}" if prob == prob else "–")
+                shift, low = c.get("goal_margin_shift", math.nan), c.get("goal_margin_shift_ci_low", math.nan)
+                text = "–" if shift != shift else f"{shift:+.2f}"
+                if low == low:
+                    text += f" [{low:+.2f}, {c['goal_margin_shift_ci_high']:+.2f}]"
+                row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     seeds = sorted(set(summary.get("clean_acc_count", pd.Series(dtype=int)).astype(int)))
-    lines += ["", f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell. "
-              f"Paper values: {REFERENCE_PAPER.get(table, 'none recorded')}."]
+    papers = REFERENCE_PAPER.get(table, [])
+    lines += ["", f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell; poison success also with its "
+              "95% Wilson interval [low–high] over the attack inputs of all seeds pooled. "
+              f"Paper values: {', '.join(papers) if papers else 'none recorded'} (first that reports the cell)."]
+    if control is not None:
+        lines += ["", f"Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
+                  "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
+                  "(log p_goal − log max_other p) in the poisoned victim minus in its control, with a 95% t-interval: "
+                  "how far the poisons pushed the target, even where they did not flip it."]
     return "\n".join(lines) + "\n"
 
 
 def render_table(metrics_csv: str | Path, table: str, experiment: dict, out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
     metrics = pd.read_csv(metrics_csv)
-    attacks, defenses = experiment["attacks"], experiment["defenses"]
-    summary = summarize(metrics, table, attacks, defenses)
+    attacks, defenses, control = experiment["attacks"], experiment["defenses"], experiment.get("control")
+    summary = summarize(metrics, table, attacks, defenses, control)
     with atomic_path(out_csv) as tmp:
         summary.to_csv(tmp, index=False)
     with atomic_path(out_md) as tmp:
         excluded = {(p["attack"], p["defense"]) for p in experiment.get("exclude", [])}
-        tmp.write_text(f"# {table}\n\n" + to_markdown(summary, table, attacks, defenses, excluded))
+        tmp.write_text(f"# {table}\n\n" + to_markdown(summary, table, attacks, defenses, excluded, control))
     return summary
 
 
@@ -145,12 +205,10 @@ def compare_papers(metrics_csv: str | Path, experiments: dict, out_csv: str | Pa
     from augdefense.metrics import wilson_interval
 
     metrics = pd.read_csv(metrics_csv)
-    paper = paper_numbers()
     counts = {"clean_acc": "n_clean", "poison_success": "n_eval"}
     rows = []
     for table, experiment in experiments.items():
-        reference = paper[(paper.table == table) & (paper.paper == REFERENCE_PAPER.get(table, ""))]
-        for ref in reference.itertuples():
+        for ref in reference_numbers(table).itertuples():
             cell = metrics[(metrics.attack == ref.attack) & (metrics.defense == ref.defense)]
             if cell.empty or ref.attack not in experiment["attacks"] or ref.defense not in experiment["defenses"]:
                 continue

@@ -19,6 +19,7 @@ wildcard_constraints:
     attack=r"[A-Za-z0-9_\-]+",
     defense=r"[A-Za-z0-9_\-]+",
     slot=r"[A-Za-z0-9_\-]+",
+    recipe=r"[A-Za-z0-9_\-]+",
     seed=r"\d+",
     table=r"[A-Za-z0-9_\-]+",
 
@@ -29,9 +30,30 @@ wildcard_constraints:
 MINUTES_PER_EPOCH = 3
 
 
+def recipe_runtime(recipe, attempt):
+    return attempt * (15 + MINUTES_PER_EPOCH * config["recipes"][recipe]["epochs"])
+
+
 def train_runtime(wildcards, attempt):
-    recipe = config["recipes"][config["attacks"][wildcards.attack]["recipe"]]
-    return attempt * (15 + MINUTES_PER_EPOCH * recipe["epochs"])
+    return recipe_runtime(config["attacks"][wildcards.attack]["recipe"], attempt)
+
+
+def attack_recipe(attack):
+    return config["recipes"][config["attacks"][attack]["recipe"]]
+
+
+def slot_defense(slot):
+    """The defense a crafting model trains under: none, or (adaptive attacks) the victim's."""
+    return {"type": "none"} if slot == grid.NO_DEFENSE_SLOT else config["defenses"][slot]
+
+
+def crafting_model_path(attack, slot, seed):
+    """The clean-trained model an optimisation-based attack crafts against, shared by every attack
+    with the same recipe (and, when adaptive, the same defense); the patch attack needs none."""
+    spec = config["attacks"][attack]
+    if not grid.needs_crafting_model(spec):
+        return []
+    return f"results/crafting_models/{spec['recipe']}/{slot}/{seed}.pt"
 
 
 def code(*names):
@@ -61,6 +83,9 @@ def _workflow_outputs():
              "results/figures/figure4a.png", "results/figures/figure4a.pdf", "results/figures/figure4a.csv"}
     for attack, defense, seed in grid.victim_runs(config):
         files |= {f"results/runs/{attack}/{defense}/{seed}.json", poison_path(attack, defense, seed)}
+        slot = grid.crafting_slot(config, attack, defense)
+        if crafting_model_path(attack, slot, seed):
+            files.add(crafting_model_path(attack, slot, seed))
         if grid.is_filter(config["defenses"][defense]):
             files |= {sanitized_path(attack, defense, seed), feature_model_path(attack, defense, seed)}
     for table in config["experiments"]:

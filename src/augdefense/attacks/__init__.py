@@ -58,6 +58,14 @@ def load_poison(path: str | Path, image_shape: tuple[int, ...], num_train: int, 
     return poison
 
 
+def no_poison(image_shape: tuple[int, ...]) -> dict:
+    """The artifact of an attack that poisons and evaluates nothing (clean training)."""
+    empty = torch.zeros(0, dtype=torch.long)
+    return {"train_indices": empty, "train_images": torch.zeros((0, *image_shape), dtype=torch.uint8),
+            "train_labels": empty, "eval_images": torch.zeros((0, *image_shape), dtype=torch.uint8),
+            "eval_labels": empty, "eval_goals": empty, "clean_exclude": empty, "info": {}}
+
+
 def apply_poison(train_images: torch.Tensor, train_labels: torch.Tensor, poison: dict):
     """Return copies of the training set with the poisoned images (and labels) put in place."""
     images, labels = train_images.clone(), train_labels.clone()
@@ -69,3 +77,4 @@ def apply_poison(train_images: torch.Tensor, train_labels: torch.Tensor, poison:
 
 
 from augdefense.attacks import patch  # noqa: E402,F401  (registers the implementations)
+from augdefense.attacks import clean_label, convex_polytope, feature_collision, gradient_matching, hidden_trigger  # noqa: E402,F401,E501

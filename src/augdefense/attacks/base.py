@@ -1,12 +1,35 @@
 """The attack interface: an attack crafts a poison artifact (see ``augdefense.attacks``) from the
-clean dataset and a seed."""
+clean dataset, a seed and, for optimisation-based attacks, a trained model (a ``CraftingContext``)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from augdefense.config import check_params
+
+
+@dataclass
+class CraftingContext:
+    """What an optimisation-based attack crafts against: a trained model (in eval mode, on
+    ``device``), the data's normaliser, and for an adaptive attack the victim's defense (whose
+    augmentation and gradient processing the crafting loop then applies). Images are float in [0, 1]."""
+
+    model: torch.nn.Module
+    normalizer: torch.nn.Module
+    device: torch.device
+    defense: object | None = None
+    recipe: object | None = None  # the training recipe: crafting mirrors its crop (as a shift) and flip
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalizer(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features (what feature-collision attacks match)."""
+        return self.model.features(self.normalizer(x))
 
 
 class Attack(ABC):
@@ -22,6 +45,11 @@ class Attack(ABC):
         check_params(spec, {**self.params, **self.common_params}, f"attacks.{self.name}")
         self.spec = dict(spec)
 
+    @property
+    def needs_model(self) -> bool:
+        """Whether ``craft`` needs a CraftingContext (a trained model to optimise against)."""
+        return False
+
     @abstractmethod
-    def craft(self, dataset, seed: int) -> dict:
+    def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
         """Return the poison artifact as a dict of tensors and plain values."""

@@ -43,7 +43,7 @@ class PatchBackdoor(Attack):
         self.fraction = float(spec.get("fraction", 0.1))
         self.control = spec.get("control", False)
 
-    def craft(self, dataset, seed: int) -> dict:
+    def craft(self, dataset, seed: int, context=None) -> dict:
         _, h, w = dataset.image_shape
         p = self.patch_size
         if p > min(h, w):

@@ -61,6 +61,11 @@ class Defense:
     def process_gradients(self, model: torch.nn.Module) -> None:
         """Called after each backward pass, before the optimizer step (DP-SGD clips and noises here)."""
 
+    def crafting_gradients(self, grads: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """What an adaptive attacker's crafting loop makes of the poison gradient (differentiably):
+        unchanged, except where the defense post-processes gradients (DP-SGD)."""
+        return grads
+
     def check_model(self, model: torch.nn.Module, where: str = "model") -> None:
         """Raise ConfigError before training if the defense cannot train this model."""
 

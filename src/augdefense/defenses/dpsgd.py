@@ -40,6 +40,12 @@ class BatchDPSGD(Defense):
             for p in params:
                 p.grad.add_(torch.randn_like(p.grad), alpha=self.clip * self.noise)
 
+    def crafting_gradients(self, grads):
+        """The same clip and noise, differentiably: Geiping et al.'s straight-through estimate."""
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        scale = torch.clamp(self.clip / (norm + 1e-6), max=1.0)
+        return tuple(g * scale + self.clip * self.noise * torch.randn_like(g) for g in grads)
+
 
 @register
 class OpacusDPSGD(Defense):

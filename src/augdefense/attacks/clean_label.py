@@ -1,0 +1,129 @@
+"""Clean-Label Backdoor (Turner et al. 2018, "Clean-label backdoor attacks" / "Label-consistent
+backdoor attacks"), in the setting of Schwarzschild et al. 2020 that DP-InstaHide §2.2 /
+appendix A evaluates.
+
+Per seed: a random (target, source) class pair and a random Bernoulli trigger of size p x p (drawn
+exactly as the ``patch`` and ``hidden_trigger`` attacks draw them). ``n_poisons`` random
+target-class training images are made hard to learn by an untargeted PGD attack on the crafting
+model (maximise the cross-entropy of their true label; random start in the eps-ball, signed
+gradient steps, projection onto the ball and [0, 1] after each step), then the trigger is stamped
+on each (pasted, overwriting its p x p pixels) at a random location recorded in ``info``. Labels
+stay correct. So a poison differs from its clean image by at most eps outside its trigger window,
+and equals the trigger inside it. At test time the trigger is pasted at random locations on every
+source-class test image; success is the share classified as the target class.
+
+(The benchmark's ``craft_poisons_clbd.py`` clamps the stamped image back into the eps-ball, which
+largely erases the trigger; Turner et al. stamp it, as done here.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from augdefense.attacks import register
+from augdefense.attacks.base import Attack, CraftingContext
+from augdefense.attacks.feature_collision import (DEFAULT_EPS, DEFAULT_N_POISONS, EPS_PARAM, N_POISONS_PARAM,
+                                                  check_pool, frozen, project, quantize)
+from augdefense.attacks.hidden_trigger import (DEFAULT_PATCH_SIZE, PATCH_SIZE_PARAM, draw_backdoor,
+                                               patched_test_set)
+from augdefense.attacks.patch import paste
+from augdefense.errors import ConfigError
+
+log = logging.getLogger("augdefense.attacks")
+
+
+def pgd_perturb(logits_fn, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 20,
+                step_size: float = 2 / 255, random_start: bool = True, seed: int = 0) -> dict:
+    """Untargeted l-inf PGD for float ``images`` in [0, 1] (``eps`` and ``step_size`` in [0, 1]
+    units): maximise the summed cross-entropy of ``labels``. ``logits_fn`` maps images in [0, 1]
+    to logits (the caller freezes the model: see ``frozen``). The random start is drawn on the CPU
+    from ``seed``, so it does not depend on the device.
+
+    Returns ``images`` (the perturbed images, inside the ball) and ``history`` (the mean loss of
+    the start and after every step)."""
+    images, labels = images.detach(), labels.to(images.device)
+    x = images.clone()
+    if random_start:
+        generator = torch.Generator().manual_seed(seed)
+        noise = (torch.rand(images.shape, generator=generator) * 2 - 1) * eps
+        x = project(images + noise.to(images.device), images, eps)
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits_fn(x), labels, reduction="sum")
+
+    history = []
+    for _ in range(steps):
+        x.requires_grad_(True)
+        loss = loss_of(x)
+        (grad,) = torch.autograd.grad(loss, x)
+        history.append(float(loss.detach()) / len(images))
+        x = project(x.detach() + step_size * grad.sign(), images, eps)
+    with torch.no_grad():
+        history.append(float(loss_of(x)) / len(images))
+    return {"images": x.detach(), "history": history}
+
+
+@register
+class CleanLabelBackdoor(Attack):
+    type_name = "clean_label_backdoor"
+    params = {
+        "eps": EPS_PARAM,
+        "n_poisons": N_POISONS_PARAM,
+        "patch_size": PATCH_SIZE_PARAM,
+        "steps": (int, lambda v: v >= 1, "an integer >= 1 (PGD steps; 20 in the benchmark)"),
+        "step_size": ((int, float), lambda v: v > 0, "> 0 (PGD step in 1/255 pixel units; 2 in the benchmark)"),
+    }
+
+    def __init__(self, spec, name=""):
+        super().__init__(spec, name)
+        self.eps = float(spec.get("eps", DEFAULT_EPS))
+        self.n_poisons = spec.get("n_poisons", DEFAULT_N_POISONS)
+        self.patch_size = spec.get("patch_size", DEFAULT_PATCH_SIZE)
+        # Defaults of the benchmark's craft_poisons_clbd.py (poison_crafting/README.md): PGD with a
+        # random start, 20 steps of 2/255, eps 8/255 (Turner et al. use the same PGD, eps 8-32/255).
+        self.steps = spec.get("steps", 20)
+        self.step_size = float(spec.get("step_size", 2))
+
+    @property
+    def needs_model(self) -> bool:
+        return True
+
+    def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
+        if context is None:
+            raise ConfigError(f"attacks.{self.name}: the clean-label backdoor needs a crafting model")
+        draw = draw_backdoor(dataset, seed, self.patch_size, self.name)
+        _, h, w = dataset.image_shape
+        p = self.patch_size
+        # Poisons and their trigger locations: [seed, 1]; test-time locations: [seed, 3].
+        pool = torch.nonzero(dataset.train_labels == draw["target_class"]).flatten().numpy()
+        check_pool(self.name, "n_poisons", self.n_poisons, len(pool), f"target class {draw['target_class']}")
+        place = np.random.default_rng([seed, 1])
+        indices = torch.from_numpy(np.sort(place.choice(pool, self.n_poisons, replace=False))).long()
+        rows, cols = place.integers(0, h - p + 1, self.n_poisons), place.integers(0, w - p + 1, self.n_poisons)
+
+        device = context.device
+        clean = dataset.train_images[indices]
+        context.normalizer.to(device)
+        with frozen(context.model):
+            result = pgd_perturb(context.logits, (clean.float() / 255).to(device),
+                                 dataset.train_labels[indices].to(device), self.eps / 255, steps=self.steps,
+                                 step_size=self.step_size / 255, seed=seed)
+        log.info("clean-label backdoor: loss of the true label %.4f -> %.4f", result["history"][0],
+                 result["history"][-1])
+        poisons = paste(quantize(clean, result["images"], self.eps), draw["patch"], rows, cols)
+        return {
+            "train_indices": indices,
+            "train_images": poisons,
+            "train_labels": dataset.train_labels[indices].clone(),
+            **patched_test_set(dataset, draw, np.random.default_rng([seed, 3])),
+            "patch": draw["patch"],
+            "info": {"target_class": draw["target_class"], "source_class": draw["source_class"],
+                     "victim_class": draw["source_class"], "n_poisons": len(indices), "patch_size": p,
+                     "patch_rows": rows.tolist(), "patch_cols": cols.tolist(),
+                     "adversarial_loss_first": result["history"][0], "adversarial_loss": result["history"][-1],
+                     "attack": self.name, "type": self.type_name, "seed": seed},
+        }

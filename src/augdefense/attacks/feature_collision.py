@@ -1,0 +1,227 @@
+"""Poison Frogs / feature collision (Shafahi et al. 2018), in the setting of Schwarzschild et al.
+2020 ("Just how toxic is data poisoning?") that DP-InstaHide §2.2 / appendix A evaluates.
+
+Per seed: a random target class, one random test image t of it as the target (left out of clean
+accuracy), a random attacker class != target class, and ``n_poisons`` random training images b of
+the attacker class as bases (labels unchanged). Each poison minimises
+
+    ||f(x) - f(t)||^2 + (beta / 2) ||x - b||^2     s.t.  ||x - b||_inf <= eps,  x in [0, 1]
+
+(f: penultimate-layer features) by Shafahi et al.'s forward-backward splitting (Algorithm 1):
+forward step x_hat = x - lr * grad ||f(x) - f(t)||^2, backward (proximal) step
+x = (x_hat + lr * beta * b) / (1 + lr * beta), then projection onto the benchmark's l-inf ball
+around b and the valid pixel range. The backward step is the proximal map of (beta/2)||x - b||^2
+(the paper's eq. 1 writes beta ||x - b||^2, its Algorithm 1 and the benchmark's code use this
+update, so ``beta`` means here what it means there); as the ball is centred on b and everything is
+coordinate-wise, proximal step + projection is exactly the proximal map of the beta term plus the
+constraint. A step that would raise the objective is rejected and that poison's step size shrinks
+x0.2 (Shafahi et al.'s code, the benchmark's ``craft_poisons_fc.py``); a poison stops once a step
+moves it by less than 1e-5 relative.
+
+This module also holds the helpers the other optimisation-based attacks of this family share:
+``frozen`` (model in eval mode, parameters not requiring grad, restored afterwards),
+``project`` (l-inf ball and [0, 1]), ``quantize`` (uint8 poisons kept inside the eps-ball) and
+``draw_targeted`` (the per-seed target / attacker class / bases draw of FC and CP).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from augdefense.attacks import register
+from augdefense.attacks.base import Attack, CraftingContext
+from augdefense.errors import ConfigError
+
+log = logging.getLogger("augdefense.attacks")
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+# Schwarzschild et al.'s benchmark (aks2203/poisoning-benchmark, how_to.md): 25 poisons, l-inf
+# eps = 8/255 for every attack of the transfer-learning benchmark.
+DEFAULT_EPS = 8
+DEFAULT_N_POISONS = 25
+
+# The common keys, in 1/255 units where they are pixel values.
+EPS_PARAM = ((int, float), lambda v: 0 < v <= 255,
+             "in (0, 255] (l-inf bound in 1/255 pixel units; 8 in the benchmark)")
+N_POISONS_PARAM = (int, lambda v: v >= 1, "an integer >= 1 (number of poisons; 25 in the benchmark)")
+
+
+@contextmanager
+def frozen(*models: torch.nn.Module) -> Iterator[None]:
+    """Run a block with ``models`` in eval mode and their parameters not requiring grad; restore
+    each module's training flag and each parameter's requires_grad afterwards."""
+    saved = [(m, [(mod, mod.training) for mod in m.modules()], [(p, p.requires_grad) for p in m.parameters()])
+             for m in models]
+    try:
+        for m in models:
+            m.eval()
+            m.requires_grad_(False)
+        yield
+    finally:
+        for _, modes, flags in saved:
+            for mod, training in modes:
+                mod.training = training
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+def project(x: torch.Tensor, base: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project ``x`` onto the l-inf ball of radius ``eps`` around ``base`` intersected with [0, 1]."""
+    return torch.clamp(x, min=(base - eps).clamp(min=0), max=(base + eps).clamp(max=1))
+
+
+def quantize(clean: torch.Tensor, poisons: torch.Tensor, eps: float) -> torch.Tensor:
+    """uint8 poisons from uint8 ``clean`` bases and float ``poisons`` in [0, 1]: rounded to the
+    nearest level, then clamped in integer space into the eps-ball (``eps`` in 1/255 units) around
+    the base and into [0, 255], so rounding can never leave the ball."""
+    base = clean.to(torch.int32)
+    levels = torch.round(poisons.detach().cpu().float() * 255).to(torch.int32)
+    bound = int(math.floor(eps + 1e-9))
+    levels = torch.clamp(levels, min=base - bound, max=base + bound)
+    return levels.clamp(0, 255).to(torch.uint8)
+
+
+def check_pool(name: str, key: str, wanted: int, pool: int, what: str) -> None:
+    if wanted > pool:
+        raise ConfigError(f"attacks.{name}.{key}: {wanted} poisons, but {what} has only {pool} training images")
+
+
+def draw_targeted(dataset, seed: int, n_poisons: int, name: str) -> dict:
+    """The seed's target image, attacker class and bases. Same procedure (and streams) as
+    ``gradient_matching``: [seed, 10] draws the target class, the target test image and the
+    attacker class, [seed, 11] the bases, so the targeted attacks of one seed share their target."""
+    pick = np.random.default_rng([seed, 10])
+    target_class = int(pick.integers(dataset.num_classes))
+    candidates = torch.nonzero(dataset.test_labels == target_class).flatten().numpy()
+    if len(candidates) == 0:
+        raise ConfigError(f"attacks.{name}: class {target_class} has no test image to target")
+    target_index = int(pick.choice(candidates))
+    attacker = int(pick.choice([c for c in range(dataset.num_classes) if c != target_class]))
+    pool = torch.nonzero(dataset.train_labels == attacker).flatten().numpy()
+    check_pool(name, "n_poisons", n_poisons, len(pool), f"attacker class {attacker}")
+    indices = np.sort(np.random.default_rng([seed, 11]).choice(pool, n_poisons, replace=False))
+    return {"target_class": target_class, "target_index": target_index, "attacker_class": attacker,
+            "indices": torch.from_numpy(indices).long()}
+
+
+def targeted_artifact(dataset, draw: dict, poisons: torch.Tensor, info: dict) -> dict:
+    """The artifact of a targeted (FC / CP) attack: poisons in place of the bases, labels unchanged,
+    the target image as the single evaluation input whose goal is the attacker class."""
+    indices = draw["indices"]
+    return {
+        "train_indices": indices,
+        "train_images": poisons,
+        "train_labels": dataset.train_labels[indices].clone(),
+        "eval_images": dataset.test_images[draw["target_index"]][None].clone(),
+        "eval_labels": torch.tensor([draw["target_class"]], dtype=torch.long),
+        "eval_goals": torch.tensor([draw["attacker_class"]], dtype=torch.long),
+        "clean_exclude": torch.tensor([draw["target_index"]], dtype=torch.long),
+        "info": {"target_class": draw["target_class"], "target_index": draw["target_index"],
+                 "attacker_class": draw["attacker_class"], "n_poisons": len(indices), **info},
+    }
+
+
+def feature_collision(features: FeatureFn, target: torch.Tensor, bases: torch.Tensor, eps: float,
+                      beta: float = 4.0, step_size: float = 0.001, iterations: int = 120,
+                      watermark: float = 0.3, tol: float = 1e-5) -> dict:
+    """Craft one poison per base for float images in [0, 1]: ``target`` [C,H,W] or [1,C,H,W],
+    ``bases`` [N,C,H,W], ``eps`` in [0, 1] units. ``features`` maps images in [0, 1] to features
+    (the caller freezes the model: see ``frozen``). The poisons are optimised independently (in one
+    batch), each with its own step size.
+
+    Returns ``poisons`` [N,C,H,W] (inside the ball), ``history`` (mean ||f(x) - f(t)||^2 over the
+    poisons, before the first and after every iteration), ``objective`` (mean objective, same
+    points) and ``step_sizes`` (each poison's final step size)."""
+    target = target if target.dim() == 4 else target[None]
+    bases = bases.detach()
+    with torch.no_grad():
+        target_feat = features(target).detach()
+
+    def evaluate(x: torch.Tensor):
+        x = x.detach().requires_grad_(True)
+        dist = (features(x) - target_feat).pow(2).flatten(1).sum(1)
+        (grad,) = torch.autograd.grad(dist.sum(), x)
+        obj = dist.detach() + beta / 2 * (x.detach() - bases).pow(2).flatten(1).sum(1)
+        return obj, dist.detach(), grad
+
+    # Watermarked start (Shafahi et al. §4.2; opacity 0.3 in the benchmark), inside the ball.
+    x = project(watermark * target + (1 - watermark) * bases, bases, eps)
+    obj, dist, grad = evaluate(x)
+    lr = torch.full((len(bases),), float(step_size), device=bases.device)
+    done = torch.zeros(len(bases), dtype=torch.bool, device=bases.device)
+    history, objective = [float(dist.mean())], [float(obj.mean())]
+    for _ in range(iterations):
+        if bool(done.all()):
+            break
+        lam = lr.view(-1, 1, 1, 1)
+        x_hat = x - lam * grad  # forward step on the feature term
+        candidate = project((x_hat + lam * beta * bases) / (1 + lam * beta), bases, eps)  # backward step
+        c_obj, c_dist, c_grad = evaluate(candidate)
+        active = ~done
+        accept = active & (c_obj <= obj)
+        lr = torch.where(active & ~accept, lr * 0.2, lr)
+        moved = (candidate - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp(min=1e-12)
+        done = done | (accept & (moved < tol))
+        keep = accept.view(-1, 1, 1, 1)
+        x = torch.where(keep, candidate, x)
+        grad = torch.where(keep, c_grad, grad)
+        obj, dist = torch.where(accept, c_obj, obj), torch.where(accept, c_dist, dist)
+        history.append(float(dist.mean()))
+        objective.append(float(obj.mean()))
+    return {"poisons": x.detach(), "history": history, "objective": objective, "step_sizes": lr.tolist()}
+
+
+@register
+class FeatureCollision(Attack):
+    type_name = "feature_collision"
+    params = {
+        "eps": EPS_PARAM,
+        "n_poisons": N_POISONS_PARAM,
+        "iterations": (int, lambda v: v >= 1, "an integer >= 1 (forward-backward steps; 120 in the benchmark)"),
+        "step_size": ((int, float), lambda v: v > 0,
+                      "> 0 (initial step size in [0, 1] pixel units; 0.001 in the benchmark)"),
+        "beta": ((int, float), lambda v: v >= 0, ">= 0 (weight of the proximity term; 4.0 in the benchmark)"),
+        "watermark": ((int, float), lambda v: 0 <= v < 1,
+                      "in [0, 1) (opacity of the target in the start point; 0.3 in the benchmark)"),
+    }
+
+    def __init__(self, spec, name=""):
+        super().__init__(spec, name)
+        self.eps = float(spec.get("eps", DEFAULT_EPS))
+        self.n_poisons = spec.get("n_poisons", DEFAULT_N_POISONS)
+        # Defaults of the benchmark's craft_poisons_fc.py ("all the defaults are set to the values
+        # that were used", poison_crafting/README.md): 120 iterations, step size 0.001, watermark 0.3,
+        # beta 4.0 (its value for models fed normalised inputs, as CraftingContext.features does).
+        self.iterations = spec.get("iterations", 120)
+        self.step_size = float(spec.get("step_size", 0.001))
+        self.beta = float(spec.get("beta", 4.0))
+        self.watermark = float(spec.get("watermark", 0.3))
+
+    @property
+    def needs_model(self) -> bool:
+        return True
+
+    def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
+        if context is None:
+            raise ConfigError(f"attacks.{self.name}: feature collision needs a crafting model")
+        draw = draw_targeted(dataset, seed, self.n_poisons, self.name)
+        device = context.device
+        clean = dataset.train_images[draw["indices"]]
+        context.normalizer.to(device)
+        with frozen(context.model):
+            result = feature_collision(
+                context.features, (dataset.test_images[draw["target_index"]].float() / 255).to(device),
+                (clean.float() / 255).to(device), self.eps / 255, beta=self.beta, step_size=self.step_size,
+                iterations=self.iterations, watermark=self.watermark)
+        log.info("feature collision: feature distance %.4f -> %.4f", result["history"][0], result["history"][-1])
+        poisons = quantize(clean, result["poisons"], self.eps)
+        return targeted_artifact(dataset, draw, poisons, {
+            "feature_distance_first": result["history"][0], "feature_distance": result["history"][-1],
+            "attack": self.name, "type": self.type_name, "seed": seed})

@@ -1,0 +1,215 @@
+"""Witches' Brew (Geiping et al. 2020): clean-label targeted poisoning by gradient matching.
+
+Per seed: a random target class, one random test image of it as the target (left out of clean
+accuracy), a random intended class != target class, and ``budget`` x N random training images of
+the intended class as poisons (labels unchanged). Each poison gets a perturbation delta,
+||delta||_inf <= eps, that minimises
+
+    1 - cos( grad_theta L(f(aug(x + delta)), y),  grad_theta L(f(target), intended) )
+
+over all parameters of a crafting model trained on clean data, so that training on the poisons
+pushes the model the way training on the mislabelled target would. As in Geiping et al.'s code:
+signed gradients fed to Adam (lr = ``lr`` x eps), step decay x0.1 at 3/8, 5/8 and 7/8 of the
+iterations, projection onto the eps-ball and the valid pixel range after every step,
+differentiable shift (+ flip) augmentation, R restarts keeping the lowest final matching loss.
+
+Adaptive (``adaptive: true``): the crafting model was trained under the victim's defense, and the
+poison loss goes through that defense's own ``loss`` hook (its mixing, noise, MaxUp) and its
+``crafting_gradients`` hook (DP-SGD's clip + noise, a straight-through estimate).
+``control: true`` draws the same target and intended class but poisons nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from augdefense.attacks import register
+from augdefense.attacks.base import Attack, CraftingContext
+from augdefense.errors import ConfigError
+
+log = logging.getLogger("augdefense.attacks")
+
+
+def differentiable_shift_flip(x: torch.Tensor, shift: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random sub-pixel translation of up to ``shift`` pixels (and horizontal flips), through
+    grid_sample so gradients reach the perturbation (Geiping et al.'s differentiable augmentation)."""
+    b, _, h, w = x.shape
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    if flip:
+        signs = torch.randint(0, 2, (b,), generator=generator).to(x.device) * 2 - 1
+        theta[:, 0, 0] = signs.float()
+    if shift > 0:
+        offsets = (torch.rand(b, 2, generator=generator).to(x.device) * 2 - 1) * shift
+        theta[:, 0, 2] = offsets[:, 0] * 2 / w
+        theta[:, 1, 2] = offsets[:, 1] * 2 / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _flat_cosine_loss(grads: list[torch.Tensor], target: list[torch.Tensor], target_norm: torch.Tensor) -> torch.Tensor:
+    dot = sum((g * t).sum() for g, t in zip(grads, target))
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    return 1 - dot / (norm * target_norm + 1e-12)
+
+
+def brew(context: CraftingContext, images: torch.Tensor, labels: torch.Tensor, target_image: torch.Tensor,
+         intended: int, eps: float, iterations: int, restarts: int, lr: float = 0.1, batch_size: int = 512,
+         shift: int = 0, flip: bool = False, seed: int = 0) -> dict:
+    """Craft perturbations for float ``images`` in [0, 1] (on any device); ``eps`` in [0, 1] units.
+
+    Returns ``delta`` (of the restart with the lowest final loss), ``restart_losses`` (final loss
+    of each restart), ``history`` (mean matching loss per iteration of the kept restart)."""
+    model, device = context.model, context.device
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    images, labels = images.to(device), labels.to(device)
+    target_loss = F.cross_entropy(context.logits(target_image.to(device)), torch.tensor([intended], device=device))
+    target_grad = [g.detach() for g in torch.autograd.grad(target_loss, params)]
+    target_norm = torch.sqrt(sum(g.pow(2).sum() for g in target_grad))
+    defense = context.defense
+    generator = torch.Generator().manual_seed(seed)
+
+    def poison_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if defense is None:
+            return F.cross_entropy(context.logits(x), y)
+        return defense.loss(context.logits, x, y, epoch=10**6)  # late epoch: MaxUp's warm-up is over
+
+    best, restart_losses = None, []
+    for restart in range(restarts):
+        delta = ((torch.rand(images.shape, generator=generator) * 2 - 1) * eps).to(device)
+        delta = (images + delta).clamp_(0, 1) - images
+        delta.requires_grad_(True)
+        optimizer = torch.optim.Adam([delta], lr=lr * eps)
+        milestones = [int(iterations // 2.667), int(iterations // 1.6), int(iterations // 1.142)]
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, 0.1)
+        history = []
+        for _ in range(iterations):
+            delta.grad = torch.zeros_like(delta)
+            total = 0.0
+            for begin in range(0, len(images), batch_size):
+                sl = slice(begin, begin + batch_size)
+                x = images[sl] + delta[sl]
+                if shift or flip:
+                    x = differentiable_shift_flip(x, shift, flip, generator)
+                grads = torch.autograd.grad(poison_loss(x, labels[sl]), params, create_graph=True)
+                if defense is not None:
+                    grads = defense.crafting_gradients(grads)
+                loss = _flat_cosine_loss(grads, target_grad, target_norm)
+                (delta_grad,) = torch.autograd.grad(loss, delta)
+                delta.grad += delta_grad
+                total += float(loss.detach()) * len(images[sl])
+            delta.grad.sign_()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                delta.clamp_(-eps, eps)
+                delta.copy_((images + delta).clamp(0, 1) - images)
+            history.append(total / len(images))
+        final = history[-1] if history else math.inf
+        log.info("restart %d/%d: matching loss %.4f -> %.4f", restart + 1, restarts,
+                 history[0] if history else math.nan, final)
+        restart_losses.append(final)
+        if best is None or final < best["loss"]:
+            best = {"loss": final, "delta": delta.detach().clone(), "history": history, "restart": restart}
+    return {"delta": best["delta"], "history": best["history"], "restart": best["restart"],
+            "restart_losses": restart_losses}
+
+
+def quantize(clean: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """uint8 poisons from uint8 ``clean`` and a float perturbation (in [0, 1] units), kept inside
+    the eps-ball (``eps`` in 1/255 units) and the valid range after rounding."""
+    base = clean.to(torch.int32)
+    poisoned = torch.round(base.float() + delta.cpu().float() * 255).to(torch.int32)
+    bound = int(math.floor(eps + 1e-9))
+    poisoned = torch.minimum(torch.maximum(poisoned, base - bound), base + bound)
+    return poisoned.clamp(0, 255).to(torch.uint8)
+
+
+@register
+class GradientMatching(Attack):
+    type_name = "gradient_matching"
+    params = {
+        "eps": ((int, float), lambda v: v > 0, "> 0 (l-inf bound in 1/255 pixel units; 16 in the papers)"),
+        "budget": ((int, float), lambda v: 0 < v <= 1, "in (0, 1] (share of the training set poisoned; 0.01 in the papers)"),
+        "iterations": (int, lambda v: v >= 1, "an integer >= 1 (250 in the papers)"),
+        "restarts": (int, lambda v: v >= 1, "an integer >= 1 (8 in the papers)"),
+        "lr": ((int, float), lambda v: v > 0, "> 0 (signed-Adam step as a fraction of eps; Geiping et al.'s tau 0.1)"),
+        "batch_size": (int, lambda v: v >= 1, "an integer >= 1 (poisons per crafting step; 512 in Geiping et al.)"),
+        "augment": (bool, lambda v: True, "true or false (differentiable shift/flip while crafting)"),
+        "control": (bool, lambda v: True, "true or false (poison nothing: the clean control)"),
+    }
+
+    def __init__(self, spec, name=""):
+        super().__init__(spec, name)
+        self.eps = float(spec.get("eps", 16))
+        self.budget = float(spec.get("budget", 0.01))
+        self.iterations = spec.get("iterations", 250)
+        self.restarts = spec.get("restarts", 8)
+        self.lr = float(spec.get("lr", 0.1))
+        self.batch_size = spec.get("batch_size", 512)
+        self.augment = spec.get("augment", True)
+        self.control = spec.get("control", False)
+
+    @property
+    def needs_model(self) -> bool:
+        return not self.control
+
+    def draw(self, dataset, seed: int) -> dict:
+        """The seed's target image, intended class and poison indices (shared by every variant)."""
+        pick = np.random.default_rng([seed, 10])
+        target_class = int(pick.integers(dataset.num_classes))
+        candidates = torch.nonzero(dataset.test_labels == target_class).flatten().numpy()
+        target_index = int(pick.choice(candidates))
+        intended = int(pick.choice([c for c in range(dataset.num_classes) if c != target_class]))
+        pool = torch.nonzero(dataset.train_labels == intended).flatten().numpy()
+        n_poison = int(round(self.budget * len(dataset.train_labels)))
+        if n_poison > len(pool):
+            raise ConfigError(f"attacks.{self.name}.budget: {self.budget} x {len(dataset.train_labels)} = {n_poison} "
+                              f"poisons, but the intended class has only {len(pool)} training images")
+        if n_poison < 1:
+            raise ConfigError(f"attacks.{self.name}.budget: {self.budget} x {len(dataset.train_labels)} rounds to "
+                              "no poison at all")
+        indices = np.sort(np.random.default_rng([seed, 11]).choice(pool, n_poison, replace=False))
+        return {"target_class": target_class, "target_index": target_index, "intended_class": intended,
+                "indices": torch.from_numpy(indices).long()}
+
+    def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
+        draw = self.draw(dataset, seed)
+        target_image = dataset.test_images[draw["target_index"]][None]
+        indices = draw["indices"]
+        info = {"target_class": draw["target_class"], "intended_class": draw["intended_class"],
+                "target_index": draw["target_index"], "attack": self.name, "type": self.type_name, "seed": seed,
+                "adaptive": bool(self.spec.get("adaptive", False))}
+        if self.control:
+            indices = indices[:0]
+            info.update(n_poisons=0)
+            poisons = dataset.train_images[indices].clone()
+        else:
+            if context is None:
+                raise ConfigError(f"attacks.{self.name}: gradient matching needs a crafting model")
+            recipe = context.recipe
+            result = brew(context, dataset.train_images[indices].float() / 255, dataset.train_labels[indices],
+                          target_image.float() / 255, draw["intended_class"], self.eps / 255, self.iterations,
+                          self.restarts, self.lr, self.batch_size,
+                          shift=recipe.crop_pad if (self.augment and recipe) else 0,
+                          flip=bool(self.augment and recipe and recipe.flip), seed=seed)
+            poisons = quantize(dataset.train_images[indices], result["delta"], self.eps)
+            info.update(n_poisons=len(indices), matching_loss_first=result["history"][0],
+                        matching_loss=result["history"][-1], kept_restart=result["restart"],
+                        restart_losses=result["restart_losses"])
+        return {
+            "train_indices": indices,
+            "train_images": poisons,
+            "train_labels": dataset.train_labels[indices].clone(),
+            "eval_images": target_image.clone(),
+            "eval_labels": torch.tensor([draw["target_class"]]),
+            "eval_goals": torch.tensor([draw["intended_class"]]),
+            "clean_exclude": torch.tensor([draw["target_index"]]),
+            "info": info,
+        }

@@ -1,0 +1,151 @@
+"""Witches' Brew gradient matching: the poison's constraints, the optimisation, restarts, controls."""
+
+import math
+
+import pytest
+import torch
+
+from augdefense import attacks, defenses
+from augdefense.attacks.base import CraftingContext
+from augdefense.attacks.gradient_matching import brew, quantize
+from augdefense.errors import ConfigError
+from augdefense.metrics import goal_margin, paired_shift
+from augdefense.models import build as build_model
+from augdefense.training import Normalizer, Recipe
+
+SPEC = {"type": "gradient_matching", "recipe": "targeted", "eps": 8, "budget": 0.02, "iterations": 6,
+        "restarts": 2}
+
+
+def context(dataset, defense=None, seed=0, recipe=None):
+    torch.manual_seed(seed)
+    model = build_model({"arch": "convnet", "width": 8}, 1, dataset.num_classes, dataset.image_shape[-1]).eval()
+    return CraftingContext(model, Normalizer(dataset.mean, dataset.std), torch.device("cpu"), defense,
+                           recipe or Recipe(crop_pad=1, flip=False))
+
+
+@pytest.fixture(scope="module")
+def trained_context(digits8):
+    """A crafting model trained for a few epochs (a random network's gradients are already aligned)."""
+    from augdefense.training import train
+
+    ctx = context(digits8)
+    recipe = Recipe(epochs=3, milestones=(), crop_pad=1, flip=False)
+    train(ctx.model, digits8.train_images, digits8.train_labels, defenses.build({"type": "none"}, 10), recipe,
+          ctx.normalizer, ctx.device, seed=0, amp=False)
+    ctx.model.eval()
+    return ctx
+
+
+def craft(dataset, seed=0, defense=None, **overrides):
+    attack = attacks.build({**SPEC, **overrides}, "wb")
+    return attack.craft(dataset, seed, None if attack.spec.get("control") else context(dataset, defense))
+
+
+def test_poisons_stay_in_the_eps_ball_touch_only_their_indices_and_keep_labels(digits8):
+    poison = craft(digits8)
+    idx = poison["train_indices"]
+    assert len(idx) == round(0.02 * len(digits8.train_labels))
+    clean = digits8.train_images[idx].int()
+    change = (poison["train_images"].int() - clean).abs()
+    assert change.max() <= 8 and change.max() > 0
+    assert torch.equal(poison["train_labels"], digits8.train_labels[idx])
+    # Clean-label: every poison belongs to the intended class.
+    assert (poison["train_labels"] == poison["info"]["intended_class"]).all()
+    images, labels = attacks.apply_poison(digits8.train_images, digits8.train_labels, poison)
+    changed = torch.nonzero((images != digits8.train_images).flatten(1).any(1)).flatten()
+    assert set(changed.tolist()) <= set(idx.tolist())
+    assert torch.equal(labels, digits8.train_labels)
+
+
+def test_target_is_a_test_image_of_another_class_left_out_of_clean_accuracy(digits8):
+    info = craft(digits8, iterations=1, restarts=1)
+    poison = info
+    target = poison["info"]["target_index"]
+    assert poison["clean_exclude"].tolist() == [target]
+    assert torch.equal(poison["eval_images"][0], digits8.test_images[target])
+    assert poison["eval_labels"].item() == digits8.test_labels[target].item() == poison["info"]["target_class"]
+    assert poison["eval_goals"].item() == poison["info"]["intended_class"] != poison["info"]["target_class"]
+
+
+def test_matching_loss_falls_and_the_lowest_loss_restart_is_kept(digits8, trained_context):
+    ctx = trained_context
+    idx = torch.nonzero(digits8.train_labels == 3).flatten()[:20]
+    target = torch.nonzero(digits8.test_labels == 5).flatten()[:1]
+    result = brew(ctx, digits8.train_images[idx].float() / 255, digits8.train_labels[idx],
+                  digits8.test_images[target].float() / 255, 3, 16 / 255, iterations=40, restarts=3, seed=1)
+    assert result["history"][-1] < 0.85 * result["history"][0]
+    losses = result["restart_losses"]
+    assert len(losses) == 3 and len(set(losses)) == 3
+    assert result["restart"] == min(range(3), key=losses.__getitem__)
+    assert result["history"][-1] == min(losses)
+    assert result["delta"].abs().max() <= 16 / 255 + 1e-6
+
+
+def test_same_seed_same_poison_other_seed_other_draw(digits8):
+    a, b = craft(digits8, seed=3), craft(digits8, seed=3)
+    assert torch.equal(a["train_images"], b["train_images"]) and torch.equal(a["train_indices"], b["train_indices"])
+    c = craft(digits8, seed=4)
+    assert not torch.equal(a["train_indices"], c["train_indices"])
+
+
+def test_control_draws_the_same_target_and_poisons_nothing(digits8):
+    poisoned, control = craft(digits8, seed=2), craft(digits8, seed=2, control=True)
+    assert len(control["train_indices"]) == 0 and len(control["train_images"]) == 0
+    for key in ("target_class", "intended_class", "target_index"):
+        assert control["info"][key] == poisoned["info"][key]
+    assert torch.equal(control["eval_images"], poisoned["eval_images"])
+    assert not attacks.build({**SPEC, "control": True}, "c").needs_model
+
+
+def test_adaptive_crafting_goes_through_the_defense(digits8):
+    plain = craft(digits8, seed=1)
+    mixed = craft(digits8, seed=1, defense=defenses.build({"type": "mixup", "k": 2}, 10, seed=1), adaptive=True)
+    assert torch.equal(plain["train_indices"], mixed["train_indices"])
+    assert not torch.equal(plain["train_images"], mixed["train_images"])
+    assert mixed["info"]["adaptive"] is True
+
+
+def test_dpsgd_crafting_gradients_clip_and_noise_like_training():
+    grads = (torch.full((10,), 3.0, requires_grad=True), torch.full((5,), 4.0))
+    clipped = defenses.build({"type": "dpsgd_batch", "clip": 1.0, "noise": 0.0}, 10).crafting_gradients(grads)
+    assert math.isclose(float(torch.sqrt(sum(g.detach().pow(2).sum() for g in clipped))), 1.0, rel_tol=1e-4)
+    clipped[0].sum().backward()  # differentiable: the straight-through estimate reaches the poison
+    assert grads[0].grad is not None
+    torch.manual_seed(0)
+    noisy = defenses.build({"type": "dpsgd_batch", "clip": 1.0, "noise": 0.5}, 10).crafting_gradients(
+        (torch.zeros(20000),))
+    assert abs(float(noisy[0].std()) - 0.5) < 0.02
+    untouched = defenses.build({"type": "mixup"}, 10).crafting_gradients(grads)
+    assert untouched is grads
+
+
+def test_quantize_stays_inside_a_fractional_ball_and_the_pixel_range():
+    clean = torch.tensor([0, 10, 128, 250, 255], dtype=torch.uint8)
+    delta = torch.tensor([-0.2, 0.05, -0.04, 0.1, 0.3])
+    out = quantize(clean, delta, 7.5).int()
+    assert ((out - clean.int()).abs() <= 7).all() and out.min() >= 0 and out.max() <= 255
+    assert out.tolist() == [0, 17, 121, 255, 255]
+
+
+@pytest.mark.parametrize("overrides, key", [({"eps": 0}, "eps"), ({"budget": 1.5}, "budget"),
+                                             ({"restarts": 0}, "restarts"), ({"sigma": 1}, "sigma")])
+def test_bad_parameters_are_named(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        attacks.build({**SPEC, **overrides}, "wb")
+
+
+def test_a_budget_larger_than_the_intended_class_is_refused(digits8):
+    with pytest.raises(ConfigError, match="budget"):
+        craft(digits8, budget=0.5)
+
+
+def test_goal_margin_is_positive_exactly_when_the_goal_wins_and_shift_pairs_seeds():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    goals = torch.tensor([0, 0, 2])
+    margin = goal_margin(probs, goals)
+    assert margin[0] > 0 and margin[1] < 0 and margin[2] > 0
+    assert math.isclose(float(margin[1]), math.log(0.2 / 0.5), rel_tol=1e-6)
+    mean, low, high, n = paired_shift([1.0, 2.0, 3.0], [0.0, 0.5, 1.0])
+    assert n == 3 and math.isclose(mean, 1.5) and low < mean < high
+    assert paired_shift([1.0], [0.0])[1] != paired_shift([1.0], [0.0])[1]  # one pair: no interval (NaN)
