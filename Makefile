@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(SNAKEMAKE) --configfile $(CONFIG)
-	@echo "Table 1 (demo):   $(CURDIR)/results/tables/table1.md"
-	@echo "Figures:          $(CURDIR)/results/figures/ (table1.png, table1.pdf)"
-	@cat results/tables/table1.md
+	@echo "Tables (demo):    $(CURDIR)/results/tables/ (table1, table2, backdoor_control: .md and .csv)"
+	@echo "Figures:          $(CURDIR)/results/figures/ (table1, table2: .png and .pdf)"
+	@cat results/tables/table1.md results/tables/table2.md
 
 test: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
@@ -43,6 +43,7 @@ check: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense check-manifest results/provenance/manifest.tsv
 
 bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'  # IBM ART, for the crafting comparison
 	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense.bench
 
 clean:

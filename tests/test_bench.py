@@ -1,12 +1,14 @@
-"""The benchmark runs in its tiny mode (its output's shape is checked, not its speed), and the
+"""The benchmark runs in its tiny mode (its output's shape is checked, not its speed; the
+crafting row measured against IBM ART when it is installed, skipped with a reason when not), and the
 batched fast paths follow the same distributions as the reference per-sample transforms."""
 
 import json
+import sys
 
 import torch
 from torchvision.transforms import v2
 
-from augdefense import augment, bench, defenses
+from augdefense import augment, bench, data, defenses
 
 
 def test_tiny_benchmark_writes_its_report(tmp_path):
@@ -18,8 +20,44 @@ def test_tiny_benchmark_writes_its_report(tmp_path):
     for row in measured:
         assert row["ours_images_per_s"] > 0 and row["reference_images_per_s"] > 0
         assert abs(row["ratio"] - row["ours_images_per_s"] / row["reference_images_per_s"]) < 0.02
-    assert "skipped" in result["crafting"]
-    assert "| mixup k=2 |" in (tmp_path / "bench.md").read_text()
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| mixup k=2 |" in markdown
+    crafting = result["crafting"]
+    if _art_importable():
+        assert "skipped" not in crafting
+        assert crafting["poisons"] == 14 and crafting["training_images"] == 1437  # 1% of digits' training set
+        assert int(crafting["percent_poison"] * crafting["training_images"]) == crafting["poisons"]  # ART's count
+        assert crafting["iterations"] == 2 and crafting["restarts"] == 1 and crafting["eps"] == "16/255"
+        ours, art = crafting["ours_seconds_per_iteration"], crafting["art_seconds_per_iteration"]
+        assert ours > 0 and art > 0
+        assert abs(crafting["ratio"] - art / ours) <= 0.01 * crafting["ratio"] + 0.01
+        assert set(crafting["matching_loss"]) == {"clean", "ours", "art"}
+        assert all(0 <= v <= 2 for v in crafting["matching_loss"].values())
+        assert f"| gradient matching | {ours} | {art} | {crafting['ratio']}× |" in markdown
+    else:
+        assert set(crafting) == {"skipped"} and "ART is not importable" in crafting["skipped"]
+        assert "Crafting (gradient matching vs IBM ART): skipped: IBM ART" in markdown
+
+
+def _art_importable() -> bool:
+    try:
+        bench._import_art()
+    except ImportError:
+        return False
+    return True
+
+
+def test_crafting_row_is_skipped_with_a_reason_without_art(monkeypatch):
+    # As if ART were not installed: a None entry in sys.modules makes its import raise ImportError,
+    # whether or not it is installed (and already imported by another test).
+    for name in [m for m in sys.modules if m == "art" or m.startswith("art.")] + ["art"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    assert not _art_importable()
+    dataset = data.build({"source": "digits", "image_size": 16})
+    row = bench.bench_crafting(dataset, {"arch": "convnet", "width": 32}, iterations=1, repeats=1, model_epochs=0)
+    assert set(row) == {"skipped"}
+    assert "IBM ART is not importable" in row["skipped"] and "pip install -e '.[bench]'" in row["skipped"]
+    assert bench._crafting_markdown(row) == [f"Crafting (gradient matching vs IBM ART): skipped: {row['skipped']}"]
 
 
 def test_batched_crop_offsets_match_v2_random_crop():

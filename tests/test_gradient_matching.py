@@ -7,7 +7,8 @@ import torch
 
 from augdefense import attacks, defenses
 from augdefense.attacks.base import CraftingContext
-from augdefense.attacks.gradient_matching import brew, quantize
+from augdefense.attacks.constraints import quantize_delta as quantize
+from augdefense.attacks.gradient_matching import brew
 from augdefense.errors import ConfigError
 from augdefense.metrics import goal_margin, paired_shift
 from augdefense.models import build as build_model
@@ -149,3 +150,17 @@ def test_goal_margin_is_positive_exactly_when_the_goal_wins_and_shift_pairs_seed
     mean, low, high, n = paired_shift([1.0, 2.0, 3.0], [0.0, 0.5, 1.0])
     assert n == 3 and math.isclose(mean, 1.5) and low < mean < high
     assert paired_shift([1.0], [0.0])[1] != paired_shift([1.0], [0.0])[1]  # one pair: no interval (NaN)
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "cutmix", "alpha": 1.0, "p": 1.0}, {"type": "cutout", "size": 4},
+    {"type": "maxup", "m": 2, "start_epoch": 0, "inner": {"type": "cutout", "size": 4}},
+    {"type": "mixup", "k": 4, "weights": "equal", "laplace": 8}, {"type": "dpsgd_batch", "clip": 1.0, "noise": 0.01},
+])
+def test_every_augmentation_and_dp_defense_can_be_crafted_through(digits8, spec):
+    """The adaptive crafting loop differentiates through each defense's loss and gradient hooks."""
+    ctx = context(digits8, defenses.build(spec, 10, seed=0))
+    idx = torch.nonzero(digits8.train_labels == 3).flatten()[:8]
+    result = brew(ctx, digits8.train_images[idx].float() / 255, digits8.train_labels[idx],
+                  digits8.test_images[:1].float() / 255, 3, 8 / 255, iterations=2, restarts=1)
+    assert result["delta"].abs().max() > 0 and math.isfinite(result["history"][-1])

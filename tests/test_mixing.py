@@ -134,3 +134,13 @@ def test_laplace_noise_composes_with_mixup():
 def test_bad_defense_entries_name_the_key(spec, key):
     with pytest.raises(ConfigError, match=key):
         defenses.build(spec, C, name="d")
+
+
+def test_laplace_clip_keeps_noised_images_in_range_and_is_off_by_default():
+    x = torch.full((64, 1, 8, 8), 0.99)
+    y = torch.zeros(64, dtype=torch.long)
+    torch.manual_seed(0)
+    raw, _ = defenses.build({"type": "none", "laplace": 16}, 10).transform(x, y, 0)
+    clipped, _ = defenses.build({"type": "none", "laplace": 16, "laplace_clip": True}, 10).transform(x, y, 0)
+    assert raw.max() > 1 and raw.min() < 0.99
+    assert clipped.max() <= 1 and clipped.min() >= 0 and clipped.min() < 0.99

@@ -3,8 +3,10 @@
 - Training-step throughput (images/s) of our loop, per defense, against a reference loop written
   the common way: a torchvision Dataset with per-sample ``transforms.v2`` and a DataLoader, with
   the same model, data, batch size, defense and optimizer. Medians over repeats.
-- Gradient-matching crafting against IBM ART: skipped until the attack lands (and when ART is
-  not installed), with the reason in the output.
+- Gradient-matching crafting (Witches' Brew) against IBM ART's ``GradientMatchingAttack``
+  (PyTorch path): seconds per iteration of each, same model, target, poisons, eps, iterations,
+  one restart and no augmentation (ART's loop has none). Skipped, with the reason, when ART is
+  not installed (``pip install -e '.[bench]'``).
 - The workflow's wall time and each rule family's time, from Snakemake's log and ``benchmark:``
   files of the last run in this folder (run ``make demo`` first).
 
@@ -18,16 +20,18 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm reads it at import; per-epoch bars would drown the table
 
 import argparse
-import json
 import platform
 import re
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from augdefense import data, defenses, models
+from augdefense.attacks.base import CraftingContext
 from augdefense.io import atomic_path, write_json
 from augdefense.training import Normalizer, Recipe, train
 
@@ -113,13 +117,129 @@ def bench_training(dataset: data.Dataset, model_spec: dict, n: int, batch_size: 
     return rows
 
 
-def bench_crafting() -> dict:
-    from importlib.util import find_spec
+CRAFT_BUDGET = 0.01  # share of the training set poisoned (the papers' and our attack's default): 14 of 1437
+CRAFT_EPS = 16 / 255
+CRAFT_BATCH = 512  # poisons per step, both sides: every poison in one batch, one optimizer step per iteration
+CRAFT_MODEL_EPOCHS = 3  # clean training of the crafting model before the measurement (none in --tiny)
 
-    if find_spec("art") is None:
-        return {"skipped": "IBM ART is not installed (pip install -e .[bench]); and the gradient-matching "
-                           "attack is not implemented yet"}
-    return {"skipped": "the gradient-matching attack is not implemented yet"}
+
+def _import_art():
+    """ART's attack and PyTorch estimator; ImportError when ART (or what it needs) is missing."""
+    import art
+    from art.attacks.poisoning import GradientMatchingAttack
+    from art.estimators.classification import PyTorchClassifier
+
+    return art.__version__, GradientMatchingAttack, PyTorchClassifier
+
+
+def _matching_loss(context: CraftingContext, poisons: torch.Tensor, labels: torch.Tensor, target: torch.Tensor,
+                   intended: int) -> float:
+    """1 - cos(poison-batch gradient, target gradient) over all parameters: the objective both
+    implementations minimise, computed the same way for both outputs."""
+    params = [p for p in context.model.parameters() if p.requires_grad]
+    target_loss = F.cross_entropy(context.logits(target), torch.tensor([intended]))
+    target_grad = torch.autograd.grad(target_loss, params)
+    grads = torch.autograd.grad(F.cross_entropy(context.logits(poisons), labels), params)
+    dot = sum((g * t).sum() for g, t in zip(grads, target_grad))
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads)) * torch.sqrt(sum(t.pow(2).sum() for t in target_grad))
+    return float(1 - dot / norm)
+
+
+def bench_crafting(dataset: data.Dataset, model_spec: dict, iterations: int, repeats: int, model_epochs: int,
+                   budget: float = CRAFT_BUDGET, seed: int = 0) -> dict:
+    """Seconds per crafting iteration of our ``brew`` and of ART's GradientMatchingAttack (PyTorch
+    path), same model, target, intended class, number of poisons, eps, iterations, 1 restart, no
+    augmentation. Each timing is one whole call divided by its iterations (so it includes each
+    side's setup: the target gradient; for ART also its final pass over the poisons and the copy
+    of the training set it returns). Medians over ``repeats``, after an uncounted 1-iteration round."""
+    try:
+        art_version, GradientMatchingAttack, PyTorchClassifier = _import_art()
+    except ImportError as err:
+        return {"skipped": f"IBM ART is not importable ({err}); pip install -e '.[bench]' to measure "
+                           "gradient-matching crafting against it"}
+    from augdefense.attacks.gradient_matching import GradientMatching, brew
+
+    shape, num_classes = dataset.image_shape, dataset.num_classes
+    device = torch.device("cpu")
+    torch.manual_seed(seed)
+    model = models.build(model_spec, shape[0], num_classes, shape[-1])
+    normalizer = Normalizer(dataset.mean, dataset.std)
+    if model_epochs:
+        train(model, dataset.train_images, dataset.train_labels, defenses.build({"type": "none"}, num_classes),
+              Recipe(epochs=model_epochs, milestones=(), batch_size=128, crop_pad=2, flip=True), normalizer,
+              device, seed=seed, amp=False)
+    model.eval()
+    context = CraftingContext(model, normalizer, device)
+
+    # The target and intended class as our attack draws them for this seed.
+    draw = GradientMatching({"budget": budget}, name="bench").draw(dataset, seed)
+    intended, n = draw["intended_class"], len(draw["indices"])
+    target = dataset.test_images[draw["target_index"]][None].float() / 255
+    x_train = dataset.train_images.float().div(255).numpy()
+    y_train = dataset.train_labels.numpy()
+    total = len(y_train)
+    # ART takes the whole training set and a share, and poisons the first int(share x N) of a
+    # np.random permutation of the intended class's images: seeded here, so both sides craft the same images.
+    percent_poison = (n + 0.5) / total  # int(percent_poison * N) == n exactly
+    np.random.seed(seed)
+    indices = np.random.permutation(np.flatnonzero(y_train == intended))[:n]
+    images, labels = torch.from_numpy(x_train[indices]), torch.from_numpy(y_train[indices])
+
+    # ART's attack calls ``classifier.model`` directly (its own ``preprocessing`` is not applied on
+    # that path), so the normalisation is folded into the module it wraps. Same weights as ours. In
+    # eval mode: ART puts the module back in the mode it found it in, and a fresh Sequential is in train mode.
+    classifier = PyTorchClassifier(torch.nn.Sequential(normalizer, model).eval(), torch.nn.CrossEntropyLoss(),
+                                   input_shape=tuple(shape), nb_classes=num_classes, clip_values=(0.0, 1.0),
+                                   device_type="cpu")
+
+    def ours(its: int) -> tuple[float, torch.Tensor]:
+        start = time.perf_counter()
+        result = brew(context, images, labels, target, intended, CRAFT_EPS, its, restarts=1,
+                      batch_size=CRAFT_BATCH, shift=0, flip=False, seed=seed)
+        return time.perf_counter() - start, images + result["delta"]
+
+    def theirs(its: int) -> tuple[float, torch.Tensor]:
+        # ART's default schedule (lr 0.1 until epoch 150 of 250, then /10 at 150, 200, 220) scaled to ``its``.
+        milestones = [max(1, round(its * m / 250)) for m in (100, 150, 200, 220)]
+        attack = GradientMatchingAttack(classifier, percent_poison=percent_poison, epsilon=CRAFT_EPS, max_trials=1,
+                                        max_epochs=its, learning_rate_schedule=([1e-1, 1e-2, 1e-3, 1e-4], milestones),
+                                        batch_size=CRAFT_BATCH, clip_values=(0.0, 1.0), verbose=0)
+        np.random.seed(seed)
+        start = time.perf_counter()
+        poisoned, _ = attack.poison(target.numpy(), np.array([intended]), x_train, y_train)
+        elapsed = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)  # ART's backward also fills the model's .grad
+        changed = np.flatnonzero(np.any(poisoned != x_train, axis=(1, 2, 3)))
+        if not set(changed.tolist()) <= set(indices.tolist()):
+            raise RuntimeError("ART poisoned other images than the benchmark expected (its selection changed?)")
+        return elapsed, torch.from_numpy(poisoned[indices])
+
+    timings: dict[str, list[float]] = {"ours": [], "art": []}
+    poisons = {}
+    for repeat in range(repeats + 1):  # round 0: one iteration each, to warm up; not counted
+        its = iterations if repeat else 1
+        order = (("ours", ours), ("art", theirs)) if repeat % 2 else (("art", theirs), ("ours", ours))
+        for which, run in order:
+            elapsed, poisons[which] = run(its)
+            if repeat:
+                timings[which].append(elapsed / its)
+    ours_s, art_s = statistics.median(timings["ours"]), statistics.median(timings["art"])
+    return {
+        "poisons": n, "training_images": total, "percent_poison": round(percent_poison, 6),
+        "target_class": draw["target_class"], "intended_class": intended, "eps": "16/255",
+        "iterations": iterations, "restarts": 1, "batch_size": CRAFT_BATCH,
+        "augmentation": "none (ART's loop has none; ours runs with shift=0, flip=False)",
+        "crafting_model": f"{model_spec['arch']} width {model_spec.get('width')}, {model_epochs} clean epochs",
+        "art_version": art_version, "repeats": repeats,
+        "ours_seconds_per_iteration": round(ours_s, 4), "art_seconds_per_iteration": round(art_s, 4),
+        "ratio": round(art_s / ours_s, 2),
+        "ours_runs": [round(t, 4) for t in timings["ours"]], "art_runs": [round(t, 4) for t in timings["art"]],
+        # the objective after the last repeat, computed the same way for both (a sanity check, not a
+        # quality comparison: the two optimise in different parametrisations with their own step sizes)
+        "matching_loss": {"clean": round(_matching_loss(context, images, labels, target, intended), 4),
+                          "ours": round(_matching_loss(context, poisons["ours"], labels, target, intended), 4),
+                          "art": round(_matching_loss(context, poisons["art"], labels, target, intended), 4)},
+    }
 
 
 def workflow_timings(root: Path) -> dict:
@@ -143,6 +263,30 @@ def workflow_timings(root: Path) -> dict:
     return out
 
 
+def _crafting_markdown(c: dict) -> list[str]:
+    if "skipped" in c:
+        return [f"Crafting (gradient matching vs IBM ART): skipped: {c['skipped']}"]
+    loss = c["matching_loss"]
+    return [
+        f"Crafting, gradient matching (Witches' Brew) vs IBM ART {c['art_version']} `GradientMatchingAttack` "
+        f"(PyTorch path): {c['poisons']} poisons ({100 * c['poisons'] / c['training_images']:.1f}% of the "
+        f"{c['training_images']} training images, all of class {c['intended_class']}) for one target of class "
+        f"{c['target_class']}, eps {c['eps']}, "
+        f"{c['iterations']} iterations, {c['restarts']} restart, batch {c['batch_size']} (all poisons, one step "
+        f"per iteration), augmentation {c['augmentation']}; crafting model {c['crafting_model']}. Seconds per "
+        f"iteration = one whole call / its iterations (setup included), median of {c['repeats']} repeats "
+        f"(each: ours {c['ours_runs']}, ART {c['art_runs']}; runs alternate which goes first).",
+        "",
+        "| crafting | ours (s/iteration) | ART (s/iteration) | ratio (ART / ours) |", "|---|---|---|---|",
+        f"| gradient matching | {c['ours_seconds_per_iteration']} | {c['art_seconds_per_iteration']} | "
+        f"{c['ratio']}× |",
+        "",
+        f"Matching loss (1 − cos) after the last repeat, same formula for both: clean poisons {loss['clean']}, "
+        f"ours {loss['ours']}, ART {loss['art']} (a sanity check, not a quality comparison: each uses its own "
+        f"parametrisation and step sizes).",
+    ]
+
+
 def to_markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# augdefense benchmark", "",
@@ -158,7 +302,7 @@ def to_markdown(result: dict) -> str:
         else:
             lines.append(f"| {row['defense']} | {row['ours_images_per_s']} | {row['reference_images_per_s']} | "
                          f"{row['ratio']}× |")
-    lines += ["", f"Crafting (gradient matching vs ART): {result['crafting'].get('skipped', result['crafting'])}", ""]
+    lines += ["", *_crafting_markdown(result["crafting"]), ""]
     wf = result["workflow"]
     if wf.get("last_run_wall_seconds") is not None:
         lines.append(f"Last workflow run in this folder: {wf['last_run_wall_seconds']} s wall time.")
@@ -176,12 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--craft-iterations", type=int, default=None,
+                        help="gradient-matching iterations per crafting measurement (20; 2 with --tiny)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = data.build({"source": "digits", "image_size": 16})
     model_spec = {"arch": "convnet", "width": 32}
     n, repeats, names = (1437, args.repeats, list(DEFENSES)) if not args.tiny else (256, 1, ["none", "mixup k=2"])
     workers = 0 if args.tiny else args.workers
+    craft_iterations = args.craft_iterations or (2 if args.tiny else 20)
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -189,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"model": "convnet width 32", "images": n, "image_shape": list(dataset.image_shape),
                   "batch_size": 128, "repeats": repeats, "workers": workers},
         "training": bench_training(dataset, model_spec, n, 128, repeats, workers, names),
-        "crafting": bench_crafting(),
+        "crafting": bench_crafting(dataset, model_spec, craft_iterations, repeats,
+                                   model_epochs=0 if args.tiny else CRAFT_MODEL_EPOCHS),
         "workflow": workflow_timings(Path(".")),
     }
     out = Path(args.out)

@@ -56,11 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", help="scratch file for resumable training state (not an output)")
     p.add_argument("--sanitized", help="a filter defense's sanitize record (filter defenses only)")
+    p.add_argument("--extractor", help="the pretrained extractor a transfer recipe fine-tunes")
 
     p = sub.add_parser("train-feature-model", help="train the filters' feature model (no defense) on poisoned data")
     for arg in ("--data", "--poison", "--attack", "--recipe", "--model", "--runtime", "--out"):
         p.add_argument(arg, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint")
+
+    p.add_argument("--extractor")
+
+    p = sub.add_parser("pretrain-extractor", help="pretrain a transfer recipe's feature extractor on its split")
+    for arg in ("--data", "--recipe-name", "--pretrain-recipe", "--transfer", "--model", "--runtime", "--out"):
+        p.add_argument(arg, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint")
 
@@ -80,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--table", required=True, help="experiment name")
         p.add_argument("--experiment", required=True, help="the experiment's config entry as JSON")
         p.add_argument("--out", required=True, nargs=2, help="CSV and MD (table) or PNG and PDF (figure)")
+        if name == "render-figure":
+            p.add_argument("--defenses", default="{}", help="the experiment's defenses' config entries as JSON")
 
     p = sub.add_parser("render-illustrations", help="a poisoned training image and its augmented versions")
     p.add_argument("--data", required=True)
@@ -113,15 +124,17 @@ PROVENANCE = {
                      ["attack_spec", "defense_spec", "recipe", "runtime"], ["attack", "defense", "seed"]),
     "train-crafting-model": ("train_crafting_model", ["data"], ["out"], ["defense_spec", "recipe", "model", "runtime"],
                              ["defense", "seed"]),
-    "train-victim": ("train_victim", ["data", "poison", "sanitized"], ["out"],
+    "pretrain-extractor": ("pretrain_extractor", ["data"], ["out"], ["pretrain_recipe", "transfer", "model", "runtime"],
+                           ["recipe_name"]),
+    "train-victim": ("train_victim", ["data", "poison", "sanitized", "extractor"], ["out"],
                      ["defense_spec", "recipe", "model", "runtime"], ["attack", "defense", "seed"]),
-    "train-feature-model": ("train_feature_model", ["data", "poison"], ["out"], ["recipe", "model", "runtime"],
+    "train-feature-model": ("train_feature_model", ["data", "poison", "extractor"], ["out"], ["recipe", "model", "runtime"],
                             ["attack", "seed"]),
     "sanitize": ("sanitize", ["data", "poison", "feature_model"], ["out"], ["defense_spec", "runtime"],
                  ["defense", "seed"]),
     "collect-metrics": ("collect_metrics", ["runs"], ["out"], [], []),
     "render-table": ("render_tables", ["metrics"], ["out"], ["experiment"], ["table"]),
-    "render-figure": ("render_figures", ["metrics"], ["out"], ["experiment"], ["table"]),
+    "render-figure": ("render_figures", ["metrics"], ["out"], ["experiment", "defenses"], ["table"]),
     "render-illustrations": ("render_illustrations", ["data", "poison"], ["out"], [], []),
     "compare-papers": ("compare_papers", ["metrics"], ["out"], ["experiments"], []),
     "render-privacy-figure": ("render_privacy_figure", [], ["out"], [], []),
@@ -162,12 +175,17 @@ def run(args: argparse.Namespace) -> None:
             args.data, args.poison, args.attack, args.defense,
             parse_json_arg(args.defense_spec, "defense-spec"), parse_json_arg(args.recipe, "recipe"),
             parse_json_arg(args.model, "model"), parse_json_arg(args.runtime, "runtime"),
-            args.seed, args.threads, args.out, args.checkpoint, args.sanitized)
+            args.seed, args.threads, args.out, args.checkpoint, args.sanitized, args.extractor)
     elif args.command == "train-feature-model":
         pipeline.train_feature_model(
             args.data, args.poison, args.attack, parse_json_arg(args.recipe, "recipe"),
             parse_json_arg(args.model, "model"), parse_json_arg(args.runtime, "runtime"), args.seed, args.threads,
-            args.out, args.checkpoint)
+            args.out, args.checkpoint, args.extractor)
+    elif args.command == "pretrain-extractor":
+        pipeline.pretrain_extractor(
+            args.data, args.recipe_name, parse_json_arg(args.pretrain_recipe, "pretrain-recipe"),
+            parse_json_arg(args.transfer, "transfer"), parse_json_arg(args.model, "model"),
+            parse_json_arg(args.runtime, "runtime"), args.threads, args.out, args.checkpoint)
     elif args.command == "sanitize":
         pipeline.sanitize(args.data, args.poison, args.feature_model, args.defense,
                           parse_json_arg(args.defense_spec, "defense-spec"), parse_json_arg(args.runtime, "runtime"),
@@ -177,7 +195,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "render-table":
         reporting.render_table(args.metrics, args.table, parse_json_arg(args.experiment, "experiment"), *args.out)
     elif args.command == "render-figure":
-        reporting.render_figure(args.metrics, args.table, parse_json_arg(args.experiment, "experiment"), *args.out)
+        reporting.render_figure(args.metrics, args.table, parse_json_arg(args.experiment, "experiment"), *args.out,
+                                defense_specs=parse_json_arg(args.defenses, "defenses"))
     elif args.command == "render-illustrations":
         reporting.render_illustrations(args.data, args.poison, *args.out)
     elif args.command == "render-privacy-figure":

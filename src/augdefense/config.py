@@ -21,7 +21,8 @@ FILTER_TYPES = frozenset({"spectral_signatures", "activation_clustering", "deep_
 # not the model the poisons were crafted on (Geiping et al. retrain the victim from scratch).
 CRAFTING_SEED_OFFSET = 1_000_000
 # Attack types whose crafting optimises against a trained model (a crafting model rule runs first).
-MODEL_ATTACK_TYPES = frozenset({"gradient_matching"})
+MODEL_ATTACK_TYPES = frozenset({"gradient_matching", "feature_collision", "convex_polytope", "hidden_trigger",
+                                "clean_label_backdoor"})
 
 
 def crafting_seed(seed: int) -> int:
@@ -63,6 +64,15 @@ def check_config(config: dict) -> None:
                     f"experiments.{table}.defenses: '{name}' is not defined under 'defenses' "
                     f"(defined: {sorted(defenses)})"
                 )
+    for name, recipe in recipes.items():
+        pretrain = recipe.get("transfer", {}).get("pretrain_recipe")
+        if pretrain is not None and (pretrain not in recipes or "transfer" in recipes[pretrain]):
+            raise ConfigError(f"recipes.{name}.transfer.pretrain_recipe: '{pretrain}' must name a recipe without "
+                              f"'transfer' (defined: {sorted(recipes)})")
+    for name, attack in attacks.items():
+        if attack.get("adaptive", False) and "transfer" in recipes[attack["recipe"]]:
+            raise ConfigError(f"attacks.{name}.adaptive: adaptive crafting trains a model under the victim's "
+                              "defense; a transfer recipe crafts against the shared pretrained extractor")
     for table, experiment in config["experiments"].items():
         control = experiment.get("control")
         if control is not None and not attacks[control].get("control", False):

@@ -46,6 +46,29 @@ class Dataset:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def transfer_split(labels: torch.Tensor, pretrain_share: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint (pretrain, finetune) training indices for the transfer-learning setting: per class,
+    a ``pretrain_share`` of its images (drawn with a fixed seed) pretrain the feature extractor;
+    the rest are the victim's fine-tuning set, where the attacks place their poisons."""
+    generator = torch.Generator().manual_seed(seed)
+    pretrain, finetune = [], []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        cut = int(round(pretrain_share * len(idx)))
+        pretrain.append(idx[:cut])
+        finetune.append(idx[cut:])
+    return torch.cat(pretrain).sort().values, torch.cat(finetune).sort().values
+
+
+def subset(dataset: "Dataset", train_indices: torch.Tensor) -> "Dataset":
+    """The dataset with only the given training images (test set and statistics unchanged)."""
+    from dataclasses import replace
+
+    return replace(dataset, train_images=dataset.train_images[train_indices],
+                   train_labels=dataset.train_labels[train_indices])
+
+
 def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     if size is None or images.shape[-1] == size and images.shape[-2] == size:
         return images

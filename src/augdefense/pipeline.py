@@ -49,6 +49,10 @@ def craft_poison(data_path: str | Path, attack_name: str, attack_spec: dict, see
             defense = defenses.build(defense_spec or {"type": "none"}, dataset.num_classes, name=defense_name,
                                      seed=seed)
         model = load_model(crafting_model, dataset)
+        finetune = None
+        if recipe.transfer:  # craft inside the victim's fine-tuning split, against the pretrained extractor
+            _, finetune = data.transfer_split(dataset.train_labels, recipe.transfer.get("pretrain_share", 0.5))
+            dataset = data.subset(dataset, finetune)
         torch.set_num_threads(threads)
         seed_everything(seed, runtime.deterministic)
         normalizer = Normalizer(dataset.mean, dataset.std)
@@ -62,6 +66,9 @@ def craft_poison(data_path: str | Path, attack_name: str, attack_spec: dict, see
             poison = attack.craft(dataset, seed, context)
             poison["info"]["craft_seconds"] = round(time.perf_counter() - start, 2)
             poison["info"]["crafting_defense"] = defense_name if defense is not None else "none"
+        if finetune is not None:  # indices into the full training set; the victim trains on the split
+            poison["train_indices"] = finetune[poison["train_indices"]]
+            poison["train_subset"] = finetune
     save_tensors(out, poison)
     log.info("crafted %s seed %d: %s -> %s", attack_name, seed, poison["info"], out)
 
@@ -92,10 +99,12 @@ class PoisonedTraining:
     runtime: object
     model_spec: dict
     fingerprint: str
+    extractor: dict | None = None  # pretrained weights the victim starts from (transfer learning)
 
     @classmethod
     def load(cls, data_path, poison_path, defense_name: str, defense_spec: dict, recipe_spec: dict,
-             model_spec: dict, runtime_spec: dict, seed: int, threads: int, where: str) -> "PoisonedTraining":
+             model_spec: dict, runtime_spec: dict, seed: int, threads: int, where: str,
+             extractor_path=None) -> "PoisonedTraining":
         from augdefense import attacks, data, defenses, models
         from augdefense.config import as_json
         from augdefense.io import sha256
@@ -112,10 +121,18 @@ class PoisonedTraining:
         else:
             poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels),
                                          dataset.num_classes)
-        fingerprint = as_json({"data": sha256(data_path), "poison": sha256(poison_path) if poison_path else None, "defense": defense_spec,
+        extractor = None
+        if recipe.transfer:
+            from augdefense.errors import ConfigError
+
+            if extractor_path is None:
+                raise ConfigError(f"{where}: a transfer recipe needs the pretrained extractor (--extractor)")
+            extractor = load_model(extractor_path, dataset).state_dict()
+        fingerprint = as_json({"data": sha256(data_path), "poison": sha256(poison_path) if poison_path else None,
+                               "extractor": sha256(extractor_path) if extractor_path else None, "defense": defense_spec,
                                "recipe": recipe_spec, "model": model_spec, "runtime": runtime_spec, "seed": seed,
                                "threads": threads})
-        return cls(dataset, poison, defense, recipe, runtime, model_spec, fingerprint)
+        return cls(dataset, poison, defense, recipe, runtime, model_spec, fingerprint, extractor)
 
     def build_model(self):
         from augdefense import models
@@ -127,9 +144,7 @@ class PoisonedTraining:
         """The poisoned training set, minus what a filter removed and with what it relabelled."""
         import torch
 
-        from augdefense import attacks
-
-        images, labels = attacks.apply_poison(self.dataset.train_images, self.dataset.train_labels, self.poison)
+        images, labels = poisoned_training_set(self.dataset, self.poison)
         if sanitized is None:
             return images, labels
         for index, label in sanitized["relabeled"]:
@@ -149,6 +164,10 @@ class PoisonedTraining:
         torch.set_num_threads(threads)
         seed_everything(seed, self.runtime.deterministic)
         model = self.build_model()
+        if self.extractor is not None:
+            from augdefense.training import start_from_extractor
+
+            start_from_extractor(model, self.extractor, self.recipe.last_layer_only)
         images, labels = self.training_set(sanitized)
         normalizer = Normalizer(self.dataset.mean, self.dataset.std)
         checkpointer = Checkpointer(Path(checkpoint) if checkpoint else None, self.runtime.checkpoint_every,
@@ -172,15 +191,26 @@ class PoisonedTraining:
                 "device_name": name, "checkpointer": checkpointer}
 
 
+def poisoned_training_set(dataset, poison: dict):
+    """The training set a victim sees: the poisons put in place, restricted to the fine-tuning
+    split when the attack crafted in one (transfer learning)."""
+    from augdefense import attacks
+
+    images, labels = attacks.apply_poison(dataset.train_images, dataset.train_labels, poison)
+    if "train_subset" in poison:
+        return images[poison["train_subset"]], labels[poison["train_subset"]]
+    return images, labels
+
+
 def train_victim(data_path: str | Path, poison_path: str | Path, attack_name: str, defense_name: str,
                  defense_spec: dict, recipe_spec: dict, model_spec: dict, runtime_spec: dict, seed: int,
                  threads: int, out: str | Path, checkpoint: str | Path | None = None,
-                 sanitized_path: str | Path | None = None) -> dict:
+                 sanitized_path: str | Path | None = None, extractor_path: str | Path | None = None) -> dict:
     from augdefense.io import read_json, write_json
     from augdefense.metrics import run_metrics
 
     job = PoisonedTraining.load(data_path, poison_path, defense_name, defense_spec, recipe_spec, model_spec,
-                                runtime_spec, seed, threads, f"recipe of attack '{attack_name}'")
+                                runtime_spec, seed, threads, f"recipe of attack '{attack_name}'", extractor_path)
     sanitized = _check_sanitized(read_json(sanitized_path), sanitized_path, job) if sanitized_path else None
     if getattr(job.defense, "is_filter", False) and sanitized is None:
         from augdefense.errors import ConfigError
@@ -208,12 +238,12 @@ def train_victim(data_path: str | Path, poison_path: str | Path, attack_name: st
 
 def train_feature_model(data_path: str | Path, poison_path: str | Path, attack_name: str, recipe_spec: dict,
                         model_spec: dict, runtime_spec: dict, seed: int, threads: int, out: str | Path,
-                        checkpoint: str | Path | None = None) -> None:
+                        checkpoint: str | Path | None = None, extractor_path: str | Path | None = None) -> None:
     """The filters' feature extractor: a model trained on the poisoned set with no defense."""
     from augdefense.io import save_tensors
 
     job = PoisonedTraining.load(data_path, poison_path, "none", {"type": "none"}, recipe_spec, model_spec,
-                                runtime_spec, seed, threads, f"recipe of attack '{attack_name}'")
+                                runtime_spec, seed, threads, f"recipe of attack '{attack_name}'", extractor_path)
     result = job.fit(seed, threads, checkpoint)
     save_tensors(out, {"state_dict": result["model"].state_dict(), "model": model_spec,
                        "fingerprint": job.fingerprint})
@@ -245,14 +275,38 @@ def train_crafting_model(data_path: str | Path, defense_name: str, defense_spec:
     log.info("crafting model under %s, seed %d (clean accuracy %.4f) -> %s", defense_name, seed, clean_acc, out)
 
 
+def pretrain_extractor(data_path: str | Path, recipe_name: str, pretrain_recipe_spec: dict, transfer_spec: dict,
+                       model_spec: dict, runtime_spec: dict, threads: int, out: str | Path,
+                       checkpoint: str | Path | None = None) -> None:
+    """The transfer-learning setting's feature extractor: trained on clean data of the pretraining
+    split (disjoint from the fine-tuning split the attacks poison), once per recipe, shared by
+    every seed."""
+    import torch
+
+    from augdefense import data
+    from augdefense.io import save_tensors
+
+    job = PoisonedTraining.load(data_path, None, "none", {"type": "none"}, pretrain_recipe_spec, model_spec,
+                                runtime_spec, 0, threads, f"recipes.{transfer_spec['pretrain_recipe']}")
+    pretrain, _ = data.transfer_split(job.dataset.train_labels, transfer_spec.get("pretrain_share", 0.5))
+    job.poison["train_subset"] = pretrain
+    result = job.fit(0, threads, checkpoint)
+    clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
+    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": model_spec, "clean_acc": clean_acc,
+                       "pretrain_indices": pretrain.to(torch.long), "fingerprint": job.fingerprint})
+    result["checkpointer"].clear()
+    log.info("extractor for recipe %s: %d pretraining images, clean accuracy %.4f -> %s", recipe_name,
+             len(pretrain), clean_acc, out)
+
+
 def sanitize(data_path: str | Path, poison_path: str | Path, model_path: str | Path, defense_name: str,
              defense_spec: dict, runtime_spec: dict, seed: int, threads: int, out: str | Path) -> dict:
     """Run a filter defense on the penultimate-layer features of the poisoned training set."""
     import torch
 
-    from augdefense import attacks, data, defenses, gpu, models
-    from augdefense.errors import ArtifactError, ConfigError
-    from augdefense.io import load_tensors, write_json
+    from augdefense import attacks, data, defenses, gpu
+    from augdefense.errors import ConfigError
+    from augdefense.io import write_json
     from augdefense.training import Normalizer, Runtime
 
     runtime = Runtime.from_spec(runtime_spec)
@@ -263,7 +317,7 @@ def sanitize(data_path: str | Path, poison_path: str | Path, model_path: str | P
     poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
     model = load_model(model_path, dataset)
 
-    images, labels = attacks.apply_poison(dataset.train_images, dataset.train_labels, poison)
+    images, labels = poisoned_training_set(dataset, poison)
     torch.set_num_threads(threads)
     normalizer = Normalizer(dataset.mean, dataset.std)
     with gpu.acquire(runtime.device) as slot, torch.inference_mode():
@@ -277,7 +331,11 @@ def sanitize(data_path: str | Path, poison_path: str | Path, model_path: str | P
     result = defense.sanitize(features, labels, {c: int(n) for c, n in enumerate(expected.tolist())})
     removed = result["removed"].tolist()
     relabeled = torch.nonzero(result["labels"] != labels).flatten().tolist()
-    poisons = set(poison["train_indices"].tolist())
+    # Poison positions in the training set the filter saw (the fine-tuning split, if any).
+    positions = poison["train_indices"]
+    if "train_subset" in poison:
+        positions = torch.searchsorted(poison["train_subset"], positions)
+    poisons = set(positions.tolist())
     caught = len(poisons & set(removed))
     record = {
         "attack": poison["info"].get("attack"), "defense": defense_name, "seed": seed,

@@ -18,7 +18,8 @@ METRICS = ["clean_acc", "poison_success", "goal_probability", "goal_margin"]
 # The papers a table's reference numbers come from, in order of preference: a cell takes the first
 # paper's value that reports it (paper_numbers.csv holds every paper's values).
 REFERENCE_PAPER = {"table1": ["dp-instahide"], "table2": ["dp-instahide", "strong-augmentation"],
-                   "table3": ["dp-instahide"], "table5": ["dp-instahide"]}
+                   "table3": ["dp-instahide"], "table4": ["dp-instahide"], "table5": ["dp-instahide"],
+                   "table6": ["dp-instahide"]}
 
 
 def reference_numbers(table: str) -> pd.DataFrame:
@@ -85,6 +86,7 @@ def summarize(metrics: pd.DataFrame, table: str, attacks: list[str], defenses: l
             summary[f"control_{metric}_mean"] = [r[0] for r in rows]
             for i, part in enumerate(("shift", "shift_ci_low", "shift_ci_high", "shift_n")):
                 summary[f"{metric}_{part}"] = [r[i + 1] for r in rows]
+    _add_dp_ceiling(summary, cells, metrics, control)
     paper = reference_numbers(table)
     for metric in ("clean_acc", "poison_success"):
         values = paper[paper.metric == metric].set_index(["defense", "attack"])["value"]
@@ -92,6 +94,36 @@ def summarize(metrics: pd.DataFrame, table: str, attacks: list[str], defenses: l
     order = {(d, a): i for i, (d, a) in enumerate((d, a) for d in defenses for a in attacks)}
     summary["_order"] = [order[(d, a)] for d, a in zip(summary.defense, summary.attack)]
     return summary.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+def _add_dp_ceiling(summary: pd.DataFrame, cells: pd.DataFrame, metrics: pd.DataFrame, control: str | None) -> None:
+    """Ma et al.'s certified ceiling on poison success for cells trained with a DP guarantee
+    (opacus's (epsilon, delta), or Theorem 2's epsilon with delta = 0), given the success without
+    poisons (the control's, same defense; or 0 where there is no control: a lower ceiling than
+    the truth, marked in the table's note)."""
+    from augdefense.privacy import poison_success_ceiling
+
+    columns = [c for c in ("dp_epsilon", "theorem2_epsilon") if c in cells]
+    if not columns or "n_poisons" not in cells:
+        return
+    ceilings, epsilons = [], []
+    for d, a in zip(summary.defense, summary.attack):
+        runs = cells[(cells.defense == d) & (cells.attack == a)]
+        eps_col = next((c for c in columns if runs[c].notna().any()), None)
+        if eps_col is None:
+            ceilings.append(math.nan)
+            epsilons.append(math.nan)
+            continue
+        epsilon = float(runs[eps_col].mean())
+        delta = float(runs["dp_delta"].mean()) if eps_col == "dp_epsilon" else 0.0
+        base = 0.0
+        if control is not None:
+            twin = metrics[(metrics.attack == control) & (metrics.defense == d)]
+            base = float(twin.poison_success.mean()) if len(twin) else 0.0
+        ceilings.append(poison_success_ceiling(epsilon, delta, int(runs.n_poisons.max()), base))
+        epsilons.append(epsilon)
+    summary["dp_epsilon_used"] = epsilons
+    summary["dp_success_ceiling"] = ceilings
 
 
 def _pct(mean: float, std: float) -> str:
@@ -122,6 +154,9 @@ def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses:
                 low = c.get(f"{metric}_ci_low", math.nan)
                 if metric == "poison_success" and low == low:
                     text += f" [{100 * low:.0f}–{100 * c[f'{metric}_ci_high']:.0f}]"
+                ceiling = c.get("dp_success_ceiling", math.nan)
+                if metric == "poison_success" and ceiling == ceiling:
+                    text += f" {{DP ceiling {100 * ceiling:.0f}}}"
                 paper = c.get(f"paper_{metric}", math.nan)
                 if paper == paper:
                     text += f" (paper {100 * paper:.1f})"
@@ -140,6 +175,11 @@ def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses:
     lines += ["", f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell; poison success also with its "
               "95% Wilson interval [low–high] over the attack inputs of all seeds pooled. "
               f"Paper values: {', '.join(papers) if papers else 'none recorded'} (first that reports the cell)."]
+    if "dp_success_ceiling" in summary and summary.dp_success_ceiling.notna().any():
+        lines += ["", "{DP ceiling} = the highest poison success Ma et al.'s bound allows against a learner with "
+                  "the run's differential-privacy guarantee (opacus's accountant, or Theorem 2 with δ = 0) and "
+                  "that many poisons, given the success without poisons (the control's; 0 without a control). "
+                  "100 means the guarantee is vacuous at this scale."]
     if control is not None:
         lines += ["", f"Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
                   "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
@@ -160,9 +200,13 @@ def render_table(metrics_csv: str | Path, table: str, experiment: dict, out_csv:
     return summary
 
 
-def render_figure(metrics_csv: str | Path, table: str, experiment: dict, out_png: str | Path, out_pdf: str | Path) -> None:
-    """Poison success against clean accuracy per defense, one panel per attack (as the papers'
-    security/accuracy trade-off plots); hollow markers are the paper's values."""
+def render_figure(metrics_csv: str | Path, table: str, experiment: dict, out_png: str | Path, out_pdf: str | Path,
+                  defense_specs: dict | None = None) -> None:
+    """The experiment's figure, by its ``plot`` kind: ``tradeoff`` (default; the papers' Figures 2
+    and 3: poison success against clean accuracy per defense, one panel per attack, hollow markers
+    the paper's values), ``width`` (Figure 4b: success against mixture width k, a line per
+    Laplacian noise level) or ``noise`` (Figure 5: each augmentation's trade-off curve as its
+    Laplacian noise grows). The last two read k and the noise from ``defense_specs``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,7 +214,12 @@ def render_figure(metrics_csv: str | Path, table: str, experiment: dict, out_png
 
     metrics = pd.read_csv(metrics_csv)
     attacks, defenses = experiment["attacks"], experiment["defenses"]
-    summary = summarize(metrics, table, attacks, defenses)
+    summary = summarize(metrics, table, attacks, defenses, experiment.get("control"))
+    kind = experiment.get("plot", "tradeoff")
+    if kind != "tradeoff":
+        fig = _noise_figure(summary, attacks, defenses, defense_specs or {}, kind)
+        _save(fig, out_png, out_pdf)
+        return
     fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, attack in zip(axes[0], attacks):
@@ -192,11 +241,66 @@ def render_figure(metrics_csv: str | Path, table: str, experiment: dict, out_png
         ax.set_ylim(-5, 105)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, title="filled: ours (mean ± std)\nhollow: paper", title_fontsize=7)
+    _save(fig, out_png, out_pdf)
+
+
+def _save(fig, out_png: str | Path, out_pdf: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     for out in (out_png, out_pdf):
         with atomic_path(out) as tmp:
             fig.savefig(tmp, format=Path(out).suffix[1:], dpi=150)
     plt.close(fig)
+
+
+def _noise_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str], specs: dict, kind: str):
+    """Figure 4b (kind 'width') or Figure 5 (kind 'noise'); with a control, a second row shows the
+    goal log-odds shift against it (the finer measure at small scale)."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    missing = [d for d in defenses if d not in specs]
+    if missing:
+        raise ArtifactError(f"plot '{kind}' needs the defenses' config entries; missing {missing}")
+    shift = "goal_margin_shift" in summary
+    fig, axes = plt.subplots(1 + shift, len(attacks), figsize=(4.6 * len(attacks), 3.6 * (1 + shift)), squeeze=False)
+    for col, attack in enumerate(attacks):
+        rows = summary[summary.attack == attack].copy()
+        rows["noise"] = [float(specs[d].get("laplace", 0)) for d in rows.defense]
+        if kind == "width":
+            rows["k"] = [int(specs[d].get("k", 1)) if specs[d]["type"] in ("mixup", "none") else math.nan
+                         for d in rows.defense]
+            groups, x, label = rows.groupby("noise"), "k", "s = {:g}/255"
+        else:
+            base = [json.dumps({k: v for k, v in specs[d].items() if k != "laplace"}, sort_keys=True)
+                    for d in rows.defense]
+            rows["base"] = [specs[d]["type"] + (f" k={specs[d]['k']}" if "k" in specs[d] else "") for d in rows.defense]
+            rows["_base"] = base
+            groups, x, label = rows.groupby("_base"), "clean_acc_mean", "{}"
+        for key, group in groups:
+            group = group.sort_values(x if kind == "width" else "noise")
+            name = label.format(key) if kind == "width" else group.base.iloc[0]
+            xs = group[x] if kind == "width" else 100 * group[x]
+            line = axes[0][col].plot(xs, 100 * group.poison_success_mean, marker="o", label=name)[0]
+            if kind == "noise":
+                for xv, yv, s in zip(xs, 100 * group.poison_success_mean, group.noise):
+                    axes[0][col].annotate(f"{s:g}", (xv, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if shift:
+                axes[1][col].plot(xs, group.goal_margin_shift, marker="o", color=line.get_color(), label=name)
+        axes[0][col].set_title(attack)
+        axes[0][col].set_ylabel("poison success (%)")
+        axes[0][col].set_ylim(-5, 105)
+        for ax in axes[:, col]:
+            ax.set_xlabel("mixture width k" if kind == "width" else "clean accuracy (%)")
+            ax.grid(alpha=0.3)
+        if shift:
+            axes[1][col].set_ylabel("goal log-odds shift vs control")
+            axes[1][col].axhline(0, color="grey", lw=0.8)
+    axes[0][0].legend(fontsize=7, title="Laplacian noise" if kind == "width" else "augmentation (labels: s/255)",
+                      title_fontsize=7)
+    return fig
 
 
 def compare_papers(metrics_csv: str | Path, experiments: dict, out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from augdefense.io import load_tensors, save_tensors
 
 log = logging.getLogger("augdefense.training")
 
+TRANSFER_KEYS = {"pretrain_recipe", "pretrain_share", "finetune"}
 RECIPE_PARAMS = {
     "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
     "milestones": (list, lambda v: all(isinstance(m, int) and m >= 1 for m in v), "a list of epochs"),
@@ -35,6 +36,11 @@ RECIPE_PARAMS = {
     "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
     "crop_pad": (int, lambda v: v >= 0, "an integer >= 0 (pixels)"),
     "flip": (bool, lambda v: True, "true or false"),
+    "transfer": (dict, lambda v: set(v) <= TRANSFER_KEYS and "pretrain_recipe" in v
+                 and v.get("finetune", "last_layer") in ("last_layer", "end_to_end")
+                 and 0 < v.get("pretrain_share", 0.5) < 1,
+                 "a mapping with pretrain_recipe (a recipe name) and optionally pretrain_share in (0, 1) "
+                 "and finetune 'last_layer' or 'end_to_end'"),
 }
 RUNTIME_PARAMS = {
     "device": (str, lambda v: v in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
@@ -57,6 +63,13 @@ class Recipe:
     batch_size: int = 128
     crop_pad: int = 4
     flip: bool = True
+    # Transfer learning (Schwarzschild et al.'s setting): the victim starts from a feature extractor
+    # pretrained on a disjoint split and fine-tunes the last layer or end to end.
+    transfer: dict | None = None
+
+    @property
+    def last_layer_only(self) -> bool:
+        return bool(self.transfer) and self.transfer.get("finetune", "last_layer") == "last_layer"
 
     @classmethod
     def from_spec(cls, spec: dict, where: str = "recipe") -> "Recipe":
@@ -183,7 +196,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
 
     for epoch in tqdm(range(first_epoch, recipe.epochs), desc=f"train [{defense.describe()}]", mininterval=10,
                       initial=first_epoch, total=recipe.epochs):
-        model.train()
+        # Last-layer fine-tuning: the frozen extractor keeps its BatchNorm statistics (eval mode).
+        model.train(not recipe.last_layer_only)
         order = torch.randperm(n, generator=shuffle).to(device)
         total, steps, start = 0.0, 0, time.perf_counter()
         for step, begin in enumerate(range(0, n, recipe.batch_size)):
@@ -214,6 +228,24 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
                 **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             })
     return history
+
+
+def classifier_head(model: torch.nn.Module) -> torch.nn.Linear:
+    """The final linear layer (``linear`` in our models, ``fc`` in torchvision's)."""
+    return model.linear if hasattr(model, "linear") else model.fc
+
+
+def start_from_extractor(model: torch.nn.Module, state: dict, last_layer_only: bool) -> None:
+    """Load a pretrained extractor into ``model``, re-initialise the classifier head for the
+    fine-tuning set, and freeze everything else when only the last layer is fine-tuned."""
+    model.load_state_dict(state)
+    head = classifier_head(model)
+    head.reset_parameters()
+    if last_layer_only:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in head.parameters():
+            p.requires_grad_(True)
 
 
 @torch.inference_mode()

@@ -47,13 +47,20 @@ def slot_defense(slot):
     return {"type": "none"} if slot == grid.NO_DEFENSE_SLOT else config["defenses"][slot]
 
 
+def extractor_path(attack):
+    """A transfer recipe's pretrained feature extractor (one per recipe, shared by every seed)."""
+    recipe = config["attacks"][attack]["recipe"]
+    return f"results/extractors/{recipe}.pt" if "transfer" in config["recipes"][recipe] else []
+
+
 def crafting_model_path(attack, slot, seed):
     """The clean-trained model an optimisation-based attack crafts against, shared by every attack
-    with the same recipe (and, when adaptive, the same defense); the patch attack needs none."""
+    with the same recipe (and, when adaptive, the same defense); in the transfer setting, the
+    pretrained extractor; the patch attack needs none."""
     spec = config["attacks"][attack]
     if not grid.needs_crafting_model(spec):
         return []
-    return f"results/crafting_models/{spec['recipe']}/{slot}/{seed}.pt"
+    return extractor_path(attack) or f"results/crafting_models/{spec['recipe']}/{slot}/{seed}.pt"
 
 
 def code(*names):
@@ -86,6 +93,8 @@ def _workflow_outputs():
         slot = grid.crafting_slot(config, attack, defense)
         if crafting_model_path(attack, slot, seed):
             files.add(crafting_model_path(attack, slot, seed))
+        if extractor_path(attack):
+            files.add(extractor_path(attack))
         if grid.is_filter(config["defenses"][defense]):
             files |= {sanitized_path(attack, defense, seed), feature_model_path(attack, defense, seed)}
     for table in config["experiments"]:

@@ -1,3 +1,32 @@
+rule pretrain_extractor:
+    input:
+        data=PREPARED_DATA,
+        code=code("training.py", "models.py", "augment.py", "defenses/*.py", "gpu.py", "pipeline.py",
+                  "attacks/__init__.py", "io.py", "data.py"),
+    output:
+        "results/extractors/{recipe}.pt",
+    params:
+        pretrain=lambda w: grid.as_json(config["recipes"][config["recipes"][w.recipe]["transfer"]["pretrain_recipe"]]),
+        transfer=lambda w: grid.as_json(config["recipes"][w.recipe]["transfer"]),
+        model=grid.as_json(config["model"]),
+        runtime=RUNTIME,
+    threads: THREADS
+    resources:
+        gpu=1,
+        runtime=lambda w, attempt: recipe_runtime(config["recipes"][w.recipe]["transfer"]["pretrain_recipe"], attempt),
+    log:
+        "logs/pretrain_extractor/{recipe}.log",
+    benchmark:
+        "benchmarks/pretrain_extractor/{recipe}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m augdefense pretrain-extractor --data {input.data} --recipe-name {wildcards.recipe} "
+        "--pretrain-recipe {params.pretrain:q} --transfer {params.transfer:q} --model {params.model:q} "
+        "--runtime {params.runtime:q} --threads {threads} --out {output} "
+        "--checkpoint scratch/checkpoints/extractors/{wildcards.recipe}.pt > {log} 2>&1"
+
+
 rule train_crafting_model:
     input:
         data=PREPARED_DATA,

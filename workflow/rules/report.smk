@@ -42,6 +42,7 @@ rule render_figures:
         pdf="results/figures/{table}.pdf",
     params:
         experiment=lambda w: grid.as_json(config["experiments"][w.table]),
+        defenses=lambda w: grid.as_json({d: config["defenses"][d] for d in config["experiments"][w.table]["defenses"]}),
         scale=SCALE,
     log:
         "logs/render_figures/{table}.log",
@@ -49,7 +50,7 @@ rule render_figures:
         CONDA_ENV
     shell:
         "python -m augdefense render-figure --metrics {input.metrics} --table {wildcards.table} "
-        "--experiment {params.experiment:q} --out {output.png} {output.pdf} > {log} 2>&1"
+        "--experiment {params.experiment:q} --defenses {params.defenses:q} --out {output.png} {output.pdf} > {log} 2>&1"
 
 
 rule render_illustrations:

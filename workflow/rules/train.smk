@@ -3,6 +3,7 @@ rule train_victim:
         data=PREPARED_DATA,
         poison=lambda w: poison_path(w.attack, w.defense, w.seed),
         sanitized=lambda w: sanitized_path(w.attack, w.defense, w.seed),
+        extractor=lambda w: extractor_path(w.attack),
         code=code("training.py", "models.py", "augment.py", "defenses/*.py", "gpu.py", "metrics.py",
                   "pipeline.py", "attacks/__init__.py", "io.py", "data.py"),
     output:
@@ -13,6 +14,7 @@ rule train_victim:
         model=grid.as_json(config["model"]),
         runtime=RUNTIME,
         sanitized=lambda w, input: f"--sanitized {input.sanitized}" if input.sanitized else "",
+        extractor=lambda w, input: f"--extractor {input.extractor}" if input.extractor else "",
     threads: THREADS
     resources:
         gpu=1,
@@ -27,7 +29,7 @@ rule train_victim:
         "python -m augdefense train-victim --data {input.data} --poison {input.poison} "
         "--attack {wildcards.attack} --defense {wildcards.defense} --defense-spec {params.defense:q} "
         "--recipe {params.recipe:q} --model {params.model:q} --runtime {params.runtime:q} "
-        "--seed {wildcards.seed} --threads {threads} --out {output} {params.sanitized} "
+        "--seed {wildcards.seed} --threads {threads} --out {output} {params.sanitized} {params.extractor} "
         "--checkpoint scratch/checkpoints/{wildcards.attack}/{wildcards.defense}/{wildcards.seed}.pt "
         "> {log} 2>&1"
 
@@ -36,6 +38,7 @@ rule train_feature_model:
     input:
         data=PREPARED_DATA,
         poison="results/poisons/{attack}/{slot}/{seed}.pt",
+        extractor=lambda w: extractor_path(w.attack),
         code=code("training.py", "models.py", "augment.py", "defenses/*.py", "gpu.py", "pipeline.py",
                   "attacks/__init__.py", "io.py", "data.py"),
     output:
@@ -44,6 +47,7 @@ rule train_feature_model:
         recipe=lambda w: grid.as_json(config["recipes"][config["attacks"][w.attack]["recipe"]]),
         model=grid.as_json(config["model"]),
         runtime=RUNTIME,
+        extractor=lambda w, input: f"--extractor {input.extractor}" if input.extractor else "",
     threads: THREADS
     resources:
         gpu=1,
@@ -57,7 +61,7 @@ rule train_feature_model:
     shell:
         "python -m augdefense train-feature-model --data {input.data} --poison {input.poison} "
         "--attack {wildcards.attack} --recipe {params.recipe:q} --model {params.model:q} "
-        "--runtime {params.runtime:q} --seed {wildcards.seed} --threads {threads} --out {output} "
+        "--runtime {params.runtime:q} --seed {wildcards.seed} --threads {threads} --out {output} {params.extractor} "
         "--checkpoint scratch/checkpoints/feature_models/{wildcards.attack}/{wildcards.slot}/{wildcards.seed}.pt "
         "> {log} 2>&1"
 

@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from augdefense.attacks import register
-from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.feature_collision import (DEFAULT_EPS, DEFAULT_N_POISONS, EPS_PARAM, N_POISONS_PARAM,
-                                                  check_pool, frozen, project, quantize)
-from augdefense.attacks.hidden_trigger import (DEFAULT_PATCH_SIZE, PATCH_SIZE_PARAM, draw_backdoor,
-                                               patched_test_set)
+from augdefense.attacks.constraints import frozen, project, quantize
+from augdefense.attacks.hidden_trigger import TriggerBackdoor, trigger_locations
 from augdefense.attacks.patch import paste
-from augdefense.errors import ConfigError
 
 log = logging.getLogger("augdefense.attacks")
 
@@ -68,43 +63,25 @@ def pgd_perturb(logits_fn, images: torch.Tensor, labels: torch.Tensor, eps: floa
 
 
 @register
-class CleanLabelBackdoor(Attack):
+class CleanLabelBackdoor(TriggerBackdoor):
     type_name = "clean_label_backdoor"
+    description = "the clean-label backdoor"
     params = {
-        "eps": EPS_PARAM,
-        "n_poisons": N_POISONS_PARAM,
-        "patch_size": PATCH_SIZE_PARAM,
+        **TriggerBackdoor.params,
         "steps": (int, lambda v: v >= 1, "an integer >= 1 (PGD steps; 20 in the benchmark)"),
         "step_size": ((int, float), lambda v: v > 0, "> 0 (PGD step in 1/255 pixel units; 2 in the benchmark)"),
     }
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        self.eps = float(spec.get("eps", DEFAULT_EPS))
-        self.n_poisons = spec.get("n_poisons", DEFAULT_N_POISONS)
-        self.patch_size = spec.get("patch_size", DEFAULT_PATCH_SIZE)
         # Defaults of the benchmark's craft_poisons_clbd.py (poison_crafting/README.md): PGD with a
         # random start, 20 steps of 2/255, eps 8/255 (Turner et al. use the same PGD, eps 8-32/255).
         self.steps = spec.get("steps", 20)
         self.step_size = float(spec.get("step_size", 2))
 
-    @property
-    def needs_model(self) -> bool:
-        return True
-
-    def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
-        if context is None:
-            raise ConfigError(f"attacks.{self.name}: the clean-label backdoor needs a crafting model")
-        draw = draw_backdoor(dataset, seed, self.patch_size, self.name)
-        _, h, w = dataset.image_shape
-        p = self.patch_size
-        # Poisons and their trigger locations: [seed, 1]; test-time locations: [seed, 3].
-        pool = torch.nonzero(dataset.train_labels == draw["target_class"]).flatten().numpy()
-        check_pool(self.name, "n_poisons", self.n_poisons, len(pool), f"target class {draw['target_class']}")
-        place = np.random.default_rng([seed, 1])
-        indices = torch.from_numpy(np.sort(place.choice(pool, self.n_poisons, replace=False))).long()
-        rows, cols = place.integers(0, h - p + 1, self.n_poisons), place.integers(0, w - p + 1, self.n_poisons)
-
+    def poison(self, dataset, seed, context, draw, indices, place):
+        # The poisons' trigger locations: [seed, 1], after the poisons (test-time locations: [seed, 3]).
+        rows, cols = trigger_locations(place, dataset, self.patch_size, self.n_poisons)
         device = context.device
         clean = dataset.train_images[indices]
         context.normalizer.to(device)
@@ -115,15 +92,5 @@ class CleanLabelBackdoor(Attack):
         log.info("clean-label backdoor: loss of the true label %.4f -> %.4f", result["history"][0],
                  result["history"][-1])
         poisons = paste(quantize(clean, result["images"], self.eps), draw["patch"], rows, cols)
-        return {
-            "train_indices": indices,
-            "train_images": poisons,
-            "train_labels": dataset.train_labels[indices].clone(),
-            **patched_test_set(dataset, draw, np.random.default_rng([seed, 3])),
-            "patch": draw["patch"],
-            "info": {"target_class": draw["target_class"], "source_class": draw["source_class"],
-                     "victim_class": draw["source_class"], "n_poisons": len(indices), "patch_size": p,
-                     "patch_rows": rows.tolist(), "patch_cols": cols.tolist(),
-                     "adversarial_loss_first": result["history"][0], "adversarial_loss": result["history"][-1],
-                     "attack": self.name, "type": self.type_name, "seed": seed},
-        }
+        return poisons, {"patch_rows": rows.tolist(), "patch_cols": cols.tolist(),
+                         "adversarial_loss_first": result["history"][0], "adversarial_loss": result["history"][-1]}

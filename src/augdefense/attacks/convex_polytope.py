@@ -30,9 +30,9 @@ import torch
 
 from augdefense.attacks import register
 from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.feature_collision import (DEFAULT_EPS, DEFAULT_N_POISONS, EPS_PARAM, N_POISONS_PARAM,
-                                                  FeatureFn, draw_targeted, frozen, project, quantize,
-                                                  targeted_artifact)
+from augdefense.attacks.constraints import (DEFAULT_EPS, DEFAULT_N_POISONS, EPS_PARAM, N_POISONS_PARAM, frozen,
+                                            project, quantize)
+from augdefense.attacks.feature_collision import FeatureFn, draw_targeted, targeted_artifact
 from augdefense.errors import ConfigError
 
 log = logging.getLogger("augdefense.attacks")

@@ -18,79 +18,28 @@ constraint. A step that would raise the objective is rejected and that poison's 
 x0.2 (Shafahi et al.'s code, the benchmark's ``craft_poisons_fc.py``); a poison stops once a step
 moves it by less than 1e-5 relative.
 
-This module also holds the helpers the other optimisation-based attacks of this family share:
-``frozen`` (model in eval mode, parameters not requiring grad, restored afterwards),
-``project`` (l-inf ball and [0, 1]), ``quantize`` (uint8 poisons kept inside the eps-ball) and
-``draw_targeted`` (the per-seed target / attacker class / bases draw of FC and CP).
+This module also holds what the targeted attacks (FC and CP) share: ``draw_targeted`` (the per-seed
+target / attacker class / bases draw) and ``targeted_artifact``. The generic helpers (``frozen``,
+``project``, ``quantize``, the common parameters) are in ``augdefense.attacks.constraints``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 from augdefense.attacks import register
 from augdefense.attacks.base import Attack, CraftingContext
+from augdefense.attacks.constraints import (DEFAULT_EPS, DEFAULT_N_POISONS, EPS_PARAM, N_POISONS_PARAM, check_pool,
+                                            frozen, project, quantize)
 from augdefense.errors import ConfigError
 
 log = logging.getLogger("augdefense.attacks")
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-
-# Schwarzschild et al.'s benchmark (aks2203/poisoning-benchmark, how_to.md): 25 poisons, l-inf
-# eps = 8/255 for every attack of the transfer-learning benchmark.
-DEFAULT_EPS = 8
-DEFAULT_N_POISONS = 25
-
-# The common keys, in 1/255 units where they are pixel values.
-EPS_PARAM = ((int, float), lambda v: 0 < v <= 255,
-             "in (0, 255] (l-inf bound in 1/255 pixel units; 8 in the benchmark)")
-N_POISONS_PARAM = (int, lambda v: v >= 1, "an integer >= 1 (number of poisons; 25 in the benchmark)")
-
-
-@contextmanager
-def frozen(*models: torch.nn.Module) -> Iterator[None]:
-    """Run a block with ``models`` in eval mode and their parameters not requiring grad; restore
-    each module's training flag and each parameter's requires_grad afterwards."""
-    saved = [(m, [(mod, mod.training) for mod in m.modules()], [(p, p.requires_grad) for p in m.parameters()])
-             for m in models]
-    try:
-        for m in models:
-            m.eval()
-            m.requires_grad_(False)
-        yield
-    finally:
-        for _, modes, flags in saved:
-            for mod, training in modes:
-                mod.training = training
-            for p, flag in flags:
-                p.requires_grad_(flag)
-
-
-def project(x: torch.Tensor, base: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project ``x`` onto the l-inf ball of radius ``eps`` around ``base`` intersected with [0, 1]."""
-    return torch.clamp(x, min=(base - eps).clamp(min=0), max=(base + eps).clamp(max=1))
-
-
-def quantize(clean: torch.Tensor, poisons: torch.Tensor, eps: float) -> torch.Tensor:
-    """uint8 poisons from uint8 ``clean`` bases and float ``poisons`` in [0, 1]: rounded to the
-    nearest level, then clamped in integer space into the eps-ball (``eps`` in 1/255 units) around
-    the base and into [0, 255], so rounding can never leave the ball."""
-    base = clean.to(torch.int32)
-    levels = torch.round(poisons.detach().cpu().float() * 255).to(torch.int32)
-    bound = int(math.floor(eps + 1e-9))
-    levels = torch.clamp(levels, min=base - bound, max=base + bound)
-    return levels.clamp(0, 255).to(torch.uint8)
-
-
-def check_pool(name: str, key: str, wanted: int, pool: int, what: str) -> None:
-    if wanted > pool:
-        raise ConfigError(f"attacks.{name}.{key}: {wanted} poisons, but {what} has only {pool} training images")
 
 
 def draw_targeted(dataset, seed: int, n_poisons: int, name: str) -> dict:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from augdefense.attacks import register
 from augdefense.attacks.base import Attack, CraftingContext
+from augdefense.attacks.constraints import quantize_delta
 from augdefense.errors import ConfigError
 
 log = logging.getLogger("augdefense.attacks")
@@ -121,16 +122,6 @@ def brew(context: CraftingContext, images: torch.Tensor, labels: torch.Tensor, t
             "restart_losses": restart_losses}
 
 
-def quantize(clean: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """uint8 poisons from uint8 ``clean`` and a float perturbation (in [0, 1] units), kept inside
-    the eps-ball (``eps`` in 1/255 units) and the valid range after rounding."""
-    base = clean.to(torch.int32)
-    poisoned = torch.round(base.float() + delta.cpu().float() * 255).to(torch.int32)
-    bound = int(math.floor(eps + 1e-9))
-    poisoned = torch.minimum(torch.maximum(poisoned, base - bound), base + bound)
-    return poisoned.clamp(0, 255).to(torch.uint8)
-
-
 @register
 class GradientMatching(Attack):
     type_name = "gradient_matching"
@@ -199,7 +190,7 @@ class GradientMatching(Attack):
                           self.restarts, self.lr, self.batch_size,
                           shift=recipe.crop_pad if (self.augment and recipe) else 0,
                           flip=bool(self.augment and recipe and recipe.flip), seed=seed)
-            poisons = quantize(dataset.train_images[indices], result["delta"], self.eps)
+            poisons = quantize_delta(dataset.train_images[indices], result["delta"], self.eps)
             info.update(n_poisons=len(indices), matching_loss_first=result["history"][0],
                         matching_loss=result["history"][-1], kept_restart=result["restart"],
                         restart_losses=result["restart_losses"])

@@ -23,22 +23,21 @@ classified as the target class.
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from augdefense.attacks import register
 from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.feature_collision import (DEFAULT_EPS, DEFAULT_N_POISONS, EPS_PARAM, N_POISONS_PARAM,
-                                                  FeatureFn, check_pool, frozen, project, quantize)
+from augdefense.attacks.constraints import (DEFAULT_EPS, DEFAULT_N_POISONS, DEFAULT_PATCH_SIZE, EPS_PARAM,
+                                            N_POISONS_PARAM, PATCH_SIZE_PARAM, check_pool, frozen, project, quantize)
+from augdefense.attacks.feature_collision import FeatureFn
 from augdefense.attacks.patch import paste
 from augdefense.errors import ConfigError
 
 log = logging.getLogger("augdefense.attacks")
-
-# Trigger side: the benchmark's challenge statement (how_to.md) specifies a 5x5 patch for CIFAR-10.
-DEFAULT_PATCH_SIZE = 5
-PATCH_SIZE_PARAM = (int, lambda v: v >= 1, "an integer >= 1 (trigger side in pixels; 5 in the benchmark)")
 
 
 def greedy_assignment(dist: torch.Tensor) -> torch.Tensor:
@@ -102,12 +101,16 @@ def draw_backdoor(dataset, seed: int, patch_size: int, name: str) -> dict:
     return {"target_class": target, "source_class": source, "patch": patch}
 
 
+def trigger_locations(rng: np.random.Generator, dataset, patch_size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random (rows, cols) at which a ``patch_size`` trigger fits in the dataset's images."""
+    _, h, w = dataset.image_shape
+    return rng.integers(0, h - patch_size + 1, n), rng.integers(0, w - patch_size + 1, n)
+
+
 def patched_test_set(dataset, draw: dict, rng: np.random.Generator) -> dict:
     """Every source-class test image with the trigger pasted at a random location."""
-    _, h, w = dataset.image_shape
-    p = draw["patch"].shape[-1]
     idx = torch.nonzero(dataset.test_labels == draw["source_class"]).flatten()
-    rows, cols = rng.integers(0, h - p + 1, len(idx)), rng.integers(0, w - p + 1, len(idx))
+    rows, cols = trigger_locations(rng, dataset, draw["patch"].shape[-1], len(idx))
     return {
         "eval_images": paste(dataset.test_images[idx], draw["patch"], rows, cols),
         "eval_labels": torch.full((len(idx),), draw["source_class"], dtype=torch.long),
@@ -116,15 +119,17 @@ def patched_test_set(dataset, draw: dict, rng: np.random.Generator) -> dict:
     }
 
 
-@register
-class HiddenTrigger(Attack):
-    type_name = "hidden_trigger"
+class TriggerBackdoor(Attack):
+    """What the trigger backdoors (hidden trigger, clean label) share: eps, n_poisons and
+    patch_size, the seed's (target, source) pair and trigger (``draw_backdoor``), ``n_poisons``
+    random target-class training images as poisons ([seed, 1], labels unchanged) and the patched
+    source-class test images ([seed, 3]). A subclass crafts the poisons in ``poison``."""
+
+    description: ClassVar[str]  # for the error messages: "the ... backdoor"
     params = {
         "eps": EPS_PARAM,
         "n_poisons": N_POISONS_PARAM,
         "patch_size": PATCH_SIZE_PARAM,
-        "iterations": (int, lambda v: v >= 1, "an integer >= 1 (gradient steps; 5000 in the benchmark)"),
-        "lr": ((int, float), lambda v: v > 0, "> 0 (gradient step size in [0, 1] pixel units; 0.001 in the benchmark)"),
     }
 
     def __init__(self, spec, name=""):
@@ -132,32 +137,63 @@ class HiddenTrigger(Attack):
         self.eps = float(spec.get("eps", DEFAULT_EPS))
         self.n_poisons = spec.get("n_poisons", DEFAULT_N_POISONS)
         self.patch_size = spec.get("patch_size", DEFAULT_PATCH_SIZE)
-        # Defaults of the benchmark's craft_poisons_htbd.py (poison_crafting/README.md): 5000
-        # iterations, lr 0.001 decayed x0.95 every 2000 (CIFAR-10). Saha et al. used lr 0.01, eps 16.
-        self.iterations = spec.get("iterations", 5000)
-        self.lr = float(spec.get("lr", 0.001))
 
     @property
     def needs_model(self) -> bool:
         return True
 
+    @abstractmethod
+    def poison(self, dataset, seed: int, context: CraftingContext, draw: dict, indices: torch.Tensor,
+               place: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        """The uint8 poisons of the training images ``indices`` and the attack's own ``info``
+        entries; ``place`` is the [seed, 1] stream, just past the draw of ``indices``."""
+
     def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
         if context is None:
-            raise ConfigError(f"attacks.{self.name}: the hidden-trigger backdoor needs a crafting model")
+            raise ConfigError(f"attacks.{self.name}: {self.description} needs a crafting model")
         draw = draw_backdoor(dataset, seed, self.patch_size, self.name)
-        _, h, w = dataset.image_shape
-        p = self.patch_size
-        # Poisons: random target-class training images ([seed, 1]); patched sources for crafting:
-        # as many random source-class training images, trigger at random locations ([seed, 2]).
         pool = torch.nonzero(dataset.train_labels == draw["target_class"]).flatten().numpy()
         check_pool(self.name, "n_poisons", self.n_poisons, len(pool), f"target class {draw['target_class']}")
-        indices = torch.from_numpy(np.sort(np.random.default_rng([seed, 1]).choice(pool, self.n_poisons,
-                                                                                  replace=False))).long()
+        place = np.random.default_rng([seed, 1])
+        indices = torch.from_numpy(np.sort(place.choice(pool, self.n_poisons, replace=False))).long()
+        poisons, info = self.poison(dataset, seed, context, draw, indices, place)
+        return {
+            "train_indices": indices,
+            "train_images": poisons,
+            "train_labels": dataset.train_labels[indices].clone(),
+            **patched_test_set(dataset, draw, np.random.default_rng([seed, 3])),
+            "patch": draw["patch"],
+            "info": {"target_class": draw["target_class"], "source_class": draw["source_class"],
+                     "victim_class": draw["source_class"], "n_poisons": len(indices), "patch_size": self.patch_size,
+                     **info, "attack": self.name, "type": self.type_name, "seed": seed},
+        }
+
+
+@register
+class HiddenTrigger(TriggerBackdoor):
+    type_name = "hidden_trigger"
+    description = "the hidden-trigger backdoor"
+    params = {
+        **TriggerBackdoor.params,
+        "iterations": (int, lambda v: v >= 1, "an integer >= 1 (gradient steps; 5000 in the benchmark)"),
+        "lr": ((int, float), lambda v: v > 0, "> 0 (gradient step size in [0, 1] pixel units; 0.001 in the benchmark)"),
+    }
+
+    def __init__(self, spec, name=""):
+        super().__init__(spec, name)
+        # Defaults of the benchmark's craft_poisons_htbd.py (poison_crafting/README.md): 5000
+        # iterations, lr 0.001 decayed x0.95 every 2000 (CIFAR-10). Saha et al. used lr 0.01, eps 16.
+        self.iterations = spec.get("iterations", 5000)
+        self.lr = float(spec.get("lr", 0.001))
+
+    def poison(self, dataset, seed, context, draw, indices, place):
+        # Patched sources for crafting: as many random source-class training images as poisons,
+        # trigger at random locations ([seed, 2]).
         source_pool = torch.nonzero(dataset.train_labels == draw["source_class"]).flatten().numpy()
         check_pool(self.name, "n_poisons", self.n_poisons, len(source_pool), f"source class {draw['source_class']}")
         crafting = np.random.default_rng([seed, 2])
         source_idx = torch.from_numpy(np.sort(crafting.choice(source_pool, self.n_poisons, replace=False))).long()
-        rows, cols = crafting.integers(0, h - p + 1, self.n_poisons), crafting.integers(0, w - p + 1, self.n_poisons)
+        rows, cols = trigger_locations(crafting, dataset, self.patch_size, self.n_poisons)
         patched_sources = paste(dataset.train_images[source_idx], draw["patch"], rows, cols)
 
         device = context.device
@@ -168,15 +204,5 @@ class HiddenTrigger(Attack):
                                     (patched_sources.float() / 255).to(device), self.eps / 255,
                                     lr=self.lr, iterations=self.iterations)
         log.info("hidden trigger: feature loss %.4f -> %.4f", result["history"][0], result["final_loss"])
-        poisons = quantize(clean, result["poisons"], self.eps)
-        return {
-            "train_indices": indices,
-            "train_images": poisons,
-            "train_labels": dataset.train_labels[indices].clone(),
-            **patched_test_set(dataset, draw, np.random.default_rng([seed, 3])),
-            "patch": draw["patch"],
-            "info": {"target_class": draw["target_class"], "source_class": draw["source_class"],
-                     "victim_class": draw["source_class"], "n_poisons": len(indices), "patch_size": p,
-                     "feature_loss_first": result["history"][0], "feature_loss": result["final_loss"],
-                     "attack": self.name, "type": self.type_name, "seed": seed},
-        }
+        return quantize(clean, result["poisons"], self.eps), {
+            "feature_loss_first": result["history"][0], "feature_loss": result["final_loss"]}

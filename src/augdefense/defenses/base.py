@@ -30,6 +30,7 @@ class Defense:
     params: ClassVar[dict[str, tuple]] = {}
     common_params: ClassVar[dict[str, tuple]] = {
         "laplace": ((int, float), lambda v: v >= 0, ">= 0 (noise scale in 1/255 units)"),
+        "laplace_clip": (bool, lambda v: True, "true or false (clip noised images to [0, 1])"),
     }
 
     def __init__(self, spec: dict, num_classes: int, name: str = "", seed: int = 0) -> None:
@@ -38,6 +39,9 @@ class Defense:
         self.spec = dict(spec)
         check_params(spec, {**self.params, **self.common_params}, f"defenses.{self.name}")
         self.laplace = float(spec.get("laplace", 0.0))
+        # DP-InstaHide releases x + Laplace noise as is (Theorem 2 is about that release); clipping
+        # to the valid range is post-processing, which keeps the guarantee, so it is an option.
+        self.laplace_clip = bool(spec.get("laplace_clip", False))
         self.rng = np.random.default_rng(seed)
 
     # -- hooks --------------------------------------------------------------------------------
@@ -52,7 +56,8 @@ class Defense:
     def add_noise(self, x: torch.Tensor) -> torch.Tensor:
         if self.laplace <= 0:
             return x
-        return x + torch.distributions.Laplace(0.0, self.laplace / 255.0).sample(x.shape).to(x)
+        noised = x + torch.distributions.Laplace(0.0, self.laplace / 255.0).sample(x.shape).to(x)
+        return noised.clamp(0, 1) if self.laplace_clip else noised
 
     def loss(self, forward: Forward, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
         x, soft = self.transform(x, y, epoch)
