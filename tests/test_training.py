@@ -101,3 +101,32 @@ def test_sanitize_and_filtered_victim(tiny_files, tmp_path):
     with pytest.raises(ArtifactError, match="fm_bad.pt"):
         pipeline.sanitize(tiny_files / "data.pt", tiny_files / "poison.pt", tmp_path / "fm_bad.pt", "ss", spec,
                           {"device": "cpu"}, 0, 1, tmp_path / "s2.json")
+
+
+def test_compile_switch_trains_through_the_compiled_module(digits8, monkeypatch):
+    """runtime.compile: true routes the training forward pass through torch.compile's module (a
+    stand-in here: compiling for real takes minutes on this CPU); off by default."""
+    from augdefense import defenses
+    from augdefense.models import build as build_model
+    from augdefense.training import Normalizer, Recipe, Runtime, train
+
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            calls.append(len(x))
+            return self.inner(x)
+
+    monkeypatch.setattr(torch, "compile", lambda module: Counting(module))
+    model = build_model({"arch": "convnet", "width": 8}, 1, 10, 8)
+    recipe = Recipe(epochs=1, milestones=(), crop_pad=1, flip=False)
+    args = (model, digits8.train_images[:256], digits8.train_labels[:256], defenses.build({"type": "none"}, 10),
+            recipe, Normalizer(digits8.mean, digits8.std), torch.device("cpu"), 0, False)
+    train(*args)
+    assert calls == [] and Runtime().compile is False
+    train(*args, compile_model=True)
+    assert calls == [128, 128]

@@ -181,7 +181,7 @@ class PoisonedTraining:
                      device, threads, len(labels))
             start = time.perf_counter()
             history = train(model, images, labels, self.defense, self.recipe, normalizer, device, seed, rt.amp,
-                            checkpointer)
+                            checkpointer, compile_model=rt.compile)
             seconds = time.perf_counter() - start
             clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
             attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)

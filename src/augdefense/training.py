@@ -48,6 +48,7 @@ RUNTIME_PARAMS = {
     "deterministic": (bool, lambda v: True, "true or false"),
     "eval_batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
     "checkpoint_every": (int, lambda v: v >= 1, "an integer >= 1 (epochs)"),
+    "compile": (bool, lambda v: True, "true or false (torch.compile the training forward pass)"),
 }
 
 
@@ -84,6 +85,7 @@ class Runtime:
     deterministic: bool = False
     eval_batch_size: int = 1024
     checkpoint_every: int = 5
+    compile: bool = False  # opt-in: compilation costs minutes up front and pays off on long GPU runs
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Runtime":
@@ -152,7 +154,7 @@ class Checkpointer:
 
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, defense, recipe: Recipe,
           normalizer: Normalizer, device: torch.device, seed: int, amp: bool = True,
-          checkpointer: Checkpointer | None = None) -> list[dict]:
+          checkpointer: Checkpointer | None = None, compile_model: bool = False) -> list[dict]:
     """Train ``model`` in place on uint8 ``images``; return one record per epoch."""
     from augdefense import augment
 
@@ -171,6 +173,8 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
     n = len(labels)
     # A defense may wrap both (per-sample DP-SGD); checkpoints keep the unwrapped ones' state.
     trained_model, step_optimizer = defense.wrap_training(model, optimizer, n, recipe.batch_size)
+    if compile_model:
+        trained_model = torch.compile(trained_model)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = normalizer(x)
