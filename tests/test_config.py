@@ -24,10 +24,11 @@ def test_presets_and_paper_config_pass(config):
 def test_grid_is_the_union_of_experiments(config):
     config["experiments"]["other"] = {"attacks": ["patch10"], "defenses": ["none", "cutmix"]}
     cells = grid.cells(config)
-    # Shared cells once; ss x patch100 excluded; table2: wb x 2, wb_adapt x mixup, control x 2.
-    assert len(cells) == len(set(cells)) == 3 * 2 + 1 + 5
+    # Shared cells once; ss x patch100 excluded; table2: wb x 2, wb_adapt x mixup, control x 2;
+    # table4: fc, cp x none, ss; table6: htbd, clbd x none.
+    assert len(cells) == len(set(cells)) == 3 * 2 + 1 + 5 + 6
     assert ("wb_control", "none") in cells and ("wb_adapt", "none") not in cells
-    assert len(grid.victim_runs(config)) == 12 * 2
+    assert len(grid.victim_runs(config)) == 18 * 2
     config["seeds"] = [3, 7]
     assert {s for _, _, s in grid.victim_runs(config)} == {3, 7}
 
