@@ -34,7 +34,8 @@ from slurm_cluster import RUN_CONF_LINK, ClusterUnavailable, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = {"train_victim", "train_feature_model", "craft_poison", "sanitize"}
+GPU_RULES = {"train_victim", "train_feature_model", "train_crafting_model", "pretrain_extractor", "craft_poison",
+             "sanitize"}
 TARGET = "results/metrics.csv"   # what is compared; the report rules after it are CPU rules like collect_metrics
 RUN_TIMEOUT = 600                # seconds for one Snakemake run, then SIGTERM ...
 TERM_GRACE = 60                  # ... and SIGKILL this much later: after SIGTERM Snakemake waits for running jobs
