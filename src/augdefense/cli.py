@@ -155,8 +155,15 @@ def record_provenance(args: argparse.Namespace, started: str) -> None:
         {c: parse_json_arg(getattr(args, c), c) for c in config}, started, getattr(args, "seed", None))
 
 
+REPORTING_COMMANDS = {"collect-metrics", "render-table", "render-figure", "render-illustrations",
+                      "render-privacy-figure", "compare-papers"}
+
+
 def run(args: argparse.Namespace) -> None:
-    from augdefense import pipeline, provenance, reporting
+    from augdefense import pipeline, provenance
+
+    if args.command in REPORTING_COMMANDS:
+        from augdefense import reporting  # pandas: only the reporting jobs pay for it
 
     if args.command == "prepare-data":
         pipeline.prepare_data(parse_json_arg(args.spec, "spec"), args.out)

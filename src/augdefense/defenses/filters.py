@@ -18,9 +18,9 @@ from abc import ABCMeta, abstractmethod
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA, FastICA
-from sklearn.neighbors import NearestNeighbors
+
+# sklearn is imported inside the methods that use it: the registry loads this module in every job, and
+# the import costs every training job about 1.5 s.
 
 from augdefense.defenses import register
 from augdefense.defenses.base import Defense
@@ -148,7 +148,11 @@ class ActivationClustering(FilterDefense):
     def reduce(self, x: np.ndarray) -> np.ndarray:
         dims = max(1, min(self.n_components, x.shape[1], x.shape[0] - 1))
         if self.reduction == "pca":
+            from sklearn.decomposition import PCA
+
             return PCA(n_components=dims, random_state=self.seed).fit_transform(x)
+        from sklearn.decomposition import FastICA
+
         return FastICA(n_components=dims, max_iter=1000, tol=0.005, random_state=self.seed).fit_transform(x)
 
     def _filter(self, feats, labels, expected):
@@ -161,6 +165,8 @@ class ActivationClustering(FilterDefense):
             reduced = self.reduce(x)
             if not np.isfinite(reduced).all():
                 continue
+            from sklearn.cluster import KMeans
+
             assign = KMeans(n_clusters=2, n_init=10, random_state=self.seed).fit_predict(reduced)
             sizes = np.bincount(assign, minlength=2)
             scores[idx] = 1.0 - sizes[assign] / len(idx)
@@ -209,6 +215,8 @@ class DeepKNN(FilterDefense):
             return np.zeros(0, dtype=np.int64), np.full(n, np.nan), new_labels
         k = self.resolve_k(n, expected)
         n_labels = max(self.num_classes, int(labels.max()) + 1)
+        from sklearn.neighbors import NearestNeighbors
+
         index = NearestNeighbors(n_neighbors=k + 1).fit(feats)
         scores = np.empty(n)
         flagged = np.zeros(n, dtype=bool)
