@@ -160,8 +160,9 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
 
     model.to(device)
     normalizer.to(device)
+    # channels-last: faster convolutions on GPUs (tensor cores) and on CPUs (oneDNN; 1.7x here).
+    model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
@@ -177,9 +178,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
         trained_model = torch.compile(trained_model)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        x = normalizer(x)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = normalizer(x).contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             return trained_model(x)
 
