@@ -106,8 +106,10 @@ def test_end_to_end_tiny_run(tiny_run):
     md2 = (workdir / "results" / "tables" / "table2.md").read_text()
     assert "| mixup |" in md2 and "(paper 72.7)" in md2 and "log-odds shift" in md2
     assert (workdir / "results" / "figures" / "table2.png").stat().st_size > 1000
-    # Transfer setting: one extractor for every seed; poisons inside the fine-tuning split.
-    assert sorted(p.name for p in (workdir / "results" / "extractors").glob("*.pt")) == ["transfer.pt"]
+    # Transfer setting: one extractor for every seed and for both fine-tuning recipes (last layer, end to
+    # end); poisons inside the fine-tuning split.
+    extractors = (workdir / "results" / "extractors").rglob("*.pt")
+    assert [p.relative_to(workdir / "results" / "extractors").as_posix() for p in extractors] == ["pretrain/share0.5.pt"]
     transfer = metrics[metrics.attack.isin(["fc", "cp", "htbd", "clbd"])]
     assert (transfer.n_poisons == 5).all() and transfer.clean_acc.between(0, 1).all()
     assert (transfer[transfer.attack.isin(["htbd", "clbd"])].n_eval > 1).all()

@@ -279,8 +279,8 @@ def pretrain_extractor(data_path: str | Path, recipe_name: str, pretrain_recipe_
                        model_spec: dict, runtime_spec: dict, threads: int, out: str | Path,
                        checkpoint: str | Path | None = None) -> None:
     """The transfer-learning setting's feature extractor: trained on clean data of the pretraining
-    split (disjoint from the fine-tuning split the attacks poison), once per recipe, shared by
-    every seed."""
+    split (disjoint from the fine-tuning split the attacks poison), once per pretraining recipe and
+    share, shared by every seed and every transfer recipe that pretrains alike."""
     import torch
 
     from augdefense import data
@@ -295,7 +295,7 @@ def pretrain_extractor(data_path: str | Path, recipe_name: str, pretrain_recipe_
     save_tensors(out, {"state_dict": result["model"].state_dict(), "model": model_spec, "clean_acc": clean_acc,
                        "pretrain_indices": pretrain.to(torch.long), "fingerprint": job.fingerprint})
     result["checkpointer"].clear()
-    log.info("extractor for recipe %s: %d pretraining images, clean accuracy %.4f -> %s", recipe_name,
+    log.info("extractor (pretraining recipe %s): %d pretraining images, clean accuracy %.4f -> %s", recipe_name,
              len(pretrain), clean_acc, out)
 
 

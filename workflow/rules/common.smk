@@ -21,6 +21,7 @@ wildcard_constraints:
     slot=r"[A-Za-z0-9_\-]+",
     recipe=r"[A-Za-z0-9_\-]+",
     seed=r"\d+",
+    share=r"[0-9.eE\-]+",
     table=r"[A-Za-z0-9_\-]+",
 
 
@@ -48,9 +49,12 @@ def slot_defense(slot):
 
 
 def extractor_path(attack):
-    """A transfer recipe's pretrained feature extractor (one per recipe, shared by every seed)."""
-    recipe = config["attacks"][attack]["recipe"]
-    return f"results/extractors/{recipe}.pt" if "transfer" in config["recipes"][recipe] else []
+    """A transfer recipe's pretrained feature extractor: one per (pretraining recipe, share), shared by
+    every seed and by every transfer recipe that pretrains alike (last-layer and end-to-end fine-tuning)."""
+    transfer = config["recipes"][config["attacks"][attack]["recipe"]].get("transfer")
+    if transfer is None:
+        return []
+    return f"results/extractors/{transfer['pretrain_recipe']}/share{float(transfer.get('pretrain_share', 0.5))!r}.pt"
 
 
 def crafting_model_path(attack, slot, seed):

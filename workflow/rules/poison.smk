@@ -4,27 +4,27 @@ rule pretrain_extractor:
         code=code("training.py", "models.py", "augment.py", "defenses/*.py", "gpu.py", "pipeline.py",
                   "attacks/__init__.py", "io.py", "data.py"),
     output:
-        "results/extractors/{recipe}.pt",
+        "results/extractors/{recipe}/share{share}.pt",
     params:
-        pretrain=lambda w: grid.as_json(config["recipes"][config["recipes"][w.recipe]["transfer"]["pretrain_recipe"]]),
-        transfer=lambda w: grid.as_json(config["recipes"][w.recipe]["transfer"]),
+        pretrain=lambda w: grid.as_json(config["recipes"][w.recipe]),
+        transfer=lambda w: grid.as_json({"pretrain_recipe": w.recipe, "pretrain_share": float(w.share)}),
         model=grid.as_json(config["model"]),
         runtime=RUNTIME,
     threads: THREADS
     resources:
         gpu=1,
-        runtime=lambda w, attempt: recipe_runtime(config["recipes"][w.recipe]["transfer"]["pretrain_recipe"], attempt),
+        runtime=lambda w, attempt: recipe_runtime(w.recipe, attempt),
     log:
-        "logs/pretrain_extractor/{recipe}.log",
+        "logs/pretrain_extractor/{recipe}/share{share}.log",
     benchmark:
-        "benchmarks/pretrain_extractor/{recipe}.tsv"
+        "benchmarks/pretrain_extractor/{recipe}/share{share}.tsv"
     conda:
         CONDA_ENV
     shell:
         "python -m augdefense pretrain-extractor --data {input.data} --recipe-name {wildcards.recipe} "
         "--pretrain-recipe {params.pretrain:q} --transfer {params.transfer:q} --model {params.model:q} "
         "--runtime {params.runtime:q} --threads {threads} --out {output} "
-        "--checkpoint scratch/checkpoints/extractors/{wildcards.recipe}.pt > {log} 2>&1"
+        "--checkpoint scratch/checkpoints/extractors/{wildcards.recipe}/share{wildcards.share}.pt > {log} 2>&1"
 
 
 rule train_crafting_model:
