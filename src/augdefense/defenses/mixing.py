@@ -5,7 +5,6 @@ k-way mixup, CutMix, cutout and MaxUp. ``none`` is the baseline (crop + flip onl
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import v2
 
 from augdefense.defenses import build, register
 from augdefense.defenses.base import Defense, Forward, soft_cross_entropy
@@ -69,6 +68,8 @@ class CutMix(Defense):
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
+        from torchvision.transforms import v2  # here: importing torchvision costs every other job ~3 s
+
         self.p = float(spec.get("p", 0.5))
         self.cutmix = v2.CutMix(alpha=float(spec.get("alpha", 1.0)), num_classes=num_classes)
 
