@@ -195,3 +195,27 @@ def test_imagenet_preset_schedules_table3(tmp_path):
     assert counts["train_victim"] == 2 * 3 * 10
     assert counts["train_crafting_model"] == 10 and counts["craft_poison"] == 2 * 10
     assert counts["render_tables"] == 1
+
+
+def test_transfer_and_from_scratch_settings_through_the_dag(tmp_path):
+    """The same feature-collision attack in both of the benchmark's settings: on a transfer recipe it
+    crafts against the shared pretrained extractor and the victim starts from it; on a plain recipe
+    (from scratch) it crafts against a crafting model trained on the whole training set and the
+    victim trains from scratch. Two transfer recipes that pretrain alike share one extractor."""
+    config = yaml.safe_load((REPO / "presets" / "quick.yaml").read_text())
+    config["attacks"]["fc_scratch"] = {**config["attacks"]["fc"], "recipe": "targeted"}
+    config["experiments"] = {"table4": {"attacks": ["fc", "fc_scratch", "htbd"], "defenses": ["none"]}}
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "-p", "--configfile", str(config_file), cwd=tmp_path)
+    counts = job_counts(result.stdout)
+    assert counts["pretrain_extractor"] == 1 and counts["train_crafting_model"] == 3
+    crafts = _shell_commands(result.stdout, "craft_poison")
+    assert sum("--attack fc " in c and "--crafting-model results/extractors/pretrain/share0.5.pt" in c
+               for c in crafts) == 3
+    assert sum("--attack fc_scratch " in c and "--crafting-model results/crafting_models/targeted/none/" in c
+               for c in crafts) == 3
+    victims = _shell_commands(result.stdout, "train_victim")
+    assert all("--extractor results/extractors/pretrain/share0.5.pt" in c for c in victims if "--attack fc " in c)
+    assert all("--attack htbd " not in c or "--extractor results/extractors/pretrain/share0.5.pt" in c for c in victims)
+    assert all("--extractor" not in c for c in victims if "--attack fc_scratch " in c)
