@@ -58,3 +58,15 @@ def test_a_cell_without_dp_has_no_ceiling(tmp_path):
     summary = reporting.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
     assert "dp_success_ceiling" not in summary
     assert summary.iloc[0].paper_poison_success == pytest.approx(0.90)  # the short paper reports this cell
+
+
+def test_the_papers_dp_sgd_is_flagged_as_carrying_no_guarantee(tmp_path):
+    frame = pd.read_csv(_metrics(tmp_path, ["none", "dpsgd_n1e-2"])).drop(columns="theorem2_epsilon")
+    frame["defense_type"] = frame.defense.map({"none": "none", "dpsgd_n1e-2": "dpsgd_batch"})
+    summary = reporting.summarize(frame, "table2", ["wb_adapt"], ["none", "dpsgd_n1e-2"], "wb_control")
+    md = reporting.to_markdown(summary, "table2", ["wb_adapt"], ["none", "dpsgd_n1e-2"], control="wb_control")
+    assert "dpsgd_n1e-2: DP-SGD as the papers ran it" in md and "no formal privacy guarantee" in md
+    frame = frame[frame.defense == "none"]
+    summary = reporting.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
+    assert "no formal privacy guarantee" not in reporting.to_markdown(summary, "table2", ["wb_adapt"], ["none"],
+                                                                      control="wb_control")

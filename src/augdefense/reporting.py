@@ -87,6 +87,9 @@ def summarize(metrics: pd.DataFrame, table: str, attacks: list[str], defenses: l
             for i, part in enumerate(("shift", "shift_ci_low", "shift_ci_high", "shift_n")):
                 summary[f"{metric}_{part}"] = [r[i + 1] for r in rows]
     _add_dp_ceiling(summary, cells, metrics, control)
+    if "defense_type" in cells:
+        types = cells.groupby("defense").defense_type.first()
+        summary["defense_type"] = [types.get(d) for d in summary.defense]
     paper = reference_numbers(table)
     for metric in ("clean_acc", "poison_success"):
         values = paper[paper.metric == metric].set_index(["defense", "attack"])["value"]
@@ -180,6 +183,11 @@ def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses:
                   "the run's differential-privacy guarantee (opacus's accountant, or Theorem 2 with δ = 0) and "
                   "that many poisons, given the success without poisons (the control's; 0 without a control). "
                   "100 means the guarantee is vacuous at this scale."]
+    if "defense_type" in summary and (summary.defense_type == "dpsgd_batch").any():
+        names = ", ".join(sorted(set(summary.defense[summary.defense_type == "dpsgd_batch"])))
+        lines += ["", f"{names}: DP-SGD as the papers ran it (the mini-batch gradient clipped, then noised). It carries "
+                  "no formal privacy guarantee: without per-sample clipping no sensitivity bound exists, so no ε "
+                  "and no DP ceiling are reported (`dpsgd_opacus` is DP-SGD with one)."]
     if control is not None:
         lines += ["", f"Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
                   "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
