@@ -130,3 +130,18 @@ def test_compile_switch_trains_through_the_compiled_module(digits8, monkeypatch)
     assert calls == [] and Runtime().compile is False
     train(*args, compile_model=True)
     assert calls == [128, 128]
+
+
+def test_a_training_job_imports_no_library_it_does_not_use():
+    """Each job is a fresh process: a victim under mixup, with its provenance record, must not pay for
+    importing scikit-learn (filters), pandas (reporting) or torchvision (CutMix, CIFAR-10)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from augdefense import attacks, defenses, pipeline, provenance, training; "
+            "defenses.build({'type': 'mixup', 'k': 4}, 10); provenance.environment(); "
+            "print(sorted(m for m in ('sklearn', 'pandas', 'torchvision', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code = "import sys; from augdefense import defenses; defenses.build({'type': 'cutmix'}, 10); print('torchvision' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"

@@ -19,11 +19,11 @@ from abc import ABCMeta, abstractmethod
 import numpy as np
 import torch
 
-# sklearn is imported inside the methods that use it: the registry loads this module in every job, and
-# the import costs every training job about 1.5 s.
-
 from augdefense.defenses import register
 from augdefense.defenses.base import Defense
+
+# sklearn is imported inside the methods that use it: the registry loads this module in every job, and
+# the import would cost every training job about 1.5 s.
 
 # deep k-NN queries neighbours this many rows at a time, so no N x N distance matrix is ever built.
 QUERY_CHUNK = 4096
