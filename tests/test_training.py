@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from augdefense import augment, attacks, data, pipeline
+from augdefense import augment, data, pipeline
 from augdefense.errors import TrainingError
 
 RECIPE = {"epochs": 2, "milestones": [1], "batch_size": 128, "crop_pad": 1, "flip": False}
