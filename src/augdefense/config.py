@@ -25,6 +25,15 @@ MODEL_ATTACK_TYPES = frozenset({"gradient_matching", "feature_collision", "conve
                                 "clean_label_backdoor"})
 
 
+# The share of each class that pretrains a transfer recipe's extractor when the recipe does not say.
+DEFAULT_PRETRAIN_SHARE = 0.5
+
+
+def pretrain_share(transfer: dict) -> float:
+    """A recipe's ``transfer`` block's pretraining share (the rest is the fine-tuning split)."""
+    return float(transfer.get("pretrain_share", DEFAULT_PRETRAIN_SHARE))
+
+
 def crafting_seed(seed: int) -> int:
     return seed + CRAFTING_SEED_OFFSET
 

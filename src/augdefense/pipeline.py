@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from augdefense.config import pretrain_share
+
 log = logging.getLogger("augdefense")
 
 
@@ -51,7 +53,7 @@ def craft_poison(data_path: str | Path, attack_name: str, attack_spec: dict, see
         model = load_model(crafting_model, dataset)
         finetune = None
         if recipe.transfer:  # craft inside the victim's fine-tuning split, against the pretrained extractor
-            _, finetune = data.transfer_split(dataset.train_labels, recipe.transfer.get("pretrain_share", 0.5))
+            _, finetune = data.transfer_split(dataset.train_labels, pretrain_share(recipe.transfer))
             dataset = data.subset(dataset, finetune)
         torch.set_num_threads(threads)
         seed_everything(seed, runtime.deterministic)
@@ -288,7 +290,7 @@ def pretrain_extractor(data_path: str | Path, recipe_name: str, pretrain_recipe_
 
     job = PoisonedTraining.load(data_path, None, "none", {"type": "none"}, pretrain_recipe_spec, model_spec,
                                 runtime_spec, 0, threads, f"recipes.{transfer_spec['pretrain_recipe']}")
-    pretrain, _ = data.transfer_split(job.dataset.train_labels, transfer_spec.get("pretrain_share", 0.5))
+    pretrain, _ = data.transfer_split(job.dataset.train_labels, pretrain_share(transfer_spec))
     job.poison["train_subset"] = pretrain
     result = job.fit(0, threads, checkpoint)
     clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())

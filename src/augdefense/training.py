@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from augdefense.config import check_params
+from augdefense.config import check_params, pretrain_share
 from augdefense.errors import ArtifactError, TrainingError
 from augdefense.io import load_tensors, save_tensors
 
@@ -38,7 +38,7 @@ RECIPE_PARAMS = {
     "flip": (bool, lambda v: True, "true or false"),
     "transfer": (dict, lambda v: set(v) <= TRANSFER_KEYS and "pretrain_recipe" in v
                  and v.get("finetune", "last_layer") in ("last_layer", "end_to_end")
-                 and 0 < v.get("pretrain_share", 0.5) < 1,
+                 and 0 < pretrain_share(v) < 1,
                  "a mapping with pretrain_recipe (a recipe name) and optionally pretrain_share in (0, 1) "
                  "and finetune 'last_layer' or 'end_to_end'"),
 }
@@ -160,7 +160,7 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
 
     model.to(device)
     normalizer.to(device)
-    # channels-last: faster convolutions on GPUs (tensor cores) and on CPUs (oneDNN; 1.7x here).
+    # channels-last: faster convolutions on GPUs (tensor cores) and on CPUs (oneDNN; ~15% per training here).
     model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()

@@ -54,7 +54,7 @@ def extractor_path(attack):
     transfer = config["recipes"][config["attacks"][attack]["recipe"]].get("transfer")
     if transfer is None:
         return []
-    return f"results/extractors/{transfer['pretrain_recipe']}/share{float(transfer.get('pretrain_share', 0.5))!r}.pt"
+    return f"results/extractors/{transfer['pretrain_recipe']}/share{grid.pretrain_share(transfer)!r}.pt"
 
 
 def crafting_model_path(attack, slot, seed):
