@@ -7,7 +7,7 @@ SNAKEMAKE := PATH="$(BIN):$$PATH" $(BIN)/snakemake
 # The config `make demo` and `make report` use; `make report CONFIG=config.yaml` after a paper-scale run.
 CONFIG ?= presets/quick.yaml
 
-.PHONY: setup demo test test-slurm lint report archive check bench clean
+.PHONY: setup demo test test-slurm lint schema report archive check bench clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,15 @@ test-slurm: setup
 	$(BIN)/python -m pip install --quiet -e '.[test,slurm]'
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
+# Snakemake's own lint, then ruff (lint and format) over the package, tests and rule scripts.
 lint: setup
 	$(SNAKEMAKE) --lint
+	$(BIN)/ruff check src tests workflow/scripts
+	$(BIN)/ruff format --check src tests workflow/scripts
+
+# The config schema is generated from the registries' Param tables: rerun after changing one.
+schema: setup
+	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense.schema --write
 
 report: setup
 	$(SNAKEMAKE) --configfile $(CONFIG) --report results/report.html

@@ -22,6 +22,8 @@ if not workflow.config_settings.configfiles:
     configfile: Path(workflow.basedir) / "config.yaml"
 
 
+# The schema is generated from the registries' Param tables (`make schema`); validating fills in
+# every default, so each job's params hold complete config entries.
 validate(config, "workflow/schemas/config.schema.yaml")
 grid.check_config(config)
 

@@ -37,3 +37,17 @@ def tiny_run(tmp_path_factory):
     shutil.copy(REPO / "presets" / "tiny.yaml", workdir / "tiny.yaml")
     result = snakemake("--cores", "2", "--configfile", str(workdir / "tiny.yaml"), cwd=workdir)
     return workdir, result
+
+
+def job_process(function: str, job, **popen) -> subprocess.Popen:
+    """Run one job (a ``runner.JobSpec``) in its own process, as a rule's script does; ``function`` is
+    ``module:name``. stdout and stderr are pipes unless the job has a log."""
+    import dataclasses
+    import json
+
+    code = ("import json, sys; from augdefense.runner import JobSpec, function_named, run_rule; "
+            "run_rule(JobSpec(**json.loads(sys.argv[1])), function_named(sys.argv[2]))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    spec = json.dumps(dataclasses.asdict(job), default=str)
+    return subprocess.Popen([sys.executable, "-c", code, spec, function], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)

@@ -62,13 +62,13 @@ def test_imagefolder_missing_split(tmp_path):
 
 
 def test_prepared_round_trip(tmp_path, digits8):
-    data.prepare({"source": "digits"}, tmp_path / "d.pt")
+    data.prepare(spec={"source": "digits"}, out=tmp_path / "d.pt")
     loaded = data.load(tmp_path / "d.pt")
     assert torch.equal(loaded.train_images, digits8.train_images) and loaded.classes == digits8.classes
 
 
 def test_truncated_artifact_names_the_file(tmp_path):
-    data.prepare({"source": "digits"}, tmp_path / "d.pt")
+    data.prepare(spec={"source": "digits"}, out=tmp_path / "d.pt")
     blob = (tmp_path / "d.pt").read_bytes()
     (tmp_path / "d.pt").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ArtifactError, match=r"d\.pt: truncated or corrupted"):

@@ -54,21 +54,24 @@ def test_training_calls_the_hook(digits8):
 
 
 def _opacus_run(tmp_path, digits8, noise_multiplier, norm="group"):
-    from augdefense import pipeline
+    from augdefense.jobs.craft import craft_poison
+    from augdefense.jobs.train import TrainingJob, train_victim
 
     root = tmp_path
     if not (root / "data.pt").exists():
         from augdefense import data
 
-        data.prepare({"source": "digits"}, root / "data.pt")
-        pipeline.craft_poison(root / "data.pt", "p", {"type": "patch", "recipe": "r", "patch_size": 2,
-                                                       "fraction": 0.1}, 0, root / "poison.pt")
-    return pipeline.train_victim(root / "data.pt", root / "poison.pt", "p", "dp",
-                                 {"type": "dpsgd_opacus", "clip": 1.0, "noise_multiplier": noise_multiplier,
-                                  "delta": 1e-5},
-                                 {"epochs": 1, "milestones": [], "batch_size": 128, "crop_pad": 0, "flip": False},
-                                 {"arch": "convnet", "width": 8, "norm": norm, "groups": 4},
-                                 {"device": "cpu", "amp": False}, 0, 1, root / f"run_{noise_multiplier}.json")
+        data.prepare(spec={"source": "digits"}, out=root / "data.pt")
+        craft_poison(data=root / "data.pt", attack_name="p",
+                     attack={"type": "patch", "recipe": "r", "patch_size": 2, "fraction": 0.1}, seed=0,
+                     out=root / "poison.pt")
+    job = TrainingJob(data=root / "data.pt", poison=root / "poison.pt", defense_name="dp",
+                      defense={"type": "dpsgd_opacus", "clip": 1.0, "noise_multiplier": noise_multiplier,
+                               "delta": 1e-5},
+                      recipe={"epochs": 1, "milestones": [], "batch_size": 128, "crop_pad": 0, "flip": False},
+                      model={"arch": "convnet", "width": 8, "norm": norm, "groups": 4},
+                      runtime={"device": "cpu", "amp": False}, seed=0)
+    return train_victim(job, attack="p", out=root / f"run_{noise_multiplier}.json")
 
 
 def test_opacus_reports_an_epsilon_that_falls_as_noise_rises(tmp_path, digits8):

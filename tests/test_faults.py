@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from augdefense import data, pipeline
-from augdefense.errors import ArtifactError, DataError
+from augdefense import data
+from augdefense.errors import DataError
 from augdefense.io import sha256, write_json
+from augdefense.jobs.craft import craft_poison
+from augdefense.runner import JobSpec
+from conftest import job_process
 
 RECIPE = {"epochs": 8, "milestones": [4, 6], "batch_size": 64, "crop_pad": 1, "flip": False}
 MODEL = {"arch": "convnet", "width": 16}
@@ -22,36 +25,33 @@ RUNTIME = {"device": "cpu", "amp": False, "checkpoint_every": 1}
 DEFENSE = {"type": "maxup", "m": 2, "start_epoch": 1, "inner": {"type": "cutmix", "p": 0.5}}
 
 
-def cli(*args, **popen):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen([sys.executable, "-m", "augdefense", *map(str, args)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    data.prepare({"source": "digits", "image_size": 16}, root / "data.pt")
-    pipeline.craft_poison(root / "data.pt", "p", {"type": "patch", "recipe": "r", "patch_size": 4, "fraction": 1.0},
-                          0, root / "poison.pt")
+    data.prepare(spec={"source": "digits", "image_size": 16}, out=root / "data.pt")
+    craft_poison(data=root / "data.pt", attack_name="p",
+                 attack={"type": "patch", "recipe": "r", "patch_size": 4, "fraction": 1.0}, seed=0,
+                 out=root / "poison.pt")
     return root
 
 
-def train_args(files, out, checkpoint, poison=None, defense=DEFENSE):
-    return ["train-victim", "--data", files / "data.pt", "--poison", poison or files / "poison.pt",
-            "--attack", "p", "--defense", "d", "--defense-spec", json.dumps(defense),
-            "--recipe", json.dumps(RECIPE), "--model", json.dumps(MODEL), "--runtime", json.dumps(RUNTIME),
-            "--seed", "3", "--threads", "1", "--out", out, "--checkpoint", checkpoint]
+def train(files, out, checkpoint, poison=None, defense=DEFENSE):
+    """A train_victim job in its own process."""
+    job = JobSpec(rule="train_victim", inputs={"data": str(files / "data.pt"), "poison": str(poison or files / "poison.pt")},
+                  outputs={"out": str(out)},
+                  params={"attack": "p", "defense_name": "d", "defense": defense, "recipe": RECIPE, "model": MODEL,
+                          "runtime": RUNTIME, "seed": 3, "checkpoint": str(checkpoint)})
+    return job_process("augdefense.jobs.train:train_victim", job)
 
 
 def test_killed_training_resumes_to_identical_metrics(files, tmp_path):
-    reference = cli(*train_args(files, tmp_path / "ref.json", tmp_path / "ref.ckpt"))
+    reference = train(files, tmp_path / "ref.json", tmp_path / "ref.ckpt")
     _, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err
     assert not (tmp_path / "ref.ckpt").exists()  # cleared once the metrics are written
 
     out, ckpt = tmp_path / "run.json", tmp_path / "run.ckpt"
-    victim = cli(*train_args(files, out, ckpt))
+    victim = train(files, out, ckpt)
     deadline = time.monotonic() + 300
     while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -62,7 +62,7 @@ def test_killed_training_resumes_to_identical_metrics(files, tmp_path):
     assert victim.returncode == -signal.SIGKILL
     assert not out.exists()  # a killed job leaves no finished-looking output
 
-    resumed = cli(*train_args(files, out, ckpt))
+    resumed = train(files, out, ckpt)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert "resuming from" in err
@@ -75,18 +75,19 @@ def test_killed_training_resumes_to_identical_metrics(files, tmp_path):
 def test_checkpoint_of_another_run_is_ignored(files, tmp_path):
     ckpt = tmp_path / "stale.ckpt"
     torch.save({"fingerprint": "something else", "epoch": 3, "model": {}}, ckpt)
-    proc = cli(*train_args(files, tmp_path / "o.json", ckpt))
+    proc = train(files, tmp_path / "o.json", ckpt)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "belongs to another run" in err
 
 
 def test_same_seed_gives_byte_identical_poison(files, tmp_path):
-    spec = json.dumps({"type": "patch", "recipe": "r", "patch_size": 4, "fraction": 0.1})
+    spec = {"type": "patch", "recipe": "r", "patch_size": 4, "fraction": 0.1}
     for name in ("a.pt", "b.pt"):
-        proc = cli("craft-poison", "--data", files / "data.pt", "--attack", "p", "--attack-spec", spec,
-                   "--seed", "7", "--out", tmp_path / name)
-        assert proc.wait(timeout=120) == 0
+        job = JobSpec(rule="craft_poison", inputs={"data": str(files / "data.pt")}, outputs={"out": str(tmp_path / name)},
+                      params={"attack_name": "p", "attack": spec, "seed": 7})
+        proc = job_process("augdefense.jobs.craft:craft_poison", job)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert sha256(tmp_path / "a.pt") == sha256(tmp_path / "b.pt")
 
 
@@ -104,7 +105,7 @@ def test_bad_poison_file_is_named(files, tmp_path, damage):
         obj = torch.load(files / "poison.pt", weights_only=True)
         obj["train_images"] = obj["train_images"][:, :, :8, :8]
         torch.save(obj, poison)
-    proc = cli(*train_args(files, tmp_path / "o.json", tmp_path / "o.ckpt", poison=poison))
+    proc = train(files, tmp_path / "o.json", tmp_path / "o.ckpt", poison=poison)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert str(poison) in err and "Traceback" not in err
@@ -113,7 +114,7 @@ def test_bad_poison_file_is_named(files, tmp_path, damage):
 
 def test_bad_defense_value_fails_before_training(files, tmp_path):
     start = time.monotonic()
-    proc = cli(*train_args(files, tmp_path / "o.json", tmp_path / "o.ckpt", defense={"type": "mixup", "k": 0}))
+    proc = train(files, tmp_path / "o.json", tmp_path / "o.ckpt", defense={"type": "mixup", "k": 0})
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "defenses.d.k: 0 is invalid" in err
     assert "epoch" not in err

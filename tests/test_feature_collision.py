@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from augdefense import attacks
+from augdefense import attacks, poisons
 from augdefense.attacks.base import CraftingContext
 from augdefense.attacks.clean_label import pgd_perturb
 from augdefense.attacks.convex_polytope import convex_polytope, simplex_least_squares, simplex_projection
@@ -92,7 +92,7 @@ def test_poisons_stay_in_their_ball_and_keep_labels(kind, digits8, context):
     idx = poison["train_indices"]
     assert poison["train_images"].dtype == torch.uint8 and poison["eval_images"].dtype == torch.uint8
     assert poison["train_images"].shape == (len(idx), *digits8.image_shape)
-    images, labels = attacks.apply_poison(digits8.train_images, digits8.train_labels, poison)
+    images, labels = poisons.apply(digits8.train_images, digits8.train_labels, poison)
     assert torch.equal(labels, digits8.train_labels)  # clean-label: no label changes
     changed = torch.nonzero((images != digits8.train_images).flatten(1).any(1)).flatten()
     assert set(changed.tolist()) <= set(idx.tolist())
@@ -112,7 +112,7 @@ def test_artifact_passes_the_loader(kind, digits8, context, tmp_path):
     poison = craft(kind, digits8, context)
     path = tmp_path / "poison.pt"
     torch.save(poison, path)
-    loaded = attacks.load_poison(path, digits8.image_shape, len(digits8.train_labels), digits8.num_classes)
+    loaded = poisons.load(path, digits8.image_shape, len(digits8.train_labels), digits8.num_classes)
     assert torch.equal(loaded["train_images"], poison["train_images"])
 
 

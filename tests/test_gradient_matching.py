@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from augdefense import attacks, defenses
+from augdefense import attacks, defenses, poisons
 from augdefense.attacks.base import CraftingContext
 from augdefense.attacks.constraints import quantize_delta as quantize
 from augdefense.attacks.gradient_matching import brew
@@ -22,7 +22,7 @@ def context(dataset, defense=None, seed=0, recipe=None):
     torch.manual_seed(seed)
     model = build_model({"arch": "convnet", "width": 8}, 1, dataset.num_classes, dataset.image_shape[-1]).eval()
     return CraftingContext(model, Normalizer(dataset.mean, dataset.std), torch.device("cpu"), defense,
-                           recipe or Recipe(crop_pad=1, flip=False))
+                           recipe or Recipe.from_spec({"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def trained_context(digits8):
     from augdefense.training import train
 
     ctx = context(digits8)
-    recipe = Recipe(epochs=3, milestones=(), crop_pad=1, flip=False)
+    recipe = Recipe.from_spec({"epochs": 3, "milestones": [], "crop_pad": 1, "flip": False})
     train(ctx.model, digits8.train_images, digits8.train_labels, defenses.build({"type": "none"}, 10), recipe,
           ctx.normalizer, ctx.device, seed=0, amp=False)
     ctx.model.eval()
@@ -53,7 +53,7 @@ def test_poisons_stay_in_the_eps_ball_touch_only_their_indices_and_keep_labels(d
     assert torch.equal(poison["train_labels"], digits8.train_labels[idx])
     # Clean-label: every poison belongs to the intended class.
     assert (poison["train_labels"] == poison["info"]["intended_class"]).all()
-    images, labels = attacks.apply_poison(digits8.train_images, digits8.train_labels, poison)
+    images, labels = poisons.apply(digits8.train_images, digits8.train_labels, poison)
     changed = torch.nonzero((images != digits8.train_images).flatten(1).any(1)).flatten()
     assert set(changed.tolist()) <= set(idx.tolist())
     assert torch.equal(labels, digits8.train_labels)
@@ -74,7 +74,7 @@ def test_matching_loss_falls_and_the_lowest_loss_restart_is_kept(digits8, traine
     idx = torch.nonzero(digits8.train_labels == 3).flatten()[:20]
     target = torch.nonzero(digits8.test_labels == 5).flatten()[:1]
     result = brew(ctx, digits8.train_images[idx].float() / 255, digits8.train_labels[idx],
-                  digits8.test_images[target].float() / 255, 3, 16 / 255, iterations=40, restarts=3, seed=1)
+                  digits8.test_images[target].float() / 255, 3, eps=16 / 255, iterations=40, restarts=3, seed=1)
     assert result["history"][-1] < 0.85 * result["history"][0]
     losses = result["restart_losses"]
     assert len(losses) == 3 and len(set(losses)) == 3
@@ -162,5 +162,5 @@ def test_every_augmentation_and_dp_defense_can_be_crafted_through(digits8, spec)
     ctx = context(digits8, defenses.build(spec, 10, seed=0))
     idx = torch.nonzero(digits8.train_labels == 3).flatten()[:8]
     result = brew(ctx, digits8.train_images[idx].float() / 255, digits8.train_labels[idx],
-                  digits8.test_images[:1].float() / 255, 3, 8 / 255, iterations=2, restarts=1)
+                  digits8.test_images[:1].float() / 255, 3, eps=8 / 255, iterations=2, restarts=1)
     assert result["delta"].abs().max() > 0 and math.isfinite(result["history"][-1])

@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from augdefense import attacks
+from augdefense import attacks, poisons
 
 SPEC = {"type": "patch", "recipe": "backdoor", "patch_size": 2, "fraction": 0.1}
 
@@ -16,7 +16,7 @@ def craft(dataset, seed=0, **overrides):
 
 def test_only_chosen_images_change(digits8):
     poison = craft(digits8, fraction=0.5)
-    images, labels = attacks.apply_poison(digits8.train_images, digits8.train_labels, poison)
+    images, labels = poisons.apply(digits8.train_images, digits8.train_labels, poison)
     changed = torch.nonzero((images != digits8.train_images).flatten(1).any(1)).flatten()
     assert set(changed.tolist()) <= set(poison["train_indices"].tolist())
     assert torch.equal(labels, digits8.train_labels)  # clean-label: labels unchanged
@@ -72,7 +72,7 @@ def test_control_poisons_nothing_but_keeps_the_draw(digits8):
     assert len(control["train_indices"]) == 0
     assert torch.equal(control["eval_images"], poison["eval_images"])
     assert control["info"]["target_class"] == poison["info"]["target_class"]
-    images, _ = attacks.apply_poison(digits8.train_images, digits8.train_labels, control)
+    images, _ = poisons.apply(digits8.train_images, digits8.train_labels, control)
     assert torch.equal(images, digits8.train_images)
 
 

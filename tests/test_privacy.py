@@ -56,9 +56,9 @@ def test_poison_ceiling():
 
 
 def test_figure4a_table(tmp_path):
-    from augdefense import reporting
+    from augdefense import figures
 
-    frame = reporting.render_privacy_figure(tmp_path / "f.png", tmp_path / "f.pdf", tmp_path / "f.csv")
+    frame = figures.render_privacy_figure(png=tmp_path / "f.png", pdf=tmp_path / "f.pdf", csv=tmp_path / "f.csv")
     assert len(frame) == 5 * 16 and (tmp_path / "f.png").stat().st_size > 1000
     for _, group in frame.groupby("noise_over_255"):
         assert group.epsilon_unit_diameter.is_monotonic_decreasing

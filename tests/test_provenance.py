@@ -5,13 +5,14 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from augdefense import provenance, reporting
+from augdefense import provenance, tables
 from augdefense.io import sha256
-from conftest import snakemake
+from conftest import REPO, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -23,12 +24,18 @@ def test_sidecars_hash_their_inputs_and_outputs(tiny_run):
     assert {"craft_poison", "train_victim", "train_feature_model", "sanitize", "collect_metrics", "render_tables",
             "render_figures", "render_illustrations", "compare_papers"} <= rules
     record = json.loads((workdir / "results/runs/patch10/ss/1.json.prov.json").read_text())
-    assert record["wildcards"] == {"attack": "patch10", "defense": "ss", "seed": 1}
-    assert set(record["inputs"]) == {"resources/prepared/digits.pt", "results/poisons/patch10/none/1.pt",
-                                     "results/sanitize/patch10/ss/1.json"}
+    assert record["wildcards"] == {"attack": "patch10", "defense": "ss", "seed": "1"} and record["seed"] == 1
+    data = {"resources/prepared/digits.pt", "results/poisons/patch10/none/1.pt", "results/sanitize/patch10/ss/1.json"}
+    code = {p for p in record["inputs"] if p.startswith(str(REPO / "src"))}
+    assert set(record["inputs"]) == data | code
+    assert {Path(p).name for p in code} >= {"train.py", "training.py", "mixing.py", "config.py", "privacy.py"}
     for path, digest in {**record["inputs"], **record["outputs"]}.items():
         assert sha256(workdir / path) == digest
-    assert record["config"]["defense_spec"] == {"type": "spectral_signatures"}
+    # The params hold the complete config entry, defaults filled in by the schema.
+    assert record["params"]["defense"] == {"type": "spectral_signatures", "multiplier": 1.5, "laplace": 0,
+                                           "laplace_clip": False}
+    assert record["job"]["inputs"]["sanitized"] == "results/sanitize/patch10/ss/1.json"
+    assert record["function"] == "augdefense.jobs.train:train_victim"
     assert record["environment"]["torch"] and record["environment"]["devices_used"] == ["cpu"]
     assert len(record["code"]["git_commit"]) == 40 and record["started"] <= record["finished"]
 
@@ -68,7 +75,8 @@ def test_comparison_flags_values_outside_our_interval(tmp_path):
              "poison_success": 0.10, "n_eval": 1000} for s in range(3)]
     pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
     experiments = {"table1": {"attacks": ["patch10"], "defenses": ["none"]}}
-    frame = reporting.compare_papers(tmp_path / "metrics.csv", experiments, tmp_path / "c.csv", tmp_path / "c.md")
+    frame = tables.compare_papers(metrics=tmp_path / "metrics.csv", experiments=experiments, scale="test",
+                                  csv=tmp_path / "c.csv", md=tmp_path / "c.md")
     by_metric = frame.set_index("metric")
     assert bool(by_metric.loc["clean_acc", "paper_inside_ci"]) is True       # 94.3 vs ours 94.3
     assert bool(by_metric.loc["poison_success", "paper_inside_ci"]) is False  # 45.6 vs ours 10.0

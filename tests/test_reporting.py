@@ -4,7 +4,7 @@ ceiling, and the Figure 4b / 5 plot kinds."""
 import pandas as pd
 import pytest
 
-from augdefense import reporting
+from augdefense import figures, tables
 from augdefense.errors import ArtifactError
 from augdefense.privacy import poison_success_ceiling
 
@@ -29,7 +29,7 @@ def _metrics(tmp_path, defenses, attack="wb_adapt", seeds=3):
 def test_summary_pairs_each_run_with_its_control_and_bounds_dp_runs(tmp_path):
     defenses = list(SPECS)[:2]
     path = _metrics(tmp_path, defenses)
-    summary = reporting.summarize(pd.read_csv(path), "figure4b", ["wb_adapt"], defenses, "wb_control")
+    summary = tables.summarize(pd.read_csv(path), "figure4b", ["wb_adapt"], defenses, "wb_control")
     first = summary.iloc[0]
     # margins 1, 2, 3 against control -2: shift 4 with an interval around it from 3 pairs.
     assert first.goal_margin_shift == pytest.approx(4.0) and first.goal_margin_shift_n == 3
@@ -37,7 +37,7 @@ def test_summary_pairs_each_run_with_its_control_and_bounds_dp_runs(tmp_path):
     assert first.poison_success_mean == pytest.approx(2 / 3) and first.poison_success_n == 3
     assert 0 < first.poison_success_ci_low < 2 / 3 < first.poison_success_ci_high < 1
     assert first.dp_success_ceiling == pytest.approx(poison_success_ceiling(0.01, 0.0, 5, 0.0))
-    md = reporting.to_markdown(summary, "figure4b", ["wb_adapt"], defenses, control="wb_control")
+    md = tables.to_markdown(summary, "figure4b", ["wb_adapt"], defenses, control="wb_control")
     assert "DP ceiling" in md and "+4.00" in md
 
 
@@ -46,16 +46,18 @@ def test_noise_figures_render_from_the_defense_entries(tmp_path, kind):
     path = _metrics(tmp_path, list(SPECS))
     experiment = {"attacks": ["wb_adapt"], "defenses": list(SPECS), "control": "wb_control", "plot": kind}
     png, pdf = tmp_path / "f.png", tmp_path / "f.pdf"
-    reporting.render_figure(path, "figure4b", experiment, png, pdf, defense_specs=SPECS)
+    figures.render_figure(metrics=path, table="figure4b", experiment=experiment, defenses=SPECS, scale="test",
+                          png=png, pdf=pdf)
     assert png.stat().st_size > 5000 and pdf.read_bytes()[:4] == b"%PDF"
     with pytest.raises(ArtifactError, match="dpih_k1_s4"):
-        reporting.render_figure(path, "figure4b", experiment, png, pdf, defense_specs={})
+        figures.render_figure(metrics=path, table="figure4b", experiment=experiment, defenses={}, scale="test",
+                              png=png, pdf=pdf)
 
 
 def test_a_cell_without_dp_has_no_ceiling(tmp_path):
     path = _metrics(tmp_path, ["none"])
     frame = pd.read_csv(path).drop(columns="theorem2_epsilon")
-    summary = reporting.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
+    summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
     assert "dp_success_ceiling" not in summary
     assert summary.iloc[0].paper_poison_success == pytest.approx(0.90)  # the short paper reports this cell
 
@@ -63,10 +65,10 @@ def test_a_cell_without_dp_has_no_ceiling(tmp_path):
 def test_the_papers_dp_sgd_is_flagged_as_carrying_no_guarantee(tmp_path):
     frame = pd.read_csv(_metrics(tmp_path, ["none", "dpsgd_n1e-2"])).drop(columns="theorem2_epsilon")
     frame["defense_type"] = frame.defense.map({"none": "none", "dpsgd_n1e-2": "dpsgd_batch"})
-    summary = reporting.summarize(frame, "table2", ["wb_adapt"], ["none", "dpsgd_n1e-2"], "wb_control")
-    md = reporting.to_markdown(summary, "table2", ["wb_adapt"], ["none", "dpsgd_n1e-2"], control="wb_control")
+    summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none", "dpsgd_n1e-2"], "wb_control")
+    md = tables.to_markdown(summary, "table2", ["wb_adapt"], ["none", "dpsgd_n1e-2"], control="wb_control")
     assert "dpsgd_n1e-2: DP-SGD as the papers ran it" in md and "no formal privacy guarantee" in md
     frame = frame[frame.defense == "none"]
-    summary = reporting.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
-    assert "no formal privacy guarantee" not in reporting.to_markdown(summary, "table2", ["wb_adapt"], ["none"],
+    summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
+    assert "no formal privacy guarantee" not in tables.to_markdown(summary, "table2", ["wb_adapt"], ["none"],
                                                                       control="wb_control")

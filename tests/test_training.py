@@ -5,8 +5,11 @@ import json
 import pytest
 import torch
 
-from augdefense import augment, data, pipeline
+from augdefense import augment, data
 from augdefense.errors import TrainingError
+from augdefense.jobs.craft import craft_poison
+from augdefense.jobs.sanitize import sanitize
+from augdefense.jobs.train import TrainingJob, TrainingRun, train_feature_model, train_victim
 
 RECIPE = {"epochs": 2, "milestones": [1], "batch_size": 128, "crop_pad": 1, "flip": False}
 MODEL = {"arch": "convnet", "width": 8}
@@ -36,16 +39,21 @@ def test_random_flip_rate():
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory, digits8):
     root = tmp_path_factory.mktemp("tiny")
-    data.prepare({"source": "digits"}, root / "data.pt")
-    pipeline.craft_poison(root / "data.pt", "patch100",
-                          {"type": "patch", "recipe": "r", "patch_size": 2, "fraction": 1.0}, 0, root / "poison.pt")
+    data.prepare(spec={"source": "digits"}, out=root / "data.pt")
+    craft_poison(data=root / "data.pt", attack_name="patch100",
+                 attack={"type": "patch", "recipe": "r", "patch_size": 2, "fraction": 1.0}, seed=0,
+                 out=root / "poison.pt")
     return root
 
 
+def _job(root, seed=0, defense_name="mixup", defense=None, recipe=RECIPE) -> TrainingJob:
+    return TrainingJob(data=root / "data.pt", poison=root / "poison.pt", defense_name=defense_name,
+                       defense=defense or {"type": "mixup", "k": 2, "alpha": 1.0}, recipe=recipe, model=MODEL,
+                       runtime={"device": "cpu", "amp": False}, seed=seed)
+
+
 def _train(root, out, seed=0, defense=None, recipe=RECIPE):
-    return pipeline.train_victim(root / "data.pt", root / "poison.pt", "patch100", "mixup",
-                                 defense or {"type": "mixup", "k": 2, "alpha": 1.0}, recipe, MODEL,
-                                 {"device": "cpu", "amp": False}, seed, 1, out)
+    return train_victim(_job(root, seed, defense=defense, recipe=recipe), attack="patch100", out=out)
 
 
 def _without_timing(record):
@@ -70,8 +78,7 @@ def test_divergence_stops_with_epoch_step_and_defense(tiny_files, tmp_path):
 
 
 def test_sanitized_training_set_excludes_exactly_the_removed(tiny_files):
-    job = pipeline.PoisonedTraining.load(tiny_files / "data.pt", tiny_files / "poison.pt", "ss",
-                                         {"type": "spectral_signatures"}, RECIPE, MODEL, {"device": "cpu"}, 0, 1, "r")
+    job = TrainingRun.prepare(_job(tiny_files, defense_name="ss", defense={"type": "spectral_signatures"}))
     full_images, full_labels = job.training_set()
     removed, relabeled = [0, 5, 17, 1000], [[3, 9], [6, 0]]
     images, labels = job.training_set({"removed": removed, "relabeled": relabeled})
@@ -83,24 +90,25 @@ def test_sanitized_training_set_excludes_exactly_the_removed(tiny_files):
 
 
 def test_sanitize_and_filtered_victim(tiny_files, tmp_path):
-    pipeline.train_feature_model(tiny_files / "data.pt", tiny_files / "poison.pt", "patch100", RECIPE, MODEL,
-                                 {"device": "cpu", "amp": False}, 0, 1, tmp_path / "fm.pt")
+    train_feature_model(_job(tiny_files, defense_name="none", defense={"type": "none"}), out=tmp_path / "fm.pt")
     spec = {"type": "spectral_signatures"}
-    record = pipeline.sanitize(tiny_files / "data.pt", tiny_files / "poison.pt", tmp_path / "fm.pt", "ss", spec,
-                               {"device": "cpu"}, 0, 1, tmp_path / "s.json")
+
+    def run_filter(model):
+        return sanitize(data=tiny_files / "data.pt", poison=tiny_files / "poison.pt", feature_model=model,
+                        defense_name="ss", defense=spec, runtime={"device": "cpu"}, seed=0, out=tmp_path / "s.json")
+
+    record = run_filter(tmp_path / "fm.pt")
     # Every target-class image is a poison here, and 1.5x that budget is capped at the class size.
     assert record["n_removed"] == record["n_poisons"] > 0
     assert record["filter_recall"] == record["filter_precision"] == 1.0
-    victim = pipeline.train_victim(tiny_files / "data.pt", tiny_files / "poison.pt", "patch100", "ss", spec, RECIPE,
-                                   MODEL, {"device": "cpu", "amp": False}, 0, 1, tmp_path / "v.json",
-                                   sanitized_path=tmp_path / "s.json")
+    victim = train_victim(_job(tiny_files, defense_name="ss", defense=spec), attack="patch100", out=tmp_path / "v.json",
+                          sanitized=tmp_path / "s.json")
     assert victim["n_removed"] == record["n_removed"]
     (tmp_path / "fm_bad.pt").write_bytes((tmp_path / "fm.pt").read_bytes()[:500])
     from augdefense.errors import ArtifactError
 
     with pytest.raises(ArtifactError, match="fm_bad.pt"):
-        pipeline.sanitize(tiny_files / "data.pt", tiny_files / "poison.pt", tmp_path / "fm_bad.pt", "ss", spec,
-                          {"device": "cpu"}, 0, 1, tmp_path / "s2.json")
+        run_filter(tmp_path / "fm_bad.pt")
 
 
 def test_compile_switch_trains_through_the_compiled_module(digits8, monkeypatch):
@@ -123,12 +131,12 @@ def test_compile_switch_trains_through_the_compiled_module(digits8, monkeypatch)
 
     monkeypatch.setattr(torch, "compile", lambda module: Counting(module))
     model = build_model({"arch": "convnet", "width": 8}, 1, 10, 8)
-    recipe = Recipe(epochs=1, milestones=(), crop_pad=1, flip=False)
+    recipe = Recipe.from_spec({"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False})
     args = (model, digits8.train_images[:256], digits8.train_labels[:256], defenses.build({"type": "none"}, 10),
-            recipe, Normalizer(digits8.mean, digits8.std), torch.device("cpu"), 0, False)
-    train(*args)
-    assert calls == [] and Runtime().compile is False
-    train(*args, compile_model=True)
+            recipe, Normalizer(digits8.mean, digits8.std), torch.device("cpu"), 0)
+    train(*args, amp=False)
+    assert calls == [] and Runtime.from_spec({}).compile is False
+    train(*args, amp=False, compile_model=True)
     assert calls == [128, 128]
 
 
@@ -138,7 +146,8 @@ def test_a_training_job_imports_no_library_it_does_not_use():
     import subprocess
     import sys
 
-    code = ("import sys; from augdefense import attacks, defenses, pipeline, provenance, training; "
+    code = ("import sys; from augdefense import defenses, provenance, runner, training; "
+            "from augdefense.jobs import train; "
             "defenses.build({'type': 'mixup', 'k': 4}, 10); provenance.environment(); "
             "print(sorted(m for m in ('sklearn', 'pandas', 'torchvision', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

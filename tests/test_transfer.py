@@ -3,7 +3,9 @@ that live in the fine-tuning split."""
 
 import torch
 
-from augdefense import data, defenses, pipeline
+from augdefense import data, defenses
+from augdefense.jobs.craft import craft_poison
+from augdefense.jobs.train import TrainingJob, pretrain_extractor, train_victim
 from augdefense.models import build as build_model
 from augdefense.training import Normalizer, Recipe, classifier_head, start_from_extractor, train
 
@@ -27,7 +29,8 @@ def test_last_layer_finetuning_changes_only_the_head(digits8):
     pretrained = {k: v.clone() for k, v in model.state_dict().items()}
     start_from_extractor(model, pretrained, last_layer_only=True)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["linear.weight", "linear.bias"]
-    recipe = Recipe(epochs=2, milestones=(), crop_pad=1, flip=False, lr=0.05, transfer=TRANSFER)
+    recipe = Recipe.from_spec({"epochs": 2, "milestones": [], "crop_pad": 1, "flip": False, "lr": 0.05,
+                               "transfer": TRANSFER})
     train(model, digits8.train_images[:256], digits8.train_labels[:256], defenses.build({"type": "mixup"}, 10),
           recipe, Normalizer(digits8.mean, digits8.std), torch.device("cpu"), seed=0, amp=False)
     after = model.state_dict()
@@ -40,24 +43,25 @@ def test_last_layer_finetuning_changes_only_the_head(digits8):
 
 def test_transfer_poisons_live_in_the_finetuning_split_and_the_victim_trains_there(digits8, tmp_path):
     data_path = tmp_path / "digits.pt"
-    data.prepare({"source": "digits"}, data_path)
+    data.prepare(spec={"source": "digits"}, out=data_path)
     model = {"arch": "convnet", "width": 8}
     runtime = {"device": "cpu", "amp": False}
     short = {"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}
     extractor = tmp_path / "extractor.pt"
-    pipeline.pretrain_extractor(data_path, "transfer", short, TRANSFER, model, runtime, 1, extractor)
+    pretrain_extractor(TrainingJob(data=data_path, recipe=short, model=model, runtime=runtime, seed=0),
+                       pretrain_share=TRANSFER["pretrain_share"], out=extractor)
     recipe = {**short, "transfer": TRANSFER}
     poison_path = tmp_path / "fc.pt"
     attack = {"type": "feature_collision", "recipe": "transfer", "eps": 8, "n_poisons": 4, "iterations": 3}
-    pipeline.craft_poison(data_path, "fc", attack, 0, poison_path, extractor, recipe_spec=recipe,
-                          runtime_spec=runtime)
+    craft_poison(data=data_path, attack_name="fc", attack=attack, seed=0, out=poison_path, crafting_model=extractor,
+                 recipe=recipe, runtime=runtime)
     poison = torch.load(poison_path, weights_only=True)
     pretrain, finetune = data.transfer_split(digits8.train_labels, 0.5)
     assert torch.equal(poison["train_subset"], finetune)
     assert set(poison["train_indices"].tolist()) <= set(finetune.tolist())
     assert torch.equal(poison["train_labels"], digits8.train_labels[poison["train_indices"]])
-    record = pipeline.train_victim(data_path, poison_path, "fc", "none", {"type": "none"}, recipe, model, runtime,
-                                   0, 1, tmp_path / "run.json", extractor_path=extractor)
+    record = train_victim(TrainingJob(data=data_path, poison=poison_path, extractor=extractor, recipe=recipe,
+                                      model=model, runtime=runtime, seed=0), attack="fc", out=tmp_path / "run.json")
     assert record["n_poisons"] == 4 and 0 <= record["clean_acc"] <= 1
     saved = torch.load(extractor, weights_only=True)
     assert torch.equal(saved["pretrain_indices"], pretrain)

@@ -1,6 +1,11 @@
 """The Snakemake workflow: lint, the paper-scale grid, an end-to-end tiny run, partial reruns."""
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -54,39 +59,46 @@ def test_paper_config_schedules_one_victim_per_cell_and_seed(tmp_path):
     assert counts["train_crafting_model"] == (1 + len({d for _, d in adaptive} - {"none"})) * 20
 
 
-def _shell_commands(output: str, rule: str) -> list[str]:
-    """The shell command of every job of ``rule`` in a dry run with --printshellcmds."""
-    commands, current = [], None
+def scheduled_jobs(output: str, rule: str) -> list[dict[str, str]]:
+    """Every job of ``rule`` in a dry run's listing: its 'input', 'output' and 'wildcards' lines."""
+    jobs, current = [], None
     for line in output.splitlines():
-        if line.startswith("rule "):
-            current = line[5:].rstrip(":")
-        elif line.startswith("Shell command: python -m augdefense") and current == rule:
-            commands.append(line.split(":", 1)[1].strip())
-    return commands
+        if line.startswith("rule ") or line.startswith("localrule "):
+            current = line.split()[1].rstrip(":")
+            if current == rule:
+                jobs.append({})
+        elif current == rule and ":" in line and line.startswith("    "):
+            key, value = line.strip().split(":", 1)
+            jobs[-1][key] = value.strip()
+    return jobs
 
 
-def test_adaptive_poisons_are_crafted_on_a_model_trained_under_the_defense(tmp_path):
-    """Through the DAG: the adaptive attack's crafting model is another file, trained with the
-    defense's own config entry, and the crafting job receives that defense; the non-adaptive one
-    crafts on the defense-free model, once for every defense."""
-    import shutil
+def sidecars(workdir, rule: str) -> list[dict]:
+    return [r for r in (json.loads(p.read_text()) for p in (workdir / "results").rglob("*.prov.json"))
+            if r["rule"] == rule]
 
-    shutil.copy(REPO / "presets" / "tiny.yaml", tmp_path / "tiny.yaml")
-    out = snakemake("-n", "-p", "--configfile", str(tmp_path / "tiny.yaml"), cwd=tmp_path).stdout
-    models = _shell_commands(out, "train_crafting_model")
-    assert len(models) == 4  # slots none and mixup, 2 seeds
-    mixup = [c for c in models if "--defense mixup " in c]
-    assert len(mixup) == 2 and all('"type":"mixup"' in c and '"k":2' in c for c in mixup)
-    assert all('"type":"none"' in c for c in models if "--defense none " in c)
-    crafts = _shell_commands(out, "craft_poison")
-    adaptive = [c for c in crafts if "--attack wb_adapt " in c]
-    plain = [c for c in crafts if "--attack wb " in c]
-    assert len(adaptive) == 2 and len(plain) == 2
-    assert all("--crafting-model results/crafting_models/targeted/mixup/" in c and '"type":"mixup"' in c
-               for c in adaptive)
-    assert all("--crafting-model results/crafting_models/targeted/none/" in c and "--defense none " in c
-               for c in plain)
-    assert all("--crafting-model" not in c for c in crafts if "--attack patch" in c or "--attack wb_control" in c)
+
+def test_adaptive_poisons_are_crafted_on_a_model_trained_under_the_defense(tiny_run):
+    """From the tiny run's own job records: the adaptive attack's crafting model is another file,
+    trained with the defense's own config entry, and its crafting job received that defense; the
+    non-adaptive one crafted on the defense-free model, once for every defense."""
+    workdir, _ = tiny_run
+    models = {(r["wildcards"]["recipe"], r["wildcards"]["slot"], r["wildcards"]["seed"]): r["params"]
+              for r in sidecars(workdir, "train_crafting_model")}
+    assert sorted(models) == [("targeted", slot, seed) for slot in ("mixup", "none") for seed in ("0", "1")]
+    assert all(p["defense"]["type"] == "mixup" and p["defense"]["k"] == 2 for k, p in models.items() if k[1] == "mixup")
+    assert all(p["defense"]["type"] == "none" for k, p in models.items() if k[1] == "none")
+    crafts = {(r["wildcards"]["attack"], r["wildcards"]["slot"], r["wildcards"]["seed"]): r
+              for r in sidecars(workdir, "craft_poison")}
+    for seed in ("0", "1"):
+        adaptive, plain = crafts["wb_adapt", "mixup", seed], crafts["wb", "none", seed]
+        assert adaptive["job"]["inputs"]["crafting_model"] == f"results/crafting_models/targeted/mixup/{seed}.pt"
+        assert adaptive["params"]["defense"]["type"] == "mixup"
+        assert plain["job"]["inputs"]["crafting_model"] == f"results/crafting_models/targeted/none/{seed}.pt"
+        assert plain["params"]["defense_name"] == "none"
+    assert all(r["job"]["inputs"]["crafting_model"] is None for (a, _, _), r in crafts.items()
+               if a.startswith("patch") or a == "wb_control")
+    assert not [k for k in crafts if k[0] == "wb" and k[1] != "none"]  # crafted once, whatever the defense
 
 
 def test_end_to_end_tiny_run(tiny_run):
@@ -186,12 +198,25 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, edit, message)
 
 def test_imagenet_preset_schedules_table3(tmp_path):
     """presets/imagenet.yaml (Table 3): 10 seeds x 3 defenses, each with its clean control, on
-    poisons crafted once per seed; only the data folder needs editing."""
-    import shutil
+    poisons crafted once per seed. As shipped, its data folder does not exist: the dry run stops
+    naming it. Pointed at an ImageFolder tree (a tiny one here, so the budget is raised to keep one
+    poison), it schedules the table."""
+    from PIL import Image
 
     shutil.copy(REPO / "presets" / "imagenet.yaml", tmp_path / "imagenet.yaml")
-    result = snakemake("-n", "--configfile", str(tmp_path / "imagenet.yaml"), cwd=tmp_path)
-    counts = job_counts(result.stdout)
+    refused = snakemake("-n", "--configfile", str(tmp_path / "imagenet.yaml"), cwd=tmp_path, check=False)
+    assert refused.returncode != 0 and "/path/to/imagenet/train: missing" in refused.stdout + refused.stderr
+    for split, n in (("train", 12), ("test", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / "tree" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "tree" / split / c / f"{i}.png")
+    config = yaml.safe_load((tmp_path / "imagenet.yaml").read_text())
+    config["data"]["path"] = str(tmp_path / "tree")
+    for name in ("wb", "wb_control"):
+        config["attacks"][name]["budget"] = 0.05
+    (tmp_path / "tree.yaml").write_text(yaml.safe_dump(config))
+    counts = job_counts(snakemake("-n", "--configfile", str(tmp_path / "tree.yaml"), cwd=tmp_path).stdout)
     assert counts["train_victim"] == 2 * 3 * 10
     assert counts["train_crafting_model"] == 10 and counts["craft_poison"] == 2 * 10
     assert counts["render_tables"] == 1
@@ -207,15 +232,62 @@ def test_transfer_and_from_scratch_settings_through_the_dag(tmp_path):
     config["experiments"] = {"table4": {"attacks": ["fc", "fc_scratch", "htbd"], "defenses": ["none"]}}
     config_file = tmp_path / "settings.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    result = snakemake("-n", "-p", "--configfile", str(config_file), cwd=tmp_path)
+    result = snakemake("-n", "--configfile", str(config_file), cwd=tmp_path)
     counts = job_counts(result.stdout)
     assert counts["pretrain_extractor"] == 1 and counts["train_crafting_model"] == 3
-    crafts = _shell_commands(result.stdout, "craft_poison")
-    assert sum("--attack fc " in c and "--crafting-model results/extractors/pretrain/share0.5.pt" in c
-               for c in crafts) == 3
-    assert sum("--attack fc_scratch " in c and "--crafting-model results/crafting_models/targeted/none/" in c
-               for c in crafts) == 3
-    victims = _shell_commands(result.stdout, "train_victim")
-    assert all("--extractor results/extractors/pretrain/share0.5.pt" in c for c in victims if "--attack fc " in c)
-    assert all("--attack htbd " not in c or "--extractor results/extractors/pretrain/share0.5.pt" in c for c in victims)
-    assert all("--extractor" not in c for c in victims if "--attack fc_scratch " in c)
+    extractor = "results/extractors/pretrain/share0.5.pt"
+    crafts = {j["wildcards"]: j["input"] for j in scheduled_jobs(result.stdout, "craft_poison")}
+    assert sum(w.startswith("attack=fc,") and extractor in i for w, i in crafts.items()) == 3
+    assert sum(w.startswith("attack=fc_scratch,") and "results/crafting_models/targeted/none/" in i
+               for w, i in crafts.items()) == 3
+    victims = {j["wildcards"]: j["input"] for j in scheduled_jobs(result.stdout, "train_victim")}
+    assert all(extractor in i for w, i in victims.items() if w.startswith(("attack=fc,", "attack=htbd,")))
+    assert all("extractors" not in i for w, i in victims.items() if w.startswith("attack=fc_scratch,"))
+
+
+def test_a_corrupted_input_is_refused_naming_it(tiny_run, tmp_path):
+    """Seven bytes changed inside the prepared data (torch.load would still read it: it does not check
+    the archive's CRCs) and the file's time kept: a job that reads it stops, naming the file, because
+    its sha256 no longer matches what prepare_data recorded."""
+    workdir, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    prepared = copy / "resources" / "prepared" / "digits.pt"
+    stat = prepared.stat()
+    blob = bytearray(prepared.read_bytes())
+    middle = len(blob) * 3 // 5
+    blob[middle:middle + 7] = bytes(255 - b for b in blob[middle:middle + 7])
+    prepared.write_bytes(bytes(blob))
+    os.utime(prepared, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = snakemake("-f", "results/runs/patch10/none/0.json", "--configfile", str(copy / "tiny.yaml"),
+                       cwd=copy, check=False)
+    log = (copy / "logs" / "train_victim" / "patch10" / "none" / "0.log").read_text()
+    assert result.returncode != 0
+    assert "resources/prepared/digits.pt: its sha256 differs from what the job that wrote it recorded" in log
+    assert "epoch" not in log  # refused before training
+
+
+def test_an_impossible_budget_is_refused_at_dry_run(tmp_path):
+    config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    config["attacks"]["wb"]["budget"] = 0.9
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "attacks.wb.budget: 0.9 x 1437 = 1293 poisons of one class, but the smallest class" in (
+        result.stdout + result.stderr)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_the_venv_snakemake_runs_jobs_with_its_own_python(tmp_path):
+    """`.venv/bin/snakemake` with the venv not on PATH (as a new user types it): every job runs under
+    the interpreter Snakemake runs under, not the system's `python`."""
+    shutil.copy(REPO / "presets" / "tiny.yaml", tmp_path / "tiny.yaml")
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                                  if os.path.realpath(p) != os.path.realpath(bin_dir))}
+    result = subprocess.run([os.path.join(bin_dir, "snakemake"), "--snakefile", str(REPO / "Snakefile"), "-d",
+                             str(tmp_path), "--cores", "1", "resources/prepared/digits.pt", "--configfile",
+                             str(tmp_path / "tiny.yaml")], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "resources" / "prepared" / "digits.pt.prov.json").read_text())
+    assert record["environment"]["executable"] == sys.executable

@@ -89,7 +89,7 @@ def _reference_training(model, loader, defense, recipe, normalizer, n: int) -> N
 
 def bench_training(dataset: data.Dataset, model_spec: dict, n: int, batch_size: int, repeats: int,
                    workers: int, names: list[str]) -> list[dict]:
-    recipe = Recipe(epochs=EPOCHS, milestones=(), batch_size=batch_size, crop_pad=2, flip=True)
+    recipe = Recipe.from_spec({"epochs": EPOCHS, "milestones": [], "batch_size": batch_size, "crop_pad": 2, "flip": True})
     normalizer = Normalizer(dataset.mean, dataset.std)
     shape = dataset.image_shape
     rows = []
@@ -166,13 +166,13 @@ def bench_crafting(dataset: data.Dataset, model_spec: dict, iterations: int, rep
     normalizer = Normalizer(dataset.mean, dataset.std)
     if model_epochs:
         train(model, dataset.train_images, dataset.train_labels, defenses.build({"type": "none"}, num_classes),
-              Recipe(epochs=model_epochs, milestones=(), batch_size=128, crop_pad=2, flip=True), normalizer,
+              Recipe.from_spec({"epochs": model_epochs, "milestones": [], "crop_pad": 2, "flip": True}), normalizer,
               device, seed=seed, amp=False)
     model.eval()
     context = CraftingContext(model, normalizer, device)
 
     # The target and intended class as our attack draws them for this seed.
-    draw = GradientMatching({"budget": budget}, name="bench").draw(dataset, seed)
+    draw = GradientMatching({"type": "gradient_matching", "recipe": "bench", "budget": budget}, name="bench").draw(dataset, seed)
     intended, n = draw["intended_class"], len(draw["indices"])
     target = dataset.test_images[draw["target_index"]][None].float() / 255
     x_train = dataset.train_images.float().div(255).numpy()
@@ -194,7 +194,7 @@ def bench_crafting(dataset: data.Dataset, model_spec: dict, iterations: int, rep
 
     def ours(its: int) -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
-        result = brew(context, images, labels, target, intended, CRAFT_EPS, its, restarts=1,
+        result = brew(context, images, labels, target, intended, eps=CRAFT_EPS, iterations=its, restarts=1,
                       batch_size=CRAFT_BATCH, shift=0, flip=False, seed=seed)
         return time.perf_counter() - start, images + result["delta"]
 

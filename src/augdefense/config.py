@@ -1,37 +1,52 @@
 """Config checks beyond the JSON schema, and the experiment grid. Torch-free: the Snakefile imports it.
 
-The JSON schema (workflow/schemas/config.schema.yaml) checks keys, types and ranges; this module
-checks what a schema cannot: names that must refer to defined entries, and the grid of jobs.
+The JSON schema (workflow/schemas/config.schema.yaml, generated from the registries' ``Param``
+tables by ``augdefense.schema``) checks keys, types and ranges and fills every default; this module
+checks what a schema cannot: names that must refer to defined entries, cells that cannot work, and
+attacks asking for more poisons than the dataset's classes hold (from ``sources.facts``, before any
+job runs). Every function here reads a validated config, defaults filled in.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any
 
 from augdefense.errors import ConfigError
 
+# The schema the workflow validates its config with (generated: `make schema`).
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 # Crafting-model slot for poisons that do not depend on the victim's defense.
 NO_DEFENSE_SLOT = "none"
-# Defense types that filter the training set (a sanitize step runs before their victim).
+# Defense types that filter the training set (a sanitize step runs before their victim); a test
+# checks this against the registry's FilterDefense classes.
 FILTER_TYPES = frozenset({"spectral_signatures", "activation_clustering", "deep_knn"})
-
-
 # Crafting models train with seed + this offset: the victim of seed s is a fresh initialisation,
 # not the model the poisons were crafted on (Geiping et al. retrain the victim from scratch).
 CRAFTING_SEED_OFFSET = 1_000_000
-# Attack types whose crafting optimises against a trained model (a crafting model rule runs first).
+# Attack types whose crafting optimises against a trained model (a crafting-model rule runs first);
+# a test checks this against the registry.
 MODEL_ATTACK_TYPES = frozenset({"gradient_matching", "feature_collision", "convex_polytope", "hidden_trigger",
                                 "clean_label_backdoor"})
+# Attack types that take `n_poisons` images of one class (the attacker's, the target's or the source's).
+COUNTED_ATTACK_TYPES = frozenset({"feature_collision", "convex_polytope", "hidden_trigger", "clean_label_backdoor"})
 
 
-# The share of each class that pretrains a transfer recipe's extractor when the recipe does not say.
-DEFAULT_PRETRAIN_SHARE = 0.5
+def load(path: str | Path, overrides: dict | None = None, facts=None) -> dict:
+    """A config file validated as the Snakefile validates it (the schema, defaults filled, then
+    ``check_config``): for tools that read a config outside Snakemake."""
+    import yaml
+    from snakemake.utils import validate
 
-
-def pretrain_share(transfer: dict) -> float:
-    """A recipe's ``transfer`` block's pretraining share (the rest is the fine-tuning split)."""
-    return float(transfer.get("pretrain_share", DEFAULT_PRETRAIN_SHARE))
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    config.update(overrides or {})
+    try:
+        validate(config, str(SCHEMA_PATH))
+    except Exception as exc:  # snakemake's WorkflowError wraps jsonschema's message
+        raise ConfigError(f"{path}: {exc}") from None
+    check_config(config, facts)
+    return config
 
 
 def crafting_seed(seed: int) -> int:
@@ -39,7 +54,17 @@ def crafting_seed(seed: int) -> int:
 
 
 def needs_crafting_model(attack: dict) -> bool:
-    return attack.get("type") in MODEL_ATTACK_TYPES and not attack.get("control", False)
+    return attack["type"] in MODEL_ATTACK_TYPES and not attack.get("control", False)
+
+
+def budget_count(budget: float, n_train: int) -> int:
+    """Gradient matching's number of poisons: a share of the whole training set."""
+    return int(round(budget * n_train))
+
+
+def patched_count(fraction: float, class_size: int) -> int:
+    """The patch backdoor's number of poisons: a share of the target class."""
+    return int(round(fraction * class_size))
 
 
 def seeds(config: dict) -> list[int]:
@@ -47,9 +72,15 @@ def seeds(config: dict) -> list[int]:
     return list(range(value)) if isinstance(value, int) else list(value)
 
 
-def check_config(config: dict) -> None:
-    """Raise ConfigError naming the first key that refers to something undefined."""
+def check_config(config: dict, facts=None) -> None:
+    """Raise ConfigError naming the first key that refers to something undefined, pairs cells that
+    cannot work, or asks for more than the dataset holds (``facts``: ``sources.facts`` of the data
+    entry, computed when not given)."""
     attacks, defenses, recipes = config["attacks"], config["defenses"], config["recipes"]
+    for name in list(attacks) + list(defenses):
+        if "/" in name or name.startswith("."):
+            raise ConfigError(f"'{name}': attack and defense names become directory names; "
+                              "use letters, digits, '_' and '-'")
     for name, attack in attacks.items():
         if attack["recipe"] not in recipes:
             raise ConfigError(
@@ -93,19 +124,55 @@ def check_config(config: dict) -> None:
                 raise ConfigError(f"experiments.{table}: defense '{defense}' cannot apply to attack '{attack}': "
                                   f"{reason}; list {{attack: {attack}, defense: {defense}}} under "
                                   f"experiments.{table}.exclude")
-    for name in list(attacks) + list(defenses):
-        if "/" in name or name.startswith("."):
-            raise ConfigError(f"'{name}': attack and defense names become directory names; "
-                              "use letters, digits, '_' and '-'")
+    if facts is None:
+        from augdefense import sources
+
+        facts = sources.facts(config["data"])
+    used = {a for a, _ in cells(config)}
+    for name in sorted(used):
+        check_feasible(name, attacks[name], recipes[attacks[name]["recipe"]], facts)
+
+
+def check_feasible(name: str, attack: dict, recipe: dict, facts) -> None:
+    """Refuse an attack that cannot be drawn on this dataset whatever the seed: a trigger larger
+    than the images, or more poisons than the smallest class of the split it poisons holds (each
+    seed draws its classes at random)."""
+    from augdefense import sources
+
+    _, h, w = facts.image_shape
+    if attack.get("patch_size", 0) > min(h, w):
+        raise ConfigError(f"attacks.{name}.patch_size: {attack['patch_size']} exceeds the {h}x{w} images")
+    sizes = facts.train_class_sizes
+    if "transfer" in recipe:  # the poisons live in the fine-tuning split
+        share = recipe["transfer"]["pretrain_share"]
+        sizes = tuple(n - sources.pretrain_count(n, share) for n in sizes)
+    smallest, where = min(sizes), "the fine-tuning split" if "transfer" in recipe else "the training set"
+    if attack.get("control", False):
+        return
+    if attack["type"] == "gradient_matching":
+        n = budget_count(attack["budget"], sum(sizes))
+        if n < 1:
+            raise ConfigError(f"attacks.{name}.budget: {attack['budget']} x {sum(sizes)} training images rounds "
+                              "to no poison at all")
+        if n > smallest:
+            raise ConfigError(f"attacks.{name}.budget: {attack['budget']} x {sum(sizes)} = {n} poisons of one "
+                              f"class, but the smallest class of {where} has {smallest} images (the intended "
+                              "class is drawn at random per seed)")
+    elif attack["type"] in COUNTED_ATTACK_TYPES and attack["n_poisons"] > smallest:
+        raise ConfigError(f"attacks.{name}.n_poisons: {attack['n_poisons']} poisons of one class, but the "
+                          f"smallest class of {where} has {smallest} images (classes are drawn at random per seed)")
+    elif attack["type"] == "patch" and patched_count(attack["fraction"], smallest) < 1:
+        raise ConfigError(f"attacks.{name}.fraction: {attack['fraction']} of the smallest class ({smallest} "
+                          "images) rounds to no poison at all")
 
 
 def is_filter(spec: dict) -> bool:
-    return spec.get("type") in FILTER_TYPES
+    return spec["type"] in FILTER_TYPES
 
 
 def filter_inapplicable(attack: dict, defense: dict) -> str | None:
     """Why a filter defense cannot apply to an attack, or None when it can."""
-    if is_filter(defense) and attack.get("type") == "patch" and attack.get("fraction", 0.1) >= 1.0:
+    if is_filter(defense) and attack["type"] == "patch" and attack["fraction"] >= 1.0:
         return "every training image of the target class is poisoned, so no clean image is left to tell apart"
     if is_filter(defense) and attack.get("adaptive", False):
         return "an adaptive attack crafts against the victim's training-time defense, and a filter has none"
@@ -141,38 +208,12 @@ def crafting_slot(config: dict, attack: str, defense: str) -> str:
     return defense if config["attacks"][attack].get("adaptive", False) else NO_DEFENSE_SLOT
 
 
-def as_json(obj: Any) -> str:
-    """Canonical JSON: Snakemake's params trigger compares repr(), so the text must be stable."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def parse_json_arg(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--{what}: not valid JSON ({exc})") from None
-
-
-def require_keys(spec: dict, allowed: Iterable[str], where: str) -> None:
-    unknown = sorted(set(spec) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def check_params(spec: dict, params: dict[str, tuple], where: str) -> None:
-    """Check a registry entry against its table ``key -> (types, check, rule)``; name the key at fault."""
-    unknown = sorted(set(spec) - {"type", *params})
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} for type '{spec.get('type')}'; "
-                          f"allowed: {sorted({'type', *params})}")
-    for key, (kinds, ok, rule) in params.items():
-        if key not in spec:
-            continue
-        value = spec[key]
-        wrong_type = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds))
-        if wrong_type or not ok(value):
-            raise ConfigError(f"{where}.{key}: {value!r} is invalid; must be {rule}")
-
-
-def _as_tuple(kinds) -> tuple:
-    return kinds if isinstance(kinds, tuple) else (kinds,)
+def canonical(obj: Any) -> Any:
+    """``obj`` with every mapping's keys sorted, recursively: a rule's params hold config slices in
+    this form, because Snakemake's params trigger compares repr() and a slice must not rerun jobs
+    because its keys were written in another order."""
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    return obj

@@ -15,13 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augdefense.config import require_keys
-from augdefense.errors import ArtifactError, ConfigError, DataError
+from augdefense import sources
+from augdefense.errors import ArtifactError, DataError
 from augdefense.io import load_tensors, save_tensors
-
-DATA_KEYS = {"source", "root", "path", "image_size", "split_seed"}
-SOURCES = ("cifar10", "digits", "imagefolder")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
 @dataclass
@@ -55,7 +51,7 @@ def transfer_split(labels: torch.Tensor, pretrain_share: float, seed: int = 0) -
     for c in labels.unique().tolist():
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        cut = int(round(pretrain_share * len(idx)))
+        cut = sources.pretrain_count(len(idx), pretrain_share)
         pretrain.append(idx[:cut])
         finetune.append(idx[cut:])
     return torch.cat(pretrain).sort().values, torch.cat(finetune).sort().values
@@ -78,16 +74,11 @@ def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
 
 def _load_digits(spec: dict) -> tuple:
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = torch.from_numpy(np.round(digits.images * (255.0 / 16.0))).to(torch.uint8)[:, None]
     labels = torch.from_numpy(digits.target).long()
-    idx_train, idx_test = train_test_split(
-        np.arange(len(labels)), test_size=0.2, stratify=digits.target,
-        random_state=spec.get("split_seed", 0),
-    )
-    idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)
+    _, idx_train, idx_test = sources.digits_split(spec["split_seed"])
     classes = [str(c) for c in range(10)]
     return images[idx_train], labels[idx_train], images[idx_test], labels[idx_test], classes
 
@@ -107,7 +98,7 @@ def _check_archive(path: Path, expected_md5: str) -> None:
 def _load_cifar10(spec: dict) -> tuple:
     from torchvision.datasets import CIFAR10
 
-    root = Path(spec.get("root", "resources"))
+    root = Path(spec["root"])
     splits = []
     for train in (True, False):
         try:
@@ -137,9 +128,7 @@ def _read_image_dir(split_dir: Path, classes: list[str], size: int) -> tuple[tor
 
     images, labels, unreadable = [], [], []
     for label, name in enumerate(classes):
-        for file in sorted(p for p in (split_dir / name).rglob("*") if p.is_file()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        for file in sources.class_images(split_dir / name):
             try:
                 with Image.open(file) as img:
                     img = img.convert("RGB").resize((size, size), Image.BILINEAR)
@@ -152,29 +141,13 @@ def _read_image_dir(split_dir: Path, classes: list[str], size: int) -> tuple[tor
     if unreadable:
         raise DataError(f"{split_dir}: {len(unreadable)} unreadable image(s): " + "; ".join(unreadable[:20]))
     if not images:
-        raise DataError(f"{split_dir}: no images found (looked for {sorted(IMAGE_SUFFIXES)})")
+        raise DataError(f"{split_dir}: no images found (looked for {sorted(sources.IMAGE_SUFFIXES)})")
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
 def _load_imagefolder(spec: dict) -> tuple:
-    if not spec.get("path"):
-        raise ConfigError("data.path: required for source 'imagefolder' (a folder with train/ and test/)")
-    if not spec.get("image_size"):
-        raise ConfigError("data.image_size: required for source 'imagefolder' (images are resized to it)")
     root = Path(spec["path"])
-    splits = {}
-    for split in ("train", "test"):
-        split_dir = root / split
-        if not split_dir.is_dir():
-            raise DataError(f"{split_dir}: missing; an imagefolder dataset needs {root}/train/<class>/ "
-                            f"and {root}/test/<class>/")
-        splits[split] = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if splits["train"] != splits["test"]:
-        only_train = sorted(set(splits["train"]) - set(splits["test"]))
-        only_test = sorted(set(splits["test"]) - set(splits["train"]))
-        raise DataError(f"{root}: train/ and test/ have different classes; only in train: {only_train}; "
-                        f"only in test: {only_test}")
-    classes = splits["train"]
+    classes = sources.imagefolder_classes(root)
     x_train, y_train = _read_image_dir(root / "train", classes, spec["image_size"])
     x_test, y_test = _read_image_dir(root / "test", classes, spec["image_size"])
     return x_train, y_train, x_test, y_test, classes
@@ -185,11 +158,8 @@ LOADERS = {"cifar10": _load_cifar10, "digits": _load_digits, "imagefolder": _loa
 
 def build(spec: dict) -> Dataset:
     """Load a source and resize it to ``image_size``; compute the normalisation statistics."""
-    require_keys(spec, DATA_KEYS, "data")
-    source = spec.get("source")
-    if source not in LOADERS:
-        raise ConfigError(f"data.source: '{source}' is not one of {list(LOADERS)}")
-    x_train, y_train, x_test, y_test, classes = LOADERS[source](spec)
+    spec = sources.check(spec)
+    x_train, y_train, x_test, y_test, classes = LOADERS[spec["source"]](spec)
     size = spec.get("image_size")
     x_train, x_test = _resize(x_train, size), _resize(x_test, size)
     pixels = x_train.float().div(255).transpose(0, 1).reshape(x_train.shape[1], -1)
@@ -197,9 +167,15 @@ def build(spec: dict) -> Dataset:
                    pixels.mean(1), pixels.std(1))
 
 
-def prepare(spec: dict, out: str | Path) -> Dataset:
+def prepare(*, spec: dict, out: str | Path) -> Dataset:
+    """The prepare_data job: a source as one uint8 artifact (``out``)."""
+    import logging
+
     dataset = build(spec)
     save_tensors(out, dataset.to_dict())
+    logging.getLogger("augdefense").info("prepared %s: train %s, test %s, %d classes -> %s", spec["source"],
+                                         tuple(dataset.train_images.shape), tuple(dataset.test_images.shape),
+                                         dataset.num_classes, out)
     return dataset
 
 

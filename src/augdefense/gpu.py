@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEDULER_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
+# Devices this process trained or evaluated on (each slot records itself; provenance reports them).
+DEVICES_USED: list[str] = []
 
 
 @dataclass
@@ -26,9 +28,7 @@ class DeviceSlot:
     _fd: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from augdefense import provenance
-
-        provenance.DEVICES_USED.append(self.device)
+        DEVICES_USED.append(self.device)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -32,14 +32,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+# sha256 by (path, size, mtime): a job hashes its inputs for the producer check, the checkpoint
+# fingerprint and the sidecar; large prepared datasets are read once.
+_DIGESTS: dict[tuple, str] = {}
+
+
 def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     import hashlib
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -7,18 +7,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from augdefense.config import require_keys
-from augdefense.errors import ConfigError
+from augdefense.errors import ArtifactError, ConfigError
+from augdefense.params import OPTIONAL, Param, complete
 
-MODEL_KEYS = {"arch", "width", "norm", "groups"}
+ARCHS = ("resnet18_cifar", "resnet18_imagenet", "convnet")
+MODEL_PARAMS = {
+    "arch": Param("string", "resnet18_cifar (3x3 stem, no max-pool), torchvision's ImageNet ResNet-18, or a "
+                  "small ConvNet for the CPU presets", enum=ARCHS),
+    "width": Param("integer", "channels of the first layer (default: 64 for resnet18_cifar, 32 for convnet)",
+                   default=OPTIONAL, minimum=1),
+    "norm": Param("string", "BatchNorm, or GroupNorm (per-sample DP-SGD)", default="batch", enum=("batch", "group")),
+    "groups": Param("integer", "GroupNorm groups (capped at the channels)", default=32, minimum=1),
+}
+# An architecture's width when the config gives none.
+DEFAULT_WIDTH = {"resnet18_cifar": 64, "convnet": 32}
 
 
 def _norm(kind: str, channels: int, groups: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(groups, channels), channels)
-    raise ConfigError(f"model.norm: '{kind}' is not one of ['batch', 'group']")
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(min(groups, channels), channels)
 
 
 class BasicBlock(nn.Module):
@@ -87,23 +93,33 @@ class ConvNet(nn.Module):
 
 
 def build(spec: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    require_keys(spec, MODEL_KEYS, "model")
-    arch, norm_kind = spec.get("arch"), spec.get("norm", "batch")
-    groups = spec.get("groups", 32)
-    _norm(norm_kind, 8, groups)  # fail early on an unknown norm
+    spec = complete(spec, MODEL_PARAMS, "model")
+    arch, groups = spec["arch"], spec["groups"]
 
     def norm(channels: int) -> nn.Module:
-        return _norm(norm_kind, channels, groups)
+        return _norm(spec["norm"], channels, groups)
 
-    if arch == "resnet18_cifar":
-        return ResNetCifar(in_channels, num_classes, spec.get("width", 64), norm)
-    if arch == "convnet":
-        return ConvNet(in_channels, num_classes, spec.get("width", 32), norm, image_size)
     if arch == "resnet18_imagenet":
         if in_channels != 3:
             raise ConfigError("model.arch: resnet18_imagenet needs 3-channel images")
         return _resnet18_imagenet(num_classes, norm)
-    raise ConfigError(f"model.arch: '{arch}' is not one of ['resnet18_cifar', 'resnet18_imagenet', 'convnet']")
+    width = spec.get("width", DEFAULT_WIDTH[arch])
+    if arch == "resnet18_cifar":
+        return ResNetCifar(in_channels, num_classes, width, norm)
+    return ConvNet(in_channels, num_classes, width, norm, image_size)
+
+
+def load(path, dataset) -> nn.Module:
+    """A model saved by a training job (crafting model, feature model, extractor), rebuilt from its own spec."""
+    from augdefense.io import load_tensors
+
+    saved = load_tensors(path, {"state_dict": dict, "model": dict})
+    model = build(saved["model"], dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: weights do not fit model {saved['model']}: {exc}") from None
+    return model
 
 
 def _resnet18_imagenet(num_classes: int, norm) -> nn.Module:

@@ -1,9 +1,10 @@
 """Provenance: a sidecar record per job output, the output manifest, and the reviewer archive.
 
-Every command a rule runs writes ``<output>.prov.json`` beside each of its outputs: the rule, its
-wildcards, each input with its sha256, the config slice it ran with, the code version (git commit
-and whether the tree was dirty, package version), the environment (Python, torch, torchvision,
-CUDA and GPU when present, the device used), the seed and the start and end time.
+Every job writes ``<output>.prov.json`` beside each of its outputs (``augdefense.runner``): the
+rule, its wildcards, each input with its sha256, the params it ran with (its config slices), the
+code version (git commit and whether the tree was dirty, package version), the environment
+(Python, torch, torchvision, CUDA and GPU when present, the device used, the package modules run),
+the seed, the start and end time, and the function call (so it can be replayed).
 ``results/provenance/manifest.tsv`` holds the sha256 of every output; ``check_manifest`` (``python
 -m augdefense check-manifest``) exits non-zero naming each file that no longer matches.
 """
@@ -24,10 +25,6 @@ from augdefense.io import atomic_path, sha256, write_json
 
 SIDECAR_SUFFIX = ".prov.json"
 MANIFEST_HEADER = "path\tsha256\tbytes"
-# Devices the current process trained or evaluated on (gpu.acquire records them).
-DEVICES_USED: list[str] = []
-
-
 def sidecar_path(artifact: str | Path) -> Path:
     return Path(f"{artifact}{SIDECAR_SUFFIX}")
 
@@ -54,37 +51,48 @@ def code_version() -> dict:
 
 
 def environment() -> dict:
-    env = {"python": sys.version.split()[0], "platform": platform.platform(), "host": socket.gethostname(),
-           "devices_used": sorted(set(DEVICES_USED))}
+    # The package's modules this process ran (a test checks each rule's code inputs cover them), and
+    # the devices it trained or evaluated on (a job that never asked for one used none).
+    modules = sorted(m for m in sys.modules if m == "augdefense" or m.startswith("augdefense."))
+    gpu = sys.modules.get("augdefense.gpu")
+    env = {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
+           "host": socket.gethostname(),
+           "devices_used": sorted(set(gpu.DEVICES_USED)) if gpu else [], "modules": modules}
     if "torch" in sys.modules:
         from importlib.metadata import version
 
         import torch
 
-        # The installed version, without importing torchvision (~3 s that a job not using it would pay).
+        # The installed version, without importing torchvision (a job that does not use it should not pay for it).
         env.update(torch=torch.__version__, torchvision=version("torchvision"), cuda=torch.version.cuda,
                    cuda_available=torch.cuda.is_available())
-        gpus = sorted({d for d in DEVICES_USED if d.startswith("cuda")})
+        gpus = sorted({d for d in env["devices_used"] if d.startswith("cuda")})
         if gpus:
             env["gpu_names"] = {d: torch.cuda.get_device_name(torch.device(d)) for d in gpus}
     return env
 
 
-def write_sidecars(rule: str, wildcards: dict, inputs: list[str], outputs: list[str], config: dict,
-                   started: str, seed: int | None = None) -> None:
-    """Write one record per output of a finished job."""
+def write_sidecars(*, job: dict, function: str, inputs: dict[str, str], outputs: list[str], started: str) -> None:
+    """Write one record per output of a finished job: what it read (by sha256, code included),
+    wrote, ran with and on, and the job itself (``python -m augdefense replay <sidecar>`` runs it
+    again)."""
     record = {
-        "rule": rule, "wildcards": wildcards, "seed": seed,
-        "inputs": {str(p): sha256(p) for p in inputs},
+        "rule": job["rule"], "wildcards": job["wildcards"], "seed": job["params"].get("seed"),
+        "inputs": inputs,
         "outputs": {str(p): sha256(p) for p in outputs},
-        "config": config, "code": code_version(), "environment": environment(),
-        "started": started, "finished": now(), "command": sys.argv,
+        "params": job["params"], "code": code_version(), "environment": environment(),
+        "started": started, "finished": now(), "function": function, "job": job,
     }
     for output in outputs:
         write_json(sidecar_path(output), record)
 
 
-def write_manifest(files: list[str | Path], out: str | Path) -> None:
+def write_config(*, config: dict, out: str | Path) -> None:
+    """The resolved config (defaults filled in), for reviewers."""
+    write_json(out, config)
+
+
+def write_manifest(*, files: list[str | Path], out: str | Path) -> None:
     """Hash every file and, where one exists, its provenance sidecar."""
     listed = {str(f) for f in files}
     listed |= {str(sidecar_path(f)) for f in list(listed) if sidecar_path(f).is_file()}

@@ -18,79 +18,85 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from augdefense.config import check_params, pretrain_share
 from augdefense.errors import ArtifactError, TrainingError
 from augdefense.io import load_tensors, save_tensors
+from augdefense.params import OPTIONAL, Param, complete
 
 log = logging.getLogger("augdefense.training")
 
-TRANSFER_KEYS = {"pretrain_recipe", "pretrain_share", "finetune"}
+TRANSFER_PARAMS = {
+    "pretrain_recipe": Param("string", "the recipe (without 'transfer') that pretrains the extractor"),
+    "pretrain_share": Param("number", "share of each class that pretrains the extractor; the rest is the "
+                            "fine-tuning split, which holds the poisons", default=0.5, exclusive_minimum=0,
+                            exclusive_maximum=1),
+    "finetune": Param("string", "fine-tune the last layer only or the whole network", default="last_layer",
+                      enum=("last_layer", "end_to_end")),
+}
 RECIPE_PARAMS = {
-    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
-    "milestones": (list, lambda v: all(isinstance(m, int) and m >= 1 for m in v), "a list of epochs"),
-    "gamma": ((int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
-    "lr": ((int, float), lambda v: v > 0, "> 0"),
-    "momentum": ((int, float), lambda v: 0 <= v < 1, "in [0, 1)"),
-    "nesterov": (bool, lambda v: True, "true or false"),
-    "weight_decay": ((int, float), lambda v: v >= 0, ">= 0"),
-    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "crop_pad": (int, lambda v: v >= 0, "an integer >= 0 (pixels)"),
-    "flip": (bool, lambda v: True, "true or false"),
-    "transfer": (dict, lambda v: set(v) <= TRANSFER_KEYS and "pretrain_recipe" in v
-                 and v.get("finetune", "last_layer") in ("last_layer", "end_to_end")
-                 and 0 < pretrain_share(v) < 1,
-                 "a mapping with pretrain_recipe (a recipe name) and optionally pretrain_share in (0, 1) "
-                 "and finetune 'last_layer' or 'end_to_end'"),
+    "epochs": Param("integer", "training epochs", minimum=1),
+    "milestones": Param("array", "epochs after which the learning rate is multiplied by gamma",
+                        items=Param("integer", minimum=1)),
+    "gamma": Param("number", "learning-rate factor at each milestone", default=0.1, exclusive_minimum=0, maximum=1),
+    "lr": Param("number", "SGD learning rate", default=0.1, exclusive_minimum=0),
+    "momentum": Param("number", "SGD momentum", default=0.9, minimum=0, exclusive_maximum=1),
+    "nesterov": Param("boolean", "Nesterov momentum", default=True),
+    "weight_decay": Param("number", "L2 weight decay", default=5e-4, minimum=0),
+    "batch_size": Param("integer", "training batch size", default=128, minimum=1),
+    "crop_pad": Param("integer", "random crop with this much zero padding (pixels)", default=4, minimum=0),
+    "flip": Param("boolean", "random horizontal flips", default=True),
+    # Transfer learning (Schwarzschild et al.'s setting): the victim starts from a feature extractor
+    # pretrained on a disjoint split and fine-tunes the last layer or end to end.
+    "transfer": Param("object", "transfer learning: fine-tune an extractor pretrained on a disjoint split",
+                      default=OPTIONAL, fields=TRANSFER_PARAMS),
 }
 RUNTIME_PARAMS = {
-    "device": (str, lambda v: v in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
-    "amp": (bool, lambda v: True, "true or false (bf16 autocast on CUDA)"),
-    "deterministic": (bool, lambda v: True, "true or false"),
-    "eval_batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "checkpoint_every": (int, lambda v: v >= 1, "an integer >= 1 (epochs)"),
-    "compile": (bool, lambda v: True, "true or false (torch.compile the training forward pass)"),
+    "device": Param("string", "a free GPU per job (file locks) when one exists, else the CPU", default="auto",
+                    enum=("auto", "cpu", "cuda")),
+    "amp": Param("boolean", "bf16 autocast on CUDA", default=True),
+    "deterministic": Param("boolean", "PyTorch's deterministic algorithms (slower on GPU)", default=False),
+    "eval_batch_size": Param("integer", "batch size of evaluation and feature extraction", default=1024, minimum=1),
+    "checkpoint_every": Param("integer", "epochs between resumable checkpoints", default=5, minimum=1),
+    # Opt-in: compilation costs minutes up front and pays off on long GPU runs.
+    "compile": Param("boolean", "torch.compile the training forward pass", default=False),
 }
 
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 80
-    milestones: tuple = (30, 50, 70)
-    gamma: float = 0.1
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    crop_pad: int = 4
-    flip: bool = True
-    # Transfer learning (Schwarzschild et al.'s setting): the victim starts from a feature extractor
-    # pretrained on a disjoint split and fine-tunes the last layer or end to end.
+    epochs: int
+    milestones: tuple
+    gamma: float
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    batch_size: int
+    crop_pad: int
+    flip: bool
     transfer: dict | None = None
 
     @property
     def last_layer_only(self) -> bool:
-        return bool(self.transfer) and self.transfer.get("finetune", "last_layer") == "last_layer"
+        return bool(self.transfer) and self.transfer["finetune"] == "last_layer"
 
     @classmethod
     def from_spec(cls, spec: dict, where: str = "recipe") -> "Recipe":
-        check_params({"type": None, **spec}, RECIPE_PARAMS, where)
+        spec = complete(spec, RECIPE_PARAMS, where)
         return cls(**{k: (tuple(v) if k == "milestones" else v) for k, v in spec.items()})
 
 
 @dataclass(frozen=True)
 class Runtime:
-    device: str = "auto"
-    amp: bool = True
-    deterministic: bool = False
-    eval_batch_size: int = 1024
-    checkpoint_every: int = 5
-    compile: bool = False  # opt-in: compilation costs minutes up front and pays off on long GPU runs
+    device: str
+    amp: bool
+    deterministic: bool
+    eval_batch_size: int
+    checkpoint_every: int
+    compile: bool
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Runtime":
-        check_params({"type": None, **spec}, RUNTIME_PARAMS, "runtime")
-        return cls(**spec)
+        return cls(**complete(spec, RUNTIME_PARAMS, "runtime"))
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -153,7 +159,7 @@ class Checkpointer:
 
 
 def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, defense, recipe: Recipe,
-          normalizer: Normalizer, device: torch.device, seed: int, amp: bool = True,
+          normalizer: Normalizer, device: torch.device, seed: int, *, amp: bool = True,
           checkpointer: Checkpointer | None = None, compile_model: bool = False) -> list[dict]:
     """Train ``model`` in place on uint8 ``images``; return one record per epoch."""
     from augdefense import augment

@@ -1,17 +1,23 @@
 import os
 
-SRC = Path(workflow.basedir) / "src" / "augdefense"
+from augdefense import codedeps
+
 CONDA_ENV = "../../envs/augdefense.yaml"
-# Jobs run `python -m augdefense` from this checkout, whether or not the package is installed in
-# their environment (a conda env of the rule, a cluster node): they inherit this variable.
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC.parent), os.environ.get("PYTHONPATH")])))
-THREADS = config.get("threads", 1)
-RUNTIME = grid.as_json(config.get("runtime", {}))
+# Jobs import augdefense from this checkout, whether or not the package is installed in their
+# environment (a conda env of the rule, a cluster node): they inherit this variable.
+SRC_ROOT = Path(workflow.basedir) / "src"
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_ROOT), os.environ.get("PYTHONPATH")])))
+# Config slices as params: keys sorted (Snakemake's params trigger compares repr()), defaults filled
+# in by the schema, so a job's params are exactly what it ran with.
+spec = grid.canonical
+THREADS = config["threads"]
+RUNTIME = spec(config["runtime"])
+MODEL = spec(config["model"])
 
 _data = config["data"]
-DATASET = _data["source"] + (f"-{_data['image_size']}px" if _data.get("image_size") else "")
+DATASET = _data["source"] + (f"-{_data['image_size']}px" if "image_size" in _data else "")
 PREPARED_DATA = f"resources/prepared/{DATASET}.pt"
-# The scale a result was computed at, for report captions (a params value: captions see only params).
+# The scale a result was computed at, for report captions and the tables themselves.
 SCALE = f"dataset {DATASET}, model {config['model']['arch']}, seeds {config['seeds']}"
 
 
@@ -23,6 +29,12 @@ wildcard_constraints:
     seed=r"\d+",
     share=r"[0-9.eE\-]+",
     table=r"[A-Za-z0-9_\-]+",
+
+
+def code(module):
+    """Package sources a rule's results depend on (the import closure of the module holding its
+    function): inputs, so that editing one reruns the rule."""
+    return codedeps.code_files(module)
 
 
 # SLURM wall time of a training job, minutes: the recipe's epochs at MINUTES_PER_EPOCH (ResNet-18 on
@@ -48,13 +60,18 @@ def slot_defense(slot):
     return {"type": "none"} if slot == grid.NO_DEFENSE_SLOT else config["defenses"][slot]
 
 
+def checkpoint(*parts):
+    """A training job's resumable state (scratch, not an output), named after its wildcards."""
+    return lambda w: os.path.join("scratch", "checkpoints", *(w[p] for p in parts)) + ".pt"
+
+
 def extractor_path(attack):
     """A transfer recipe's pretrained feature extractor: one per (pretraining recipe, share), shared by
     every seed and by every transfer recipe that pretrains alike (last-layer and end-to-end fine-tuning)."""
-    transfer = config["recipes"][config["attacks"][attack]["recipe"]].get("transfer")
+    transfer = attack_recipe(attack).get("transfer")
     if transfer is None:
         return []
-    return f"results/extractors/{transfer['pretrain_recipe']}/share{grid.pretrain_share(transfer)!r}.pt"
+    return f"results/extractors/{transfer['pretrain_recipe']}/share{transfer['pretrain_share']!r}.pt"
 
 
 def crafting_model_path(attack, slot, seed):
@@ -65,11 +82,6 @@ def crafting_model_path(attack, slot, seed):
     if not grid.needs_crafting_model(spec):
         return []
     return extractor_path(attack) or f"results/crafting_models/{spec['recipe']}/{slot}/{seed}.pt"
-
-
-def code(*names):
-    """Package sources a rule's results depend on: inputs, so that editing them reruns the rule."""
-    return sorted(str(p) for name in names for p in SRC.glob(name))
 
 
 def poison_path(attack, defense, seed):

@@ -1,15 +1,16 @@
 rule pretrain_extractor:
     input:
         data=PREPARED_DATA,
-        code=code("training.py", "models.py", "augment.py", "defenses/*.py", "gpu.py", "pipeline.py",
-                  "attacks/__init__.py", "io.py", "data.py"),
+        code=code("augdefense.jobs.train"),
     output:
-        "results/extractors/{recipe}/share{share}.pt",
+        out="results/extractors/{recipe}/share{share}.pt",
     params:
-        pretrain=lambda w: grid.as_json(config["recipes"][w.recipe]),
-        transfer=lambda w: grid.as_json({"pretrain_recipe": w.recipe, "pretrain_share": float(w.share)}),
-        model=grid.as_json(config["model"]),
+        recipe=lambda w: spec(config["recipes"][w.recipe]),
+        pretrain_share=lambda w: float(w.share),
+        model=MODEL,
         runtime=RUNTIME,
+        seed=0,
+        checkpoint=checkpoint("recipe", "share"),
     threads: THREADS
     resources:
         gpu=1,
@@ -20,25 +21,24 @@ rule pretrain_extractor:
         "benchmarks/pretrain_extractor/{recipe}/share{share}.tsv"
     conda:
         CONDA_ENV
-    shell:
-        "python -m augdefense pretrain-extractor --data {input.data} --recipe-name {wildcards.recipe} "
-        "--pretrain-recipe {params.pretrain:q} --transfer {params.transfer:q} --model {params.model:q} "
-        "--runtime {params.runtime:q} --threads {threads} --out {output} "
-        "--checkpoint scratch/checkpoints/extractors/{wildcards.recipe}/share{wildcards.share}.pt > {log} 2>&1"
+    script:
+        "../scripts/pretrain_extractor.py"
 
 
 rule train_crafting_model:
     input:
         data=PREPARED_DATA,
-        code=code("training.py", "models.py", "augment.py", "defenses/*.py", "gpu.py", "pipeline.py",
-                  "attacks/__init__.py", "io.py", "data.py"),
+        code=code("augdefense.jobs.train"),
     output:
-        "results/crafting_models/{recipe}/{slot}/{seed}.pt",
+        out="results/crafting_models/{recipe}/{slot}/{seed}.pt",
     params:
-        defense=lambda w: grid.as_json(slot_defense(w.slot)),
-        recipe=lambda w: grid.as_json(config["recipes"][w.recipe]),
-        model=grid.as_json(config["model"]),
+        defense_name=lambda w: w.slot,
+        defense=lambda w: spec(slot_defense(w.slot)),
+        recipe=lambda w: spec(config["recipes"][w.recipe]),
+        model=MODEL,
         runtime=RUNTIME,
+        seed=lambda w: int(w.seed),
+        checkpoint=checkpoint("recipe", "slot", "seed"),
     threads: THREADS
     resources:
         gpu=1,
@@ -49,30 +49,26 @@ rule train_crafting_model:
         "benchmarks/train_crafting_model/{recipe}/{slot}/{seed}.tsv"
     conda:
         CONDA_ENV
-    shell:
-        "python -m augdefense train-crafting-model --data {input.data} --defense {wildcards.slot} "
-        "--defense-spec {params.defense:q} --recipe {params.recipe:q} --model {params.model:q} "
-        "--runtime {params.runtime:q} --seed {wildcards.seed} --threads {threads} --out {output} "
-        "--checkpoint scratch/checkpoints/crafting_models/{wildcards.recipe}/{wildcards.slot}/{wildcards.seed}.pt "
-        "> {log} 2>&1"
+    script:
+        "../scripts/train_crafting_model.py"
 
 
 rule craft_poison:
     input:
         data=PREPARED_DATA,
         crafting_model=lambda w: crafting_model_path(w.attack, w.slot, w.seed),
-        code=code("attacks/*.py", "io.py", "pipeline.py", "defenses/*.py"),
+        code=code("augdefense.jobs.craft"),
     output:
-        "results/poisons/{attack}/{slot}/{seed}.pt",
+        out="results/poisons/{attack}/{slot}/{seed}.pt",
     params:
-        attack=lambda w: grid.as_json(config["attacks"][w.attack]),
+        attack_name=lambda w: w.attack,
+        attack=lambda w: spec(config["attacks"][w.attack]),
+        seed=lambda w: int(w.seed),
         # Only what crafting reads: the patch attack needs no model, recipe or defense.
-        defense=lambda w: grid.as_json(slot_defense(w.slot) if crafting_model_path(w.attack, w.slot, w.seed)
-                                       else {"type": "none"}),
-        recipe=lambda w: grid.as_json(attack_recipe(w.attack) if crafting_model_path(w.attack, w.slot, w.seed)
-                                      else {}),
+        defense_name=lambda w: w.slot,
+        defense=lambda w: spec(slot_defense(w.slot)) if crafting_model_path(w.attack, w.slot, w.seed) else None,
+        recipe=lambda w: spec(attack_recipe(w.attack)) if crafting_model_path(w.attack, w.slot, w.seed) else None,
         runtime=RUNTIME,
-        crafting_model=lambda w, input: f"--crafting-model {input.crafting_model}" if input.crafting_model else "",
     threads: THREADS
     resources:
         gpu=1,
@@ -82,8 +78,5 @@ rule craft_poison:
         "benchmarks/craft_poison/{attack}/{slot}/{seed}.tsv"
     conda:
         CONDA_ENV
-    shell:
-        "python -m augdefense craft-poison --data {input.data} --attack {wildcards.attack} "
-        "--attack-spec {params.attack:q} --seed {wildcards.seed} {params.crafting_model} "
-        "--defense {wildcards.slot} --defense-spec {params.defense:q} --recipe {params.recipe:q} "
-        "--runtime {params.runtime:q} --threads {threads} --out {output} > {log} 2>&1"
+    script:
+        "../scripts/craft_poison.py"

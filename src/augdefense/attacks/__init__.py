@@ -1,27 +1,12 @@
-"""Attack registry and the poison artifact every attack writes.
-
-A poison artifact (``results/poisons/...pt``, tensors and plain values only) says:
-- ``train_indices`` / ``train_images`` / ``train_labels``: training images replaced by poisons;
-- ``eval_images`` / ``eval_labels`` / ``eval_goals``: the test-time inputs of the attack (patched
-  victim-class images, or a target image), their true classes and the class the attacker wants;
-- ``clean_exclude``: test indices left out of clean accuracy (e.g. a targeted attack's target);
-- ``info``: plain values describing the draw (classes chosen, patch location, ...).
-"""
+"""Attack registry: a config entry ``{type: T, ...}`` is built by the class registered as T. Every
+attack writes the poison artifact described in ``augdefense.poisons``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
 from augdefense.attacks.base import Attack
-from augdefense.errors import ArtifactError, ConfigError
-from augdefense.io import load_tensors
+from augdefense.errors import ConfigError
 
 REGISTRY: dict[str, type[Attack]] = {}
-
-POISON_TENSORS = ("train_indices", "train_images", "train_labels", "eval_images", "eval_labels",
-                  "eval_goals", "clean_exclude")
 
 
 def register(cls: type[Attack]) -> type[Attack]:
@@ -34,46 +19,6 @@ def build(spec: dict, name: str = "") -> Attack:
     if kind not in REGISTRY:
         raise ConfigError(f"attacks.{name or '?'}.type: '{kind}' is not one of {sorted(REGISTRY)}")
     return REGISTRY[kind](spec, name=name)
-
-
-def load_poison(path: str | Path, image_shape: tuple[int, ...], num_train: int, num_classes: int) -> dict:
-    """Load a poison artifact and check it fits the dataset it will be applied to."""
-    poison = load_tensors(path, {k: torch.Tensor for k in POISON_TENSORS} | {"info": dict})
-    idx, images = poison["train_indices"], poison["train_images"]
-    problems = []
-    if images.dtype != torch.uint8 or poison["eval_images"].dtype != torch.uint8:
-        problems.append("images must be uint8")
-    if tuple(images.shape[1:]) not in ((), tuple(image_shape)) and len(idx):
-        problems.append(f"train_images have shape {tuple(images.shape[1:])}, data has {tuple(image_shape)}")
-    if not (len(idx) == len(images) == len(poison["train_labels"])):
-        problems.append("train_indices, train_images and train_labels differ in length")
-    if len(idx) and (idx.min() < 0 or idx.max() >= num_train or len(idx.unique()) != len(idx)):
-        problems.append(f"train_indices must be distinct and in 0..{num_train - 1}")
-    for key in ("train_labels", "eval_labels", "eval_goals"):
-        t = poison[key]
-        if len(t) and (t.min() < 0 or t.max() >= num_classes):
-            problems.append(f"{key} outside 0..{num_classes - 1}")
-    if problems:
-        raise ArtifactError(f"{path}: malformed poison: " + "; ".join(problems))
-    return poison
-
-
-def no_poison(image_shape: tuple[int, ...]) -> dict:
-    """The artifact of an attack that poisons and evaluates nothing (clean training)."""
-    empty = torch.zeros(0, dtype=torch.long)
-    return {"train_indices": empty, "train_images": torch.zeros((0, *image_shape), dtype=torch.uint8),
-            "train_labels": empty, "eval_images": torch.zeros((0, *image_shape), dtype=torch.uint8),
-            "eval_labels": empty, "eval_goals": empty, "clean_exclude": empty, "info": {}}
-
-
-def apply_poison(train_images: torch.Tensor, train_labels: torch.Tensor, poison: dict):
-    """Return copies of the training set with the poisoned images (and labels) put in place."""
-    images, labels = train_images.clone(), train_labels.clone()
-    idx = poison["train_indices"]
-    if len(idx):
-        images[idx] = poison["train_images"]
-        labels[idx] = poison["train_labels"]
-    return images, labels
 
 
 from augdefense.attacks import patch  # noqa: E402,F401  (registers the implementations)

@@ -9,7 +9,8 @@ from typing import ClassVar
 
 import torch
 
-from augdefense.config import check_params
+from augdefense.config import needs_crafting_model
+from augdefense.params import Param, complete
 
 
 @dataclass
@@ -40,21 +41,25 @@ class CraftingContext:
 
 class Attack(ABC):
     type_name: ClassVar[str]
-    params: ClassVar[dict[str, tuple]] = {}
-    common_params: ClassVar[dict[str, tuple]] = {
-        "recipe": (str, lambda v: bool(v), "the name of an entry under 'recipes'"),
-        "adaptive": (bool, lambda v: True, "true or false"),
+    # The type's own config keys; every attack also names the training recipe of its victims.
+    params: ClassVar[dict[str, Param]] = {}
+    common_params: ClassVar[dict[str, Param]] = {
+        "recipe": Param("string", "the name of an entry under 'recipes' (the victims' training recipe)"),
     }
+
+    @classmethod
+    def fields(cls) -> dict[str, Param]:
+        """Every config key of this type."""
+        return {**cls.common_params, **cls.params}
 
     def __init__(self, spec: dict, name: str = "") -> None:
         self.name = name or spec.get("type", "?")
-        check_params(spec, {**self.params, **self.common_params}, f"attacks.{self.name}")
-        self.spec = dict(spec)
+        self.spec = complete(spec, self.fields(), f"attacks.{self.name}", allowed=("type",))
 
     @property
     def needs_model(self) -> bool:
         """Whether ``craft`` needs a CraftingContext (a trained model to optimise against)."""
-        return False
+        return needs_crafting_model(self.spec)
 
     @abstractmethod
     def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:

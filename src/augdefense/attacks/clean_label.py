@@ -2,8 +2,8 @@
 backdoor attacks"), in the setting of Schwarzschild et al. 2020 that DP-InstaHide §2.2 /
 appendix A evaluates.
 
-Per seed: a random (target, source) class pair and a random Bernoulli trigger of size p x p (drawn
-exactly as the ``patch`` and ``hidden_trigger`` attacks draw them). ``n_poisons`` random
+Per seed: a random (target, source) class pair and a random Bernoulli trigger of size p x p
+(``draws.backdoor``, as the ``patch`` and ``hidden_trigger`` attacks draw them). ``n_poisons`` random
 target-class training images are made hard to learn by an untargeted PGD attack on the crafting
 model (maximise the cross-entropy of their true label; random start in the eps-ball, signed
 gradient steps, projection onto the ball and [0, 1] after each step), then the trigger is stamped
@@ -27,11 +27,12 @@ from augdefense.attacks import register
 from augdefense.attacks.constraints import frozen, project, quantize
 from augdefense.attacks.hidden_trigger import TriggerBackdoor, trigger_locations
 from augdefense.attacks.patch import paste
+from augdefense.params import Param
 
 log = logging.getLogger("augdefense.attacks")
 
 
-def pgd_perturb(logits_fn, images: torch.Tensor, labels: torch.Tensor, eps: float, steps: int = 20,
+def pgd_perturb(logits_fn, images: torch.Tensor, labels: torch.Tensor, eps: float, *, steps: int = 20,
                 step_size: float = 2 / 255, random_start: bool = True, seed: int = 0) -> dict:
     """Untargeted l-inf PGD for float ``images`` in [0, 1] (``eps`` and ``step_size`` in [0, 1]
     units): maximise the summed cross-entropy of ``labels``. ``logits_fn`` maps images in [0, 1]
@@ -66,18 +67,19 @@ def pgd_perturb(logits_fn, images: torch.Tensor, labels: torch.Tensor, eps: floa
 class CleanLabelBackdoor(TriggerBackdoor):
     type_name = "clean_label_backdoor"
     description = "the clean-label backdoor"
+    # Defaults of the benchmark's craft_poisons_clbd.py (poison_crafting/README.md): PGD with a random
+    # start, 20 steps of 2/255, eps 8/255 (Turner et al. use the same PGD, eps 8-32/255).
     params = {
         **TriggerBackdoor.params,
-        "steps": (int, lambda v: v >= 1, "an integer >= 1 (PGD steps; 20 in the benchmark)"),
-        "step_size": ((int, float), lambda v: v > 0, "> 0 (PGD step in 1/255 pixel units; 2 in the benchmark)"),
+        "steps": Param("integer", "PGD steps (20 in the benchmark)", default=20, minimum=1),
+        "step_size": Param("number", "PGD step in 1/255 pixel units (2 in the benchmark)", default=2,
+                           exclusive_minimum=0),
     }
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        # Defaults of the benchmark's craft_poisons_clbd.py (poison_crafting/README.md): PGD with a
-        # random start, 20 steps of 2/255, eps 8/255 (Turner et al. use the same PGD, eps 8-32/255).
-        self.steps = spec.get("steps", 20)
-        self.step_size = float(spec.get("step_size", 2))
+        self.steps = self.spec["steps"]
+        self.step_size = float(self.spec["step_size"])
 
     def poison(self, dataset, seed, context, draw, indices, place):
         # The poisons' trigger locations: [seed, 1], after the poisons (test-time locations: [seed, 3]).

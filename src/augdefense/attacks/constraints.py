@@ -8,20 +8,14 @@ from typing import Iterator
 
 import torch
 
-from augdefense.errors import ConfigError
+from augdefense.params import Param
 
 # Schwarzschild et al.'s benchmark (aks2203/poisoning-benchmark, how_to.md): 25 poisons, l-inf
-# eps = 8/255 for every attack of the transfer-learning benchmark.
-DEFAULT_EPS = 8
-DEFAULT_N_POISONS = 25
-# Trigger side: the benchmark's challenge statement (how_to.md) specifies a 5x5 patch for CIFAR-10.
-DEFAULT_PATCH_SIZE = 5
-
-# The common keys, in 1/255 units where they are pixel values.
-EPS_PARAM = ((int, float), lambda v: 0 < v <= 255,
-             "in (0, 255] (l-inf bound in 1/255 pixel units; 8 in the benchmark)")
-N_POISONS_PARAM = (int, lambda v: v >= 1, "an integer >= 1 (number of poisons; 25 in the benchmark)")
-PATCH_SIZE_PARAM = (int, lambda v: v >= 1, "an integer >= 1 (trigger side in pixels; 5 in the benchmark)")
+# eps = 8/255 for every attack of the transfer-learning benchmark; a 5x5 trigger for CIFAR-10.
+EPS_PARAM = Param("number", "l-inf bound in 1/255 pixel units (8 in the benchmark)", default=8,
+                  exclusive_minimum=0, maximum=255)
+N_POISONS_PARAM = Param("integer", "number of poisons (25 in the benchmark)", default=25, minimum=1)
+PATCH_SIZE_PARAM = Param("integer", "trigger side in pixels (5 in the benchmark)", default=5, minimum=1)
 
 
 @contextmanager
@@ -69,8 +63,3 @@ def quantize_delta(clean: torch.Tensor, delta: torch.Tensor, eps: float) -> torc
     units) instead of the poisons themselves."""
     base = clean.to(torch.int32)
     return _round_into_ball(base, base.float() + delta.detach().cpu().float() * 255, eps)
-
-
-def check_pool(name: str, key: str, wanted: int, pool: int, what: str) -> None:
-    if wanted > pool:
-        raise ConfigError(f"attacks.{name}.{key}: {wanted} poisons, but {what} has only {pool} training images")

@@ -30,10 +30,10 @@ import torch
 
 from augdefense.attacks import register
 from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.constraints import (DEFAULT_EPS, DEFAULT_N_POISONS, EPS_PARAM, N_POISONS_PARAM, frozen,
-                                            project, quantize)
+from augdefense.attacks.constraints import EPS_PARAM, N_POISONS_PARAM, frozen, project, quantize
 from augdefense.attacks.feature_collision import FeatureFn, draw_targeted, targeted_artifact
 from augdefense.errors import ConfigError
+from augdefense.params import Param
 
 log = logging.getLogger("augdefense.attacks")
 
@@ -68,7 +68,7 @@ def simplex_least_squares(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, tol
     return c
 
 
-def convex_polytope(feature_fns: Sequence[FeatureFn], target: torch.Tensor, bases: torch.Tensor, eps: float,
+def convex_polytope(feature_fns: Sequence[FeatureFn], target: torch.Tensor, bases: torch.Tensor, eps: float, *,
                     iterations: int = 1200, lr: float = 0.04, momentum: float = 0.9,
                     scale: torch.Tensor | None = None, tol: float = 1e-6, coeff_iters: int = 10000) -> dict:
     """Craft convex-polytope poisons for float images in [0, 1]: ``target`` [C,H,W] or [1,C,H,W],
@@ -119,26 +119,23 @@ def convex_polytope(feature_fns: Sequence[FeatureFn], target: torch.Tensor, base
 @register
 class ConvexPolytope(Attack):
     type_name = "convex_polytope"
+    # Defaults of the benchmark's craft_poisons_cp.py (poison_crafting/README.md: "all the defaults
+    # are set to the values that were used"): Adam, lr 0.04, betas (0.9, 0.999), 1200 iterations,
+    # no lr decay, coefficient tolerance 1e-6. (Zhu et al. ran 4000.)
     params = {
         "eps": EPS_PARAM,
         "n_poisons": N_POISONS_PARAM,
-        "iterations": (int, lambda v: v >= 1, "an integer >= 1 (poison steps; 1200 in the benchmark)"),
-        "lr": ((int, float), lambda v: v > 0, "> 0 (Adam step on normalised images; 0.04 in the benchmark)"),
+        "iterations": Param("integer", "poison steps (1200 in the benchmark)", default=1200, minimum=1),
+        "lr": Param("number", "Adam step on normalised images (0.04 in the benchmark)", default=0.04,
+                    exclusive_minimum=0),
     }
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        self.eps = float(spec.get("eps", DEFAULT_EPS))
-        self.n_poisons = spec.get("n_poisons", DEFAULT_N_POISONS)
-        # Defaults of the benchmark's craft_poisons_cp.py (poison_crafting/README.md: "all the
-        # defaults are set to the values that were used"): Adam, lr 0.04, betas (0.9, 0.999),
-        # 1200 iterations, no lr decay, coefficient tolerance 1e-6. (Zhu et al. ran 4000.)
-        self.iterations = spec.get("iterations", 1200)
-        self.lr = float(spec.get("lr", 0.04))
-
-    @property
-    def needs_model(self) -> bool:
-        return True
+        self.eps = float(self.spec["eps"])
+        self.n_poisons = self.spec["n_poisons"]
+        self.iterations = self.spec["iterations"]
+        self.lr = float(self.spec["lr"])
 
     def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
         if context is None:

@@ -18,9 +18,9 @@ constraint. A step that would raise the objective is rejected and that poison's 
 x0.2 (Shafahi et al.'s code, the benchmark's ``craft_poisons_fc.py``); a poison stops once a step
 moves it by less than 1e-5 relative.
 
-This module also holds what the targeted attacks (FC and CP) share: ``draw_targeted`` (the per-seed
-target / attacker class / bases draw) and ``targeted_artifact``. The generic helpers (``frozen``,
-``project``, ``quantize``, the common parameters) are in ``augdefense.attacks.constraints``.
+This module also holds what the targeted attacks (FC and CP) share: ``draw_targeted`` (the per-seed target,
+attacker class and bases: ``draws.targeted``) and ``targeted_artifact``. The generic helpers
+(``frozen``, ``project``, ``quantize``, the common parameters) are in ``augdefense.attacks.constraints``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from augdefense.attacks import register
+from augdefense.attacks import draws, register
 from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.constraints import (DEFAULT_EPS, DEFAULT_N_POISONS, EPS_PARAM, N_POISONS_PARAM, check_pool,
-                                            frozen, project, quantize)
+from augdefense.attacks.constraints import EPS_PARAM, N_POISONS_PARAM, frozen, project, quantize
 from augdefense.errors import ConfigError
+from augdefense.params import Param
 
 log = logging.getLogger("augdefense.attacks")
 
@@ -43,21 +43,11 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def draw_targeted(dataset, seed: int, n_poisons: int, name: str) -> dict:
-    """The seed's target image, attacker class and bases. Same procedure (and streams) as
-    ``gradient_matching``: [seed, 10] draws the target class, the target test image and the
-    attacker class, [seed, 11] the bases, so the targeted attacks of one seed share their target."""
-    pick = np.random.default_rng([seed, 10])
-    target_class = int(pick.integers(dataset.num_classes))
-    candidates = torch.nonzero(dataset.test_labels == target_class).flatten().numpy()
-    if len(candidates) == 0:
-        raise ConfigError(f"attacks.{name}: class {target_class} has no test image to target")
-    target_index = int(pick.choice(candidates))
-    attacker = int(pick.choice([c for c in range(dataset.num_classes) if c != target_class]))
-    pool = torch.nonzero(dataset.train_labels == attacker).flatten().numpy()
-    check_pool(name, "n_poisons", n_poisons, len(pool), f"attacker class {attacker}")
-    indices = np.sort(np.random.default_rng([seed, 11]).choice(pool, n_poisons, replace=False))
-    return {"target_class": target_class, "target_index": target_index, "attacker_class": attacker,
-            "indices": torch.from_numpy(indices).long()}
+    """The seed's target image, attacker class (the goal) and bases: ``draws.targeted``, so the
+    targeted attacks of one seed, gradient matching included, share their target."""
+    drawn = draws.targeted(dataset, seed, n_poisons, f"attacks.{name}.n_poisons")
+    return {"target_class": drawn["target_class"], "target_index": drawn["target_index"],
+            "attacker_class": drawn["goal_class"], "indices": drawn["indices"]}
 
 
 def targeted_artifact(dataset, draw: dict, poisons: torch.Tensor, info: dict) -> dict:
@@ -77,7 +67,7 @@ def targeted_artifact(dataset, draw: dict, poisons: torch.Tensor, info: dict) ->
     }
 
 
-def feature_collision(features: FeatureFn, target: torch.Tensor, bases: torch.Tensor, eps: float,
+def feature_collision(features: FeatureFn, target: torch.Tensor, bases: torch.Tensor, eps: float, *,
                       beta: float = 4.0, step_size: float = 0.001, iterations: int = 120,
                       watermark: float = 0.3, tol: float = 1e-5) -> dict:
     """Craft one poison per base for float images in [0, 1]: ``target`` [C,H,W] or [1,C,H,W],
@@ -130,32 +120,28 @@ def feature_collision(features: FeatureFn, target: torch.Tensor, bases: torch.Te
 @register
 class FeatureCollision(Attack):
     type_name = "feature_collision"
+    # Defaults of the benchmark's craft_poisons_fc.py ("all the defaults are set to the values that
+    # were used", poison_crafting/README.md); beta 4.0 is its value for models fed normalised
+    # inputs, as CraftingContext.features does.
     params = {
         "eps": EPS_PARAM,
         "n_poisons": N_POISONS_PARAM,
-        "iterations": (int, lambda v: v >= 1, "an integer >= 1 (forward-backward steps; 120 in the benchmark)"),
-        "step_size": ((int, float), lambda v: v > 0,
-                      "> 0 (initial step size in [0, 1] pixel units; 0.001 in the benchmark)"),
-        "beta": ((int, float), lambda v: v >= 0, ">= 0 (weight of the proximity term; 4.0 in the benchmark)"),
-        "watermark": ((int, float), lambda v: 0 <= v < 1,
-                      "in [0, 1) (opacity of the target in the start point; 0.3 in the benchmark)"),
+        "iterations": Param("integer", "forward-backward steps (120 in the benchmark)", default=120, minimum=1),
+        "step_size": Param("number", "initial step size in [0, 1] pixel units (0.001 in the benchmark)",
+                           default=0.001, exclusive_minimum=0),
+        "beta": Param("number", "weight of the proximity term (4.0 in the benchmark)", default=4.0, minimum=0),
+        "watermark": Param("number", "opacity of the target in the start point (0.3 in the benchmark)",
+                           default=0.3, minimum=0, exclusive_maximum=1),
     }
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        self.eps = float(spec.get("eps", DEFAULT_EPS))
-        self.n_poisons = spec.get("n_poisons", DEFAULT_N_POISONS)
-        # Defaults of the benchmark's craft_poisons_fc.py ("all the defaults are set to the values
-        # that were used", poison_crafting/README.md): 120 iterations, step size 0.001, watermark 0.3,
-        # beta 4.0 (its value for models fed normalised inputs, as CraftingContext.features does).
-        self.iterations = spec.get("iterations", 120)
-        self.step_size = float(spec.get("step_size", 0.001))
-        self.beta = float(spec.get("beta", 4.0))
-        self.watermark = float(spec.get("watermark", 0.3))
-
-    @property
-    def needs_model(self) -> bool:
-        return True
+        self.eps = float(self.spec["eps"])
+        self.n_poisons = self.spec["n_poisons"]
+        self.iterations = self.spec["iterations"]
+        self.step_size = float(self.spec["step_size"])
+        self.beta = float(self.spec["beta"])
+        self.watermark = float(self.spec["watermark"])
 
     def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
         if context is None:

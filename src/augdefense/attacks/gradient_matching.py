@@ -24,14 +24,15 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augdefense.attacks import register
+from augdefense.attacks import draws, register
 from augdefense.attacks.base import Attack, CraftingContext
 from augdefense.attacks.constraints import quantize_delta
+from augdefense.config import budget_count
 from augdefense.errors import ConfigError
+from augdefense.params import Param
 
 log = logging.getLogger("augdefense.attacks")
 
@@ -60,7 +61,7 @@ def _flat_cosine_loss(grads: list[torch.Tensor], target: list[torch.Tensor], tar
 
 
 def brew(context: CraftingContext, images: torch.Tensor, labels: torch.Tensor, target_image: torch.Tensor,
-         intended: int, eps: float, iterations: int, restarts: int, lr: float = 0.1, batch_size: int = 512,
+         intended: int, *, eps: float, iterations: int, restarts: int, lr: float = 0.1, batch_size: int = 512,
          shift: int = 0, flip: bool = False, seed: int = 0) -> dict:
     """Craft perturbations for float ``images`` in [0, 1] (on any device); ``eps`` in [0, 1] units.
 
@@ -126,49 +127,45 @@ def brew(context: CraftingContext, images: torch.Tensor, labels: torch.Tensor, t
 class GradientMatching(Attack):
     type_name = "gradient_matching"
     params = {
-        "eps": ((int, float), lambda v: v > 0, "> 0 (l-inf bound in 1/255 pixel units; 16 in the papers)"),
-        "budget": ((int, float), lambda v: 0 < v <= 1, "in (0, 1] (share of the training set poisoned; 0.01 in the papers)"),
-        "iterations": (int, lambda v: v >= 1, "an integer >= 1 (250 in the papers)"),
-        "restarts": (int, lambda v: v >= 1, "an integer >= 1 (8 in the papers)"),
-        "lr": ((int, float), lambda v: v > 0, "> 0 (signed-Adam step as a fraction of eps; Geiping et al.'s tau 0.1)"),
-        "batch_size": (int, lambda v: v >= 1, "an integer >= 1 (poisons per crafting step; 512 in Geiping et al.)"),
-        "augment": (bool, lambda v: True, "true or false (differentiable shift/flip while crafting)"),
-        "control": (bool, lambda v: True, "true or false (poison nothing: the clean control)"),
+        "eps": Param("number", "l-inf bound in 1/255 pixel units (16 in the papers)", default=16, exclusive_minimum=0,
+                     maximum=255),
+        "budget": Param("number", "share of the training set poisoned (0.01 in the papers)", default=0.01,
+                        exclusive_minimum=0, maximum=1),
+        "iterations": Param("integer", "signed-Adam steps per restart (250 in the papers)", default=250, minimum=1),
+        "restarts": Param("integer", "restarts; the lowest final matching loss is kept (8 in the papers)",
+                          default=8, minimum=1),
+        "lr": Param("number", "signed-Adam step as a fraction of eps (Geiping et al.'s tau: 0.1)", default=0.1,
+                    exclusive_minimum=0),
+        "batch_size": Param("integer", "poisons per crafting step (Geiping et al.'s pbatch: 512)", default=512,
+                            minimum=1),
+        "augment": Param("boolean", "differentiable shift/flip while crafting, as the victim's recipe",
+                         default=True),
+        "adaptive": Param("boolean", "craft against a model trained under the victim's defense, through it",
+                          default=False),
+        "control": Param("boolean", "poison nothing (the clean control)", default=False),
     }
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        self.eps = float(spec.get("eps", 16))
-        self.budget = float(spec.get("budget", 0.01))
-        self.iterations = spec.get("iterations", 250)
-        self.restarts = spec.get("restarts", 8)
-        self.lr = float(spec.get("lr", 0.1))
-        self.batch_size = spec.get("batch_size", 512)
-        self.augment = spec.get("augment", True)
-        self.control = spec.get("control", False)
-
-    @property
-    def needs_model(self) -> bool:
-        return not self.control
+        self.eps = float(self.spec["eps"])
+        self.budget = float(self.spec["budget"])
+        self.iterations = self.spec["iterations"]
+        self.restarts = self.spec["restarts"]
+        self.lr = float(self.spec["lr"])
+        self.batch_size = self.spec["batch_size"]
+        self.augment = self.spec["augment"]
+        self.control = self.spec["control"]
 
     def draw(self, dataset, seed: int) -> dict:
-        """The seed's target image, intended class and poison indices (shared by every variant)."""
-        pick = np.random.default_rng([seed, 10])
-        target_class = int(pick.integers(dataset.num_classes))
-        candidates = torch.nonzero(dataset.test_labels == target_class).flatten().numpy()
-        target_index = int(pick.choice(candidates))
-        intended = int(pick.choice([c for c in range(dataset.num_classes) if c != target_class]))
-        pool = torch.nonzero(dataset.train_labels == intended).flatten().numpy()
-        n_poison = int(round(self.budget * len(dataset.train_labels)))
-        if n_poison > len(pool):
-            raise ConfigError(f"attacks.{self.name}.budget: {self.budget} x {len(dataset.train_labels)} = {n_poison} "
-                              f"poisons, but the intended class has only {len(pool)} training images")
+        """The seed's target image, intended class and poison indices (draws.targeted: shared by every
+        targeted attack and by the control)."""
+        n_poison = budget_count(self.budget, len(dataset.train_labels))
         if n_poison < 1:
             raise ConfigError(f"attacks.{self.name}.budget: {self.budget} x {len(dataset.train_labels)} rounds to "
                               "no poison at all")
-        indices = np.sort(np.random.default_rng([seed, 11]).choice(pool, n_poison, replace=False))
-        return {"target_class": target_class, "target_index": target_index, "intended_class": intended,
-                "indices": torch.from_numpy(indices).long()}
+        draw = draws.targeted(dataset, seed, n_poison, f"attacks.{self.name}.budget")
+        return {"target_class": draw["target_class"], "target_index": draw["target_index"],
+                "intended_class": draw["goal_class"], "indices": draw["indices"]}
 
     def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
         draw = self.draw(dataset, seed)
@@ -176,7 +173,7 @@ class GradientMatching(Attack):
         indices = draw["indices"]
         info = {"target_class": draw["target_class"], "intended_class": draw["intended_class"],
                 "target_index": draw["target_index"], "attack": self.name, "type": self.type_name, "seed": seed,
-                "adaptive": bool(self.spec.get("adaptive", False))}
+                "adaptive": self.spec["adaptive"]}
         if self.control:
             indices = indices[:0]
             info.update(n_poisons=0)
@@ -186,8 +183,8 @@ class GradientMatching(Attack):
                 raise ConfigError(f"attacks.{self.name}: gradient matching needs a crafting model")
             recipe = context.recipe
             result = brew(context, dataset.train_images[indices].float() / 255, dataset.train_labels[indices],
-                          target_image.float() / 255, draw["intended_class"], self.eps / 255, self.iterations,
-                          self.restarts, self.lr, self.batch_size,
+                          target_image.float() / 255, draw["intended_class"], eps=self.eps / 255,
+                          iterations=self.iterations, restarts=self.restarts, lr=self.lr, batch_size=self.batch_size,
                           shift=recipe.crop_pad if (self.augment and recipe) else 0,
                           flip=bool(self.augment and recipe and recipe.flip), seed=seed)
             poisons = quantize_delta(dataset.train_images[indices], result["delta"], self.eps)

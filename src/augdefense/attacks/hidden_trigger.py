@@ -1,9 +1,9 @@
 """Hidden-Trigger Backdoor (Saha et al. 2020), in the setting of Schwarzschild et al. 2020 that
 DP-InstaHide §2.2 / appendix A evaluates.
 
-Per seed: a random (target, source) class pair and a random Bernoulli trigger of size p x p (drawn
-exactly as the ``patch`` attack draws them, from the same stream, so one seed attacks the same pair
-with the same trigger). ``n_poisons`` random target-class training images z become poisons x,
+Per seed: a random (target, source) class pair and a random Bernoulli trigger of size p x p
+(``draws.backdoor``, as the ``patch`` attack draws them, so one seed attacks the same pair with the
+same trigger). ``n_poisons`` random target-class training images z become poisons x,
 each in the l-inf ball of radius eps around its z (labels unchanged), that minimise
 
     sum_k ||f(x_k) - f(s~_a(k))||^2
@@ -29,13 +29,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from augdefense.attacks import register
+from augdefense.attacks import draws, register
 from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.constraints import (DEFAULT_EPS, DEFAULT_N_POISONS, DEFAULT_PATCH_SIZE, EPS_PARAM,
-                                            N_POISONS_PARAM, PATCH_SIZE_PARAM, check_pool, frozen, project, quantize)
+from augdefense.attacks.constraints import EPS_PARAM, N_POISONS_PARAM, PATCH_SIZE_PARAM, frozen, project, quantize
 from augdefense.attacks.feature_collision import FeatureFn
 from augdefense.attacks.patch import paste
 from augdefense.errors import ConfigError
+from augdefense.params import Param
 
 log = logging.getLogger("augdefense.attacks")
 
@@ -58,7 +58,7 @@ def greedy_assignment(dist: torch.Tensor) -> torch.Tensor:
     return pairs
 
 
-def hidden_trigger(features: FeatureFn, images: torch.Tensor, patched_sources: torch.Tensor, eps: float,
+def hidden_trigger(features: FeatureFn, images: torch.Tensor, patched_sources: torch.Tensor, eps: float, *,
                    lr: float = 0.001, iterations: int = 5000, decay: float = 0.95, decay_every: int = 2000) -> dict:
     """Craft hidden-trigger poisons for float images in [0, 1]: ``images`` [N,C,H,W] (clean
     target-class images, the poisons' bases), ``patched_sources`` [M,C,H,W] (M >= N, source-class
@@ -88,17 +88,6 @@ def hidden_trigger(features: FeatureFn, images: torch.Tensor, patched_sources: t
     with torch.no_grad():
         final, final_pairs = loss_and_pairs(x)
     return {"poisons": x.detach(), "history": history, "final_loss": float(final), "pairs": final_pairs.cpu()}
-
-
-def draw_backdoor(dataset, seed: int, patch_size: int, name: str) -> dict:
-    """The seed's (target, source) pair and Bernoulli trigger, drawn as the ``patch`` attack does."""
-    channels, h, w = dataset.image_shape
-    if patch_size > min(h, w):
-        raise ConfigError(f"attacks.{name}.patch_size: {patch_size} exceeds the {h}x{w} images")
-    pick = np.random.default_rng([seed, 0])
-    target, source = (int(c) for c in pick.choice(dataset.num_classes, 2, replace=False))
-    patch = torch.from_numpy(pick.integers(0, 2, size=(channels, patch_size, patch_size)) * 255).to(torch.uint8)
-    return {"target_class": target, "source_class": source, "patch": patch}
 
 
 def trigger_locations(rng: np.random.Generator, dataset, patch_size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,13 +123,9 @@ class TriggerBackdoor(Attack):
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        self.eps = float(spec.get("eps", DEFAULT_EPS))
-        self.n_poisons = spec.get("n_poisons", DEFAULT_N_POISONS)
-        self.patch_size = spec.get("patch_size", DEFAULT_PATCH_SIZE)
-
-    @property
-    def needs_model(self) -> bool:
-        return True
+        self.eps = float(self.spec["eps"])
+        self.n_poisons = self.spec["n_poisons"]
+        self.patch_size = self.spec["patch_size"]
 
     @abstractmethod
     def poison(self, dataset, seed: int, context: CraftingContext, draw: dict, indices: torch.Tensor,
@@ -151,9 +136,11 @@ class TriggerBackdoor(Attack):
     def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
         if context is None:
             raise ConfigError(f"attacks.{self.name}: {self.description} needs a crafting model")
-        draw = draw_backdoor(dataset, seed, self.patch_size, self.name)
+        drawn = draws.backdoor(dataset, seed, self.patch_size, f"attacks.{self.name}.patch_size")
+        draw = {"target_class": drawn["target_class"], "source_class": drawn["victim_class"], "patch": drawn["patch"]}
         pool = torch.nonzero(dataset.train_labels == draw["target_class"]).flatten().numpy()
-        check_pool(self.name, "n_poisons", self.n_poisons, len(pool), f"target class {draw['target_class']}")
+        draws.check_pool(f"attacks.{self.name}.n_poisons", self.n_poisons, len(pool),
+                         f"target class {draw['target_class']}")
         place = np.random.default_rng([seed, 1])
         indices = torch.from_numpy(np.sort(place.choice(pool, self.n_poisons, replace=False))).long()
         poisons, info = self.poison(dataset, seed, context, draw, indices, place)
@@ -173,24 +160,26 @@ class TriggerBackdoor(Attack):
 class HiddenTrigger(TriggerBackdoor):
     type_name = "hidden_trigger"
     description = "the hidden-trigger backdoor"
+    # Defaults of the benchmark's craft_poisons_htbd.py (poison_crafting/README.md): 5000 iterations,
+    # lr 0.001 decayed x0.95 every 2000 (CIFAR-10). Saha et al. used lr 0.01, eps 16.
     params = {
         **TriggerBackdoor.params,
-        "iterations": (int, lambda v: v >= 1, "an integer >= 1 (gradient steps; 5000 in the benchmark)"),
-        "lr": ((int, float), lambda v: v > 0, "> 0 (gradient step size in [0, 1] pixel units; 0.001 in the benchmark)"),
+        "iterations": Param("integer", "gradient steps (5000 in the benchmark)", default=5000, minimum=1),
+        "lr": Param("number", "gradient step size in [0, 1] pixel units (0.001 in the benchmark)", default=0.001,
+                    exclusive_minimum=0),
     }
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        # Defaults of the benchmark's craft_poisons_htbd.py (poison_crafting/README.md): 5000
-        # iterations, lr 0.001 decayed x0.95 every 2000 (CIFAR-10). Saha et al. used lr 0.01, eps 16.
-        self.iterations = spec.get("iterations", 5000)
-        self.lr = float(spec.get("lr", 0.001))
+        self.iterations = self.spec["iterations"]
+        self.lr = float(self.spec["lr"])
 
     def poison(self, dataset, seed, context, draw, indices, place):
         # Patched sources for crafting: as many random source-class training images as poisons,
         # trigger at random locations ([seed, 2]).
         source_pool = torch.nonzero(dataset.train_labels == draw["source_class"]).flatten().numpy()
-        check_pool(self.name, "n_poisons", self.n_poisons, len(source_pool), f"source class {draw['source_class']}")
+        draws.check_pool(f"attacks.{self.name}.n_poisons", self.n_poisons, len(source_pool),
+                         f"source class {draw['source_class']}")
         crafting = np.random.default_rng([seed, 2])
         source_idx = torch.from_numpy(np.sort(crafting.choice(source_pool, self.n_poisons, replace=False))).long()
         rows, cols = trigger_locations(crafting, dataset, self.patch_size, self.n_poisons)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from augdefense.attacks import register
+from augdefense.attacks import draws, register
 from augdefense.attacks.base import Attack
-from augdefense.errors import ConfigError
+from augdefense.config import patched_count
+from augdefense.params import Param
 
 
 def paste(images: torch.Tensor, patch: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
@@ -32,31 +33,30 @@ def paste(images: torch.Tensor, patch: torch.Tensor, rows: np.ndarray, cols: np.
 class PatchBackdoor(Attack):
     type_name = "patch"
     params = {
-        "patch_size": (int, lambda v: v >= 1, "an integer >= 1 (pixels)"),
-        "fraction": ((int, float), lambda v: 0 < v <= 1, "in (0, 1] (share of the target class patched)"),
-        "control": (bool, lambda v: True, "true or false (poison nothing: the clean control)"),
+        "patch_size": Param("integer", "patch side in pixels (4 in the papers)", default=4, minimum=1),
+        "fraction": Param("number", "share of the target class's training images patched", default=0.1,
+                          exclusive_minimum=0, maximum=1),
+        "control": Param("boolean", "poison nothing (the clean control)", default=False),
     }
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        self.patch_size = spec.get("patch_size", 4)
-        self.fraction = float(spec.get("fraction", 0.1))
-        self.control = spec.get("control", False)
+        self.patch_size = self.spec["patch_size"]
+        self.fraction = float(self.spec["fraction"])
+        self.control = self.spec["control"]
 
     def craft(self, dataset, seed: int, context=None) -> dict:
         _, h, w = dataset.image_shape
         p = self.patch_size
-        if p > min(h, w):
-            raise ConfigError(f"attacks.{self.name}.patch_size: {p} exceeds the {h}x{w} images")
-        # The class pair and the patch come from the seed alone, so every fraction of one seed
-        # attacks the same pair with the same trigger; placements use their own streams.
-        pick = np.random.default_rng([seed, 0])
-        target, victim = (int(c) for c in pick.choice(dataset.num_classes, 2, replace=False))
-        patch = torch.from_numpy(pick.integers(0, 2, size=(dataset.image_shape[0], p, p)) * 255).to(torch.uint8)
+        # The class pair and the patch come from the seed alone (draws.backdoor), so every fraction
+        # of one seed, and the trigger backdoors, attack the same pair with the same trigger;
+        # placements use their own streams.
+        draw = draws.backdoor(dataset, seed, p, f"attacks.{self.name}.patch_size")
+        target, victim, patch = draw["target_class"], draw["victim_class"], draw["patch"]
 
         place = np.random.default_rng([seed, 1])
         target_idx = torch.nonzero(dataset.train_labels == target).flatten().numpy()
-        n_poison = 0 if self.control else int(round(self.fraction * len(target_idx)))
+        n_poison = 0 if self.control else patched_count(self.fraction, len(target_idx))
         chosen = np.sort(place.choice(target_idx, n_poison, replace=False))
         rows, cols = place.integers(0, h - p + 1, n_poison), place.integers(0, w - p + 1, n_poison)
         train_indices = torch.from_numpy(chosen).long()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augdefense.config import check_params
+from augdefense.params import Param, complete
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -26,22 +26,27 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: s
 
 class Defense:
     type_name: ClassVar[str]
-    # key -> (python type(s), check, description of the valid range)
-    params: ClassVar[dict[str, tuple]] = {}
-    common_params: ClassVar[dict[str, tuple]] = {
-        "laplace": ((int, float), lambda v: v >= 0, ">= 0 (noise scale in 1/255 units)"),
-        "laplace_clip": (bool, lambda v: True, "true or false (clip noised images to [0, 1])"),
+    # The type's own config keys (the common ones below apply to every type that trains).
+    params: ClassVar[dict[str, Param]] = {}
+    common_params: ClassVar[dict[str, Param]] = {
+        "laplace": Param("number", "Laplacian input noise added after the augmentation, scale in 1/255 units",
+                         default=0, minimum=0),
+        # DP-InstaHide releases x + Laplace noise as is (Theorem 2 is about that release); clipping
+        # to the valid range is post-processing, which keeps the guarantee, so it is an option.
+        "laplace_clip": Param("boolean", "clip noised images to [0, 1]", default=False),
     }
+
+    @classmethod
+    def fields(cls) -> dict[str, Param]:
+        """Every config key of this type."""
+        return {**cls.common_params, **cls.params}
 
     def __init__(self, spec: dict, num_classes: int, name: str = "", seed: int = 0) -> None:
         self.name = name or spec.get("type", "?")
         self.num_classes = num_classes
-        self.spec = dict(spec)
-        check_params(spec, {**self.params, **self.common_params}, f"defenses.{self.name}")
-        self.laplace = float(spec.get("laplace", 0.0))
-        # DP-InstaHide releases x + Laplace noise as is (Theorem 2 is about that release); clipping
-        # to the valid range is post-processing, which keeps the guarantee, so it is an option.
-        self.laplace_clip = bool(spec.get("laplace_clip", False))
+        self.spec = complete(spec, self.fields(), f"defenses.{self.name}", allowed=("type",))
+        self.laplace = float(self.spec["laplace"])
+        self.laplace_clip = self.spec["laplace_clip"]
         self.rng = np.random.default_rng(seed)
 
     # -- hooks --------------------------------------------------------------------------------

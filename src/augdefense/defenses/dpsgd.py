@@ -18,20 +18,23 @@ import torch
 from augdefense.defenses import register
 from augdefense.defenses.base import Defense
 from augdefense.errors import ConfigError
+from augdefense.params import Param
 
 
 @register
 class BatchDPSGD(Defense):
     type_name = "dpsgd_batch"
     params = {
-        "clip": ((int, float), lambda v: v > 0, "> 0 (gradient norm bound; 1 in the papers)"),
-        "noise": ((int, float), lambda v: v >= 0, ">= 0 (noise std as a multiple of clip; 1e-4 to 1e-2 in the papers)"),
+        "clip": Param("number", "bound on the mini-batch gradient's norm (1 in the papers)", default=1.0,
+                      exclusive_minimum=0),
+        "noise": Param("number", "noise std as a multiple of clip (1e-4 to 1e-2 in the papers)", default=1e-3,
+                       minimum=0),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        self.clip = float(spec.get("clip", 1.0))
-        self.noise = float(spec.get("noise", 1e-3))
+        self.clip = float(self.spec["clip"])
+        self.noise = float(self.spec["noise"])
 
     def process_gradients(self, model: torch.nn.Module) -> None:
         params = [p for p in model.parameters() if p.grad is not None]
@@ -51,16 +54,17 @@ class BatchDPSGD(Defense):
 class OpacusDPSGD(Defense):
     type_name = "dpsgd_opacus"
     params = {
-        "clip": ((int, float), lambda v: v > 0, "> 0 (per-sample gradient norm bound)"),
-        "noise_multiplier": ((int, float), lambda v: v >= 0, ">= 0 (noise std as a multiple of clip)"),
-        "delta": ((int, float), lambda v: 0 < v < 1, "in (0, 1)"),
+        "clip": Param("number", "bound on each per-sample gradient's norm", default=1.0, exclusive_minimum=0),
+        "noise_multiplier": Param("number", "noise std as a multiple of clip", default=1.0, minimum=0),
+        "delta": Param("number", "the delta the accountant's epsilon is reported at", default=1e-5,
+                       exclusive_minimum=0, exclusive_maximum=1),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        self.clip = float(spec.get("clip", 1.0))
-        self.noise_multiplier = float(spec.get("noise_multiplier", 1.0))
-        self.delta = float(spec.get("delta", 1e-5))
+        self.clip = float(self.spec["clip"])
+        self.noise_multiplier = float(self.spec["noise_multiplier"])
+        self.delta = float(self.spec["delta"])
 
     def check_model(self, model, where="model"):
         batch_norms = [n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

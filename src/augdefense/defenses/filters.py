@@ -21,6 +21,7 @@ import torch
 
 from augdefense.defenses import register
 from augdefense.defenses.base import Defense
+from augdefense.params import OPTIONAL, Param
 
 # sklearn is imported inside the methods that use it: the registry loads this module in every job, and
 # the import would cost every training job about 1.5 s.
@@ -86,14 +87,16 @@ class SpectralSignatures(FilterDefense):
 
     type_name = "spectral_signatures"
     params = {
-        "multiplier": ((int, float), lambda v: v > 0, "> 0 (removal budget = multiplier x expected poisons)"),
-        "expected_fraction": ((int, float), lambda v: 0 < v <= 1, "in (0, 1] (assumed poison share of every class)"),
+        "multiplier": Param("number", "remove multiplier x the expected poisons per class (Tran et al.: 1.5)",
+                            default=1.5, exclusive_minimum=0),
+        "expected_fraction": Param("number", "assume this poison share in every class instead of the budget",
+                                   default=OPTIONAL, exclusive_minimum=0, maximum=1),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        self.multiplier = float(spec.get("multiplier", 1.5))
-        fraction = spec.get("expected_fraction")
+        self.multiplier = float(self.spec["multiplier"])
+        fraction = self.spec.get("expected_fraction")
         self.expected_fraction = None if fraction is None else float(fraction)
 
     def budget(self, class_size: int, expected: int) -> int:
@@ -132,18 +135,20 @@ class ActivationClustering(FilterDefense):
 
     type_name = "activation_clustering"
     params = {
-        "n_components": (int, lambda v: v >= 1, "an integer >= 1"),
-        "reduction": (str, lambda v: v in ("ica", "pca"), "'ica' or 'pca'"),
-        "removal": (str, lambda v: v in ("size", "always"), "'size' or 'always'"),
-        "size_threshold": ((int, float), lambda v: 0 < v < 1, "in (0, 1) (largest share of a class removed)"),
+        "n_components": Param("integer", "dimensions the features are reduced to", default=10, minimum=1),
+        "reduction": Param("string", "FastICA (Chen et al.) or PCA", default="ica", enum=("ica", "pca")),
+        "removal": Param("string", "'size': the smaller cluster when small enough; 'always': in every class",
+                         default="size", enum=("size", "always")),
+        "size_threshold": Param("number", "largest share of a class removed in 'size' mode", default=0.35,
+                                exclusive_minimum=0, exclusive_maximum=1),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        self.n_components = spec.get("n_components", 10)
-        self.reduction = spec.get("reduction", "ica")
-        self.removal = spec.get("removal", "size")
-        self.size_threshold = float(spec.get("size_threshold", 0.35))
+        self.n_components = self.spec["n_components"]
+        self.reduction = self.spec["reduction"]
+        self.removal = self.spec["removal"]
+        self.size_threshold = float(self.spec["size_threshold"])
 
     def reduce(self, x: np.ndarray) -> np.ndarray:
         dims = max(1, min(self.n_components, x.shape[1], x.shape[0] - 1))
@@ -193,16 +198,19 @@ class DeepKNN(FilterDefense):
 
     type_name = "deep_knn"
     params = {
-        "k": ((int, str), lambda v: v == "auto" if isinstance(v, str) else v >= 1, "an integer >= 1 or 'auto'"),
-        "k_factor": ((int, float), lambda v: v > 0, "> 0 (k = k_factor x expected poisons when k is 'auto')"),
-        "mode": (str, lambda v: v in ("remove", "relabel"), "'remove' or 'relabel'"),
+        "k": Param(any_of=(Param("integer", minimum=1), Param(enum=("auto",))), default="auto",
+                   doc="neighbours; 'auto' = k_factor x the expected number of poisons"),
+        "k_factor": Param("number", "k = k_factor x expected poisons when k is 'auto'", default=2.0,
+                          exclusive_minimum=0),
+        "mode": Param("string", "remove flagged samples or relabel them", default="remove",
+                      enum=("remove", "relabel")),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        self.k = spec.get("k", "auto")
-        self.k_factor = float(spec.get("k_factor", 2.0))
-        self.mode = spec.get("mode", "remove")
+        self.k = self.spec["k"]
+        self.k_factor = float(self.spec["k_factor"])
+        self.mode = self.spec["mode"]
 
     def resolve_k(self, n: int, expected: dict[int, int]) -> int:
         k = self.k if self.k != "auto" else int(round(self.k_factor * sum(expected.values())))

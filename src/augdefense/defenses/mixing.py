@@ -8,6 +8,7 @@ import torch
 
 from augdefense.defenses import build, register
 from augdefense.defenses.base import Defense, Forward, soft_cross_entropy
+from augdefense.params import Param
 
 
 @register
@@ -24,16 +25,17 @@ class Mixup(Defense):
 
     type_name = "mixup"
     params = {
-        "k": (int, lambda v: v >= 1, "an integer >= 1"),
-        "alpha": ((int, float), lambda v: v > 0, "> 0"),
-        "weights": (str, lambda v: v in ("dirichlet", "equal"), "'dirichlet' or 'equal'"),
+        "k": Param("integer", "mixture width (images mixed into one)", default=2, minimum=1),
+        "alpha": Param("number", "Dirichlet concentration of the mixing weights", default=1.0, exclusive_minimum=0),
+        "weights": Param("string", "'equal': 1/k each (DP-InstaHide's Theorem 2)", default="dirichlet",
+                         enum=("dirichlet", "equal")),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        self.k = spec.get("k", 2)
-        self.alpha = float(spec.get("alpha", 1.0))
-        self.weights = spec.get("weights", "dirichlet")
+        self.k = self.spec["k"]
+        self.alpha = float(self.spec["alpha"])
+        self.weights = self.spec["weights"]
 
     def theorem2_k(self):
         return self.k if self.weights == "equal" or self.k == 1 else None
@@ -62,16 +64,18 @@ class CutMix(Defense):
 
     type_name = "cutmix"
     params = {
-        "alpha": ((int, float), lambda v: v > 0, "> 0"),
-        "p": ((int, float), lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "alpha": Param("number", "Beta(alpha, alpha) of the kept area (Yun et al.: 1)", default=1.0,
+                       exclusive_minimum=0),
+        "p": Param("number", "probability a batch is mixed (Yun et al.'s cutmix_prob: 0.5)", default=0.5,
+                   minimum=0, maximum=1),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        from torchvision.transforms import v2  # here: importing torchvision costs every other job ~3 s
+        from torchvision.transforms import v2  # here: only the jobs that use CutMix pay for importing torchvision
 
-        self.p = float(spec.get("p", 0.5))
-        self.cutmix = v2.CutMix(alpha=float(spec.get("alpha", 1.0)), num_classes=num_classes)
+        self.p = float(self.spec["p"])
+        self.cutmix = v2.CutMix(alpha=float(self.spec["alpha"]), num_classes=num_classes)
 
     def mix(self, x, y, epoch):
         if self.rng.random() >= self.p:
@@ -87,11 +91,12 @@ class Cutout(Defense):
     samples area and aspect ratio and keeps the box inside the image, so it is not this."""
 
     type_name = "cutout"
-    params = {"size": (int, lambda v: v >= 1, "an integer >= 1 (pixels)")}
+    params = {"size": Param("integer", "side of the square in pixels (DeVries & Taylor: 16 on CIFAR-10)",
+                            default=16, minimum=1)}
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        self.size = spec.get("size", 16)
+        self.size = self.spec["size"]
 
     def mix(self, x, y, epoch):
         b, _, h, w = x.shape
@@ -114,17 +119,18 @@ class MaxUp(Defense):
 
     type_name = "maxup"
     params = {
-        "m": (int, lambda v: v >= 1, "an integer >= 1"),
-        "start_epoch": (int, lambda v: v >= 0, "an integer >= 0"),
-        "inner": (dict, lambda v: True, "a defense entry, e.g. {type: cutout, size: 16}"),
+        "m": Param("integer", "augmented draws per image", default=4, minimum=1),
+        "start_epoch": Param("integer", "epochs of plain training first (the papers' late start: 5)", default=5,
+                             minimum=0),
+        "inner": Param(ref="defense", doc="the augmentation drawn m times (cutout in the papers)",
+                       default={"type": "cutout", "size": 16}),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
-        self.m = spec.get("m", 4)
-        self.start_epoch = spec.get("start_epoch", 5)
-        self.inner = build(spec.get("inner", {"type": "cutout", "size": 16}), num_classes,
-                           name=f"{self.name}.inner", seed=seed + 1)
+        self.m = self.spec["m"]
+        self.start_epoch = self.spec["start_epoch"]
+        self.inner = build(self.spec["inner"], num_classes, name=f"{self.name}.inner", seed=seed + 1)
 
     def generators(self):
         return [self.rng, *self.inner.generators()]

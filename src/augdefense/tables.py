@@ -1,5 +1,5 @@
-"""Aggregation of run records into ``metrics.csv``, result tables (with the papers' numbers beside
-ours) and figures."""
+"""Result tables: ``metrics.csv`` from the run records, one table per experiment (ours beside the
+papers' values) and the comparison of every reproduced cell with the papers."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ def paper_numbers() -> pd.DataFrame:
         return pd.read_csv(fh)
 
 
-def collect_metrics(run_files: list[str | Path], out: str | Path) -> pd.DataFrame:
-    records = [read_json(f) for f in run_files]
-    for file, record in zip(run_files, records):
+def collect_metrics(*, runs: list[str | Path], out: str | Path) -> pd.DataFrame:
+    """One row per victim run record, key columns and headline metrics first."""
+    records = [read_json(f) for f in runs]
+    for file, record in zip(runs, records):
         missing = [k for k in KEY_COLUMNS + ["clean_acc"] if k not in record]
         if missing:
             raise ArtifactError(f"{file}: run record lacks {missing}")
@@ -136,7 +137,8 @@ def _pct(mean: float, std: float) -> str:
 
 
 def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses: list[str],
-                excluded: set[tuple[str, str]] = frozenset(), control: str | None = None) -> str:
+                excluded: set[tuple[str, str]] = frozenset(), control: str | None = None,
+                scale: str | None = None) -> str:
     header = ["defense"]
     for attack in attacks:
         header += [f"clean acc % ({attack})", f"poison success % ({attack})"]
@@ -193,130 +195,32 @@ def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses:
                   "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
                   "(log p_goal − log max_other p) in the poisoned victim minus in its control, with a 95% t-interval: "
                   "how far the poisons pushed the target, even where they did not flip it."]
+    if scale:
+        lines += ["", f"Computed at: {scale}."]
     return "\n".join(lines) + "\n"
 
 
-def render_table(metrics_csv: str | Path, table: str, experiment: dict, out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
-    metrics = pd.read_csv(metrics_csv)
+def render_table(*, metrics: str | Path, table: str, experiment: dict, scale: str, csv: str | Path,
+                 md: str | Path) -> pd.DataFrame:
+    """One experiment's table (CSV and markdown), computed at ``scale`` (said in the markdown)."""
+    frame = pd.read_csv(metrics)
     attacks, defenses, control = experiment["attacks"], experiment["defenses"], experiment.get("control")
-    summary = summarize(metrics, table, attacks, defenses, control)
-    with atomic_path(out_csv) as tmp:
+    summary = summarize(frame, table, attacks, defenses, control)
+    with atomic_path(csv) as tmp:
         summary.to_csv(tmp, index=False)
-    with atomic_path(out_md) as tmp:
+    with atomic_path(md) as tmp:
         excluded = {(p["attack"], p["defense"]) for p in experiment.get("exclude", [])}
-        tmp.write_text(f"# {table}\n\n" + to_markdown(summary, table, attacks, defenses, excluded, control))
+        tmp.write_text(f"# {table}\n\n" + to_markdown(summary, table, attacks, defenses, excluded, control, scale))
     return summary
 
 
-def render_figure(metrics_csv: str | Path, table: str, experiment: dict, out_png: str | Path, out_pdf: str | Path,
-                  defense_specs: dict | None = None) -> None:
-    """The experiment's figure, by its ``plot`` kind: ``tradeoff`` (default; the papers' Figures 2
-    and 3: poison success against clean accuracy per defense, one panel per attack, hollow markers
-    the paper's values), ``width`` (Figure 4b: success against mixture width k, a line per
-    Laplacian noise level) or ``noise`` (Figure 5: each augmentation's trade-off curve as its
-    Laplacian noise grows). The last two read k and the noise from ``defense_specs``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = pd.read_csv(metrics_csv)
-    attacks, defenses = experiment["attacks"], experiment["defenses"]
-    summary = summarize(metrics, table, attacks, defenses, experiment.get("control"))
-    kind = experiment.get("plot", "tradeoff")
-    if kind != "tradeoff":
-        fig = _noise_figure(summary, attacks, defenses, defense_specs or {}, kind)
-        _save(fig, out_png, out_pdf)
-        return
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.6), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, attack in zip(axes[0], attacks):
-        for i, defense in enumerate(defenses):
-            row = summary[(summary.attack == attack) & (summary.defense == defense)]
-            if row.empty or "poison_success_mean" not in row:
-                continue
-            r = row.iloc[0]
-            color = colors[i % len(colors)]
-            ax.errorbar(100 * r.clean_acc_mean, 100 * r.poison_success_mean,
-                        xerr=100 * (r.clean_acc_std if r.clean_acc_std == r.clean_acc_std else 0),
-                        yerr=100 * (r.poison_success_std if r.poison_success_std == r.poison_success_std else 0),
-                        fmt="o", color=color, capsize=3, label=defense)
-            if r.paper_poison_success == r.paper_poison_success:
-                ax.plot(100 * r.paper_clean_acc, 100 * r.paper_poison_success, "o", mfc="none", color=color, ms=9)
-        ax.set_title(attack)
-        ax.set_xlabel("clean accuracy (%)")
-        ax.set_ylabel("poison success (%)")
-        ax.set_ylim(-5, 105)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, title="filled: ours (mean ± std)\nhollow: paper", title_fontsize=7)
-    _save(fig, out_png, out_pdf)
-
-
-def _save(fig, out_png: str | Path, out_pdf: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    for out in (out_png, out_pdf):
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format=Path(out).suffix[1:], dpi=150)
-    plt.close(fig)
-
-
-def _noise_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str], specs: dict, kind: str):
-    """Figure 4b (kind 'width') or Figure 5 (kind 'noise'); with a control, a second row shows the
-    goal log-odds shift against it (the finer measure at small scale)."""
-    import json
-
-    import matplotlib.pyplot as plt
-
-    missing = [d for d in defenses if d not in specs]
-    if missing:
-        raise ArtifactError(f"plot '{kind}' needs the defenses' config entries; missing {missing}")
-    shift = "goal_margin_shift" in summary
-    fig, axes = plt.subplots(1 + shift, len(attacks), figsize=(4.6 * len(attacks), 3.6 * (1 + shift)), squeeze=False)
-    for col, attack in enumerate(attacks):
-        rows = summary[summary.attack == attack].copy()
-        rows["noise"] = [float(specs[d].get("laplace", 0)) for d in rows.defense]
-        if kind == "width":
-            rows["k"] = [int(specs[d].get("k", 1)) if specs[d]["type"] in ("mixup", "none") else math.nan
-                         for d in rows.defense]
-            groups, x, label = rows.groupby("noise"), "k", "s = {:g}/255"
-        else:
-            base = [json.dumps({k: v for k, v in specs[d].items() if k != "laplace"}, sort_keys=True)
-                    for d in rows.defense]
-            rows["base"] = [specs[d]["type"] + (f" k={specs[d]['k']}" if "k" in specs[d] else "") for d in rows.defense]
-            rows["_base"] = base
-            groups, x, label = rows.groupby("_base"), "clean_acc_mean", "{}"
-        for key, group in groups:
-            group = group.sort_values(x if kind == "width" else "noise")
-            name = label.format(key) if kind == "width" else group.base.iloc[0]
-            xs = group[x] if kind == "width" else 100 * group[x]
-            line = axes[0][col].plot(xs, 100 * group.poison_success_mean, marker="o", label=name)[0]
-            if kind == "noise":
-                for xv, yv, s in zip(xs, 100 * group.poison_success_mean, group.noise):
-                    axes[0][col].annotate(f"{s:g}", (xv, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
-            if shift:
-                axes[1][col].plot(xs, group.goal_margin_shift, marker="o", color=line.get_color(), label=name)
-        axes[0][col].set_title(attack)
-        axes[0][col].set_ylabel("poison success (%)")
-        axes[0][col].set_ylim(-5, 105)
-        for ax in axes[:, col]:
-            ax.set_xlabel("mixture width k" if kind == "width" else "clean accuracy (%)")
-            ax.grid(alpha=0.3)
-        if shift:
-            axes[1][col].set_ylabel("goal log-odds shift vs control")
-            axes[1][col].axhline(0, color="grey", lw=0.8)
-    axes[0][0].legend(fontsize=7, title="Laplacian noise" if kind == "width" else "augmentation (labels: s/255)",
-                      title_fontsize=7)
-    return fig
-
-
-def compare_papers(metrics_csv: str | Path, experiments: dict, out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
+def compare_papers(*, metrics: str | Path, experiments: dict, scale: str, csv: str | Path,
+                   md: str | Path) -> pd.DataFrame:
     """Every reproduced cell that a paper reports, beside the paper's value, with our 95% Wilson
     interval (test images pooled over seeds) and whether the paper's value falls inside it."""
     from augdefense.metrics import wilson_interval
 
-    metrics = pd.read_csv(metrics_csv)
+    metrics = pd.read_csv(metrics)
     counts = {"clean_acc": "n_clean", "poison_success": "n_eval"}
     rows = []
     for table, experiment in experiments.items():
@@ -333,7 +237,7 @@ def compare_papers(metrics_csv: str | Path, experiments: dict, out_csv: str | Pa
                          "paper_inside_ci": bool(low <= ref.value <= high)})
     frame = pd.DataFrame(rows, columns=["table", "attack", "defense", "metric", "paper", "paper_value", "ours",
                                         "ci_low", "ci_high", "n_seeds", "n_images", "paper_inside_ci"])
-    with atomic_path(out_csv) as tmp:
+    with atomic_path(csv) as tmp:
         frame.to_csv(tmp, index=False)
     lines = ["# Reproduced cells beside the papers' values", "",
              "| table | attack | defense | metric | paper | ours | our 95% interval | seeds | paper inside? |",
@@ -344,108 +248,7 @@ def compare_papers(metrics_csv: str | Path, experiments: dict, out_csv: str | Pa
                      f"{'yes' if r.paper_inside_ci else '**no**'} |")
     lines += ["", "Intervals are Wilson score intervals over the test images of all seeds pooled; they leave out "
               "the seed-to-seed variance, so they are narrower than a between-seed interval. A CPU preset "
-              "is not expected to match the papers' CIFAR-10 numbers."]
-    with atomic_path(out_md) as tmp:
+              "is not expected to match the papers' CIFAR-10 numbers.", "", f"Computed at: {scale}."]
+    with atomic_path(md) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    return frame
-
-
-def render_illustrations(data_path: str | Path, poison_path: str | Path, out_png: str | Path,
-                         out_pdf: str | Path) -> None:
-    """As the papers' Figures 1 and 3: a training image, its backdoored version, and that poison
-    after mixup, CutMix and DP-InstaHide (4-way equal mixup, then Laplacian noise), from this
-    run's own data and poison, through the project's own defense implementations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from augdefense import attacks, data, defenses
-
-    dataset = data.load(data_path)
-    poison = attacks.load_poison(poison_path, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
-    if len(poison["train_indices"]):
-        index = int(poison["train_indices"][0])
-        poisoned = poison["train_images"][0]
-    else:  # a clean control poisons nothing: show a patched test image instead
-        index, poisoned = None, poison["eval_images"][0]
-    clean = dataset.train_images[index] if index is not None else dataset.test_images[0]
-    label = int(dataset.train_labels[index]) if index is not None else int(poison["eval_labels"][0])
-    others = torch.nonzero(dataset.train_labels != label).flatten()[:3]
-    batch = torch.cat([poisoned[None], dataset.train_images[others]]).float() / 255
-    y = torch.cat([torch.tensor([label]), dataset.train_labels[others]])
-    torch.manual_seed(0)
-    k = dataset.num_classes
-    mixed = {
-        "mixup (2-way)": defenses.build({"type": "mixup", "k": 2, "weights": "equal"}, k, seed=1).transform(batch, y, 0),
-        "CutMix": defenses.build({"type": "cutmix", "alpha": 1.0, "p": 1.0}, k, seed=1).transform(batch, y, 0),
-        "DP-InstaHide\n(k=4, s=16/255)": defenses.build({"type": "mixup", "k": 4, "weights": "equal", "laplace": 16},
-                                                         k, seed=1).transform(batch, y, 0),
-    }
-    panels = [("clean", clean.float() / 255, None), ("backdoor patch", poisoned.float() / 255, None)]
-    panels += [(name, x[0], soft[0]) for name, (x, soft) in mixed.items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 3.0))
-    for ax, (name, image, soft) in zip(axes, panels):
-        picture = image.clamp(0, 1).permute(1, 2, 0).numpy()
-        ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1,
-                  interpolation="nearest")
-        if soft is not None:
-            top = torch.topk(soft, min(2, len(soft)))
-            name += "\n" + ", ".join(f"{dataset.classes[int(c)]}:{w:.2f}" for w, c in zip(top.values, top.indices))
-        else:
-            name += f"\nlabel {dataset.classes[label]}"
-        ax.set_title(name, fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    for out in (out_png, out_pdf):
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format=Path(out).suffix[1:], dpi=150)
-    plt.close(fig)
-
-
-FIGURE4A = {"noise_levels": [2, 4, 8, 16, 32], "widths": list(range(1, 17)), "n": 50_000, "T": 50_000,
-            "image_shape": (3, 32, 32)}
-
-
-def render_privacy_figure(out_png: str | Path, out_pdf: str | Path, out_csv: str | Path) -> pd.DataFrame:
-    """DP-InstaHide Figure 4a: Theorem 2's epsilon against mixture width k for each Laplacian
-    noise level s (n = T = 5e4, CIFAR-10's size). Two readings of sigma side by side: s/255 as if
-    the data had unit l1-diameter (what the figure's axis suggests), and s/255 divided by
-    CIFAR-10's actual l1-diameter 3*32*32 (what the theorem's assumption requires)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from augdefense import privacy
-
-    p = FIGURE4A
-    rows = []
-    for s in p["noise_levels"]:
-        for k in p["widths"]:
-            unit = privacy.mixup_laplace_epsilon(k, s / 255, p["n"], p["T"])
-            scaled = privacy.mixup_laplace_epsilon(k, privacy.sigma_from_noise(s, p["image_shape"]), p["n"], p["T"])
-            rows.append({"noise_over_255": s, "k": k, "epsilon_unit_diameter": unit, "epsilon_cifar_diameter": scaled,
-                         "bound_unit_diameter": privacy.mixup_laplace_epsilon_bound(k, s / 255, p["T"])})
-    frame = pd.DataFrame(rows)
-    with atomic_path(out_csv) as tmp:
-        frame.to_csv(tmp, index=False)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for s, group in frame.groupby("noise_over_255"):
-        axes[0].plot(group.k, group.epsilon_unit_diameter, marker="o", ms=3, label=f"s = {s}/255")
-        axes[1].plot(group.k, group.epsilon_cifar_diameter, marker="o", ms=3, label=f"s = {s}/255")
-    axes[0].set_title("σ = s/255 (unit l1-diameter)", fontsize=9)
-    axes[1].set_title("σ = (s/255) / 3072 (CIFAR-10's l1-diameter)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("mixture width k")
-        ax.set_ylabel("ε (Theorem 2, n = T = 5·10⁴)")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    for out in (out_png, out_pdf):
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format=Path(out).suffix[1:], dpi=150)
-    plt.close(fig)
     return frame

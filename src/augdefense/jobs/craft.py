@@ -1,0 +1,62 @@
+"""The crafting job: one attack's poison for one seed."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from augdefense.errors import ConfigError
+
+log = logging.getLogger("augdefense")
+
+
+def craft_poison(*, data: str, attack_name: str, attack: dict, seed: int, out: str, crafting_model: str | None = None,
+                 defense_name: str = "none", defense: dict | None = None, recipe: dict | None = None,
+                 runtime: dict | None = None, threads: int = 1) -> None:
+    """Craft one attack's poison; an optimisation-based attack crafts against ``crafting_model``
+    (and, when adaptive, through the defense it was trained under)."""
+    import torch
+
+    from augdefense import attacks, defenses, gpu, models
+    from augdefense import data as datasets
+    from augdefense.attacks.base import CraftingContext
+    from augdefense.io import save_tensors
+    from augdefense.training import Normalizer, Recipe, Runtime, seed_everything
+
+    built = attacks.build(attack, attack_name)
+    dataset = datasets.load(data)
+    if not built.needs_model:
+        poison = built.craft(dataset, seed)
+    else:
+        if crafting_model is None:
+            raise ConfigError(f"attacks.{attack_name}: type '{built.type_name}' crafts against a trained model "
+                              "(input 'crafting_model')")
+        recipe_ = Recipe.from_spec(recipe or {}, f"recipe of attack '{attack_name}'")
+        runtime_ = Runtime.from_spec(runtime or {})
+        adaptive_defense = None
+        if built.spec.get("adaptive", False):
+            adaptive_defense = defenses.build(defense or {"type": "none"}, dataset.num_classes, name=defense_name,
+                                              seed=seed)
+        model = models.load(crafting_model, dataset)
+        finetune = None
+        if recipe_.transfer:  # craft inside the victim's fine-tuning split, against the pretrained extractor
+            _, finetune = datasets.transfer_split(dataset.train_labels, recipe_.transfer["pretrain_share"])
+            dataset = datasets.subset(dataset, finetune)
+        torch.set_num_threads(threads)
+        seed_everything(seed, runtime_.deterministic)
+        normalizer = Normalizer(dataset.mean, dataset.std)
+        with gpu.acquire(runtime_.device) as slot:
+            device = torch.device(slot.device)
+            model.eval().to(device)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            context = CraftingContext(model, normalizer.to(device), device, adaptive_defense, recipe_)
+            start = time.perf_counter()
+            poison = built.craft(dataset, seed, context)
+            poison["info"]["craft_seconds"] = round(time.perf_counter() - start, 2)
+            poison["info"]["crafting_defense"] = defense_name if adaptive_defense is not None else "none"
+        if finetune is not None:  # indices into the full training set; the victim trains on the split
+            poison["train_indices"] = finetune[poison["train_indices"]]
+            poison["train_subset"] = finetune
+    save_tensors(out, poison)
+    log.info("crafted %s seed %d: %s -> %s", attack_name, seed, poison["info"], out)

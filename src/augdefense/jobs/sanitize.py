@@ -1,0 +1,59 @@
+"""The filtering job: a filter defense run on the feature model's features of the poisoned set."""
+
+from __future__ import annotations
+
+import logging
+
+from augdefense.errors import ConfigError
+
+log = logging.getLogger("augdefense")
+
+
+def sanitize(*, data: str, poison: str, feature_model: str, defense_name: str, defense: dict, runtime: dict,
+             seed: int, out: str, threads: int = 1) -> dict:
+    """Run a filter defense on the penultimate-layer features of the poisoned training set; write
+    what it removes and relabels, and how many of the poisons it caught."""
+    import torch
+
+    from augdefense import data as datasets
+    from augdefense import defenses, gpu, models, poisons
+    from augdefense.io import write_json
+    from augdefense.training import Normalizer, Runtime
+
+    runtime_ = Runtime.from_spec(runtime)
+    dataset = datasets.load(data)
+    built = defenses.build(defense, dataset.num_classes, name=defense_name, seed=seed)
+    if not getattr(built, "is_filter", False):
+        raise ConfigError(f"defenses.{defense_name}: type '{built.type_name}' is not a filter defense")
+    artifact = poisons.load(poison, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
+    model = models.load(feature_model, dataset)
+
+    images, labels = poisons.training_set(dataset, artifact)
+    torch.set_num_threads(threads)
+    normalizer = Normalizer(dataset.mean, dataset.std)
+    with gpu.acquire(runtime_.device) as slot, torch.inference_mode():
+        device = torch.device(slot.device)
+        model.eval().to(device)
+        normalizer.to(device)
+        batch = runtime_.eval_batch_size
+        features = torch.cat([
+            model.features(normalizer(images[i:i + batch].to(device).float().div_(255))).float().cpu()
+            for i in range(0, len(images), batch)])
+    expected = torch.bincount(artifact["train_labels"], minlength=dataset.num_classes)
+    result = built.sanitize(features, labels, {c: int(n) for c, n in enumerate(expected.tolist())})
+    removed = result["removed"].tolist()
+    relabeled = torch.nonzero(result["labels"] != labels).flatten().tolist()
+    positions = set(poisons.positions_in_training_set(artifact).tolist())
+    caught = len(positions & set(removed))
+    record = {
+        "attack": artifact["info"].get("attack"), "defense": defense_name, "seed": seed,
+        "removed": removed, "relabeled": [[i, int(result["labels"][i])] for i in relabeled],
+        "n_removed": len(removed), "n_relabeled": len(relabeled), "n_poisons": len(positions),
+        "n_poisons_removed": caught,
+        "filter_precision": caught / len(removed) if removed else None,
+        "filter_recall": caught / len(positions) if positions else None,
+    }
+    write_json(out, record)
+    log.info("%s removed %d (%d of %d poisons), relabelled %d", defense_name, len(removed), caught, len(positions),
+             len(relabeled))
+    return record

@@ -1,0 +1,231 @@
+"""The training jobs: a victim under a defense, the filters' feature model, the crafting model an
+attack optimises against, and the transfer setting's pretrained extractor. Each validates what it
+reads before spending compute and writes its outputs atomically (``augdefense.io``)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from augdefense.config import crafting_seed
+from augdefense.errors import ArtifactError, ConfigError
+
+log = logging.getLogger("augdefense")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJob:
+    """Everything one training run depends on: the prepared data, the poison it trains on (none
+    for clean training), the model, recipe, runtime and defense entries, the seed, and where it
+    keeps its resumable state. A rule declares these by name (``augdefense.runner``)."""
+
+    data: str
+    model: dict
+    recipe: dict
+    runtime: dict
+    seed: int
+    defense_name: str = "none"
+    defense: dict = field(default_factory=lambda: {"type": "none"})
+    poison: str | None = None
+    extractor: str | None = None  # the pretrained extractor a transfer recipe fine-tunes
+    threads: int = 1
+    checkpoint: str | None = None  # scratch file for resumable state (not an output)
+
+
+@dataclass
+class TrainingRun:
+    """A ``TrainingJob`` with its inputs loaded and checked: the dataset, poison, defense, recipe
+    and runtime, ready to ``fit``."""
+
+    job: TrainingJob
+    dataset: object
+    poison: dict
+    defense: object
+    recipe: object
+    runtime: object
+    extractor: dict | None = None  # pretrained weights the model starts from (transfer learning)
+
+    @classmethod
+    def prepare(cls, job: TrainingJob) -> "TrainingRun":
+        from augdefense import data, defenses, models, poisons
+        from augdefense.training import Recipe, Runtime
+
+        recipe = Recipe.from_spec(job.recipe)
+        runtime = Runtime.from_spec(job.runtime)
+        dataset = data.load(job.data)
+        defense = defenses.build(job.defense, dataset.num_classes, name=job.defense_name, seed=job.seed)
+        defense.check_model(models.build(job.model, dataset.image_shape[0], dataset.num_classes,
+                                         dataset.image_shape[-1]))
+        if job.poison is None:
+            poison = poisons.none(dataset.image_shape)
+        else:
+            poison = poisons.load(job.poison, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
+        extractor = None
+        if recipe.transfer:
+            if job.extractor is None:
+                raise ConfigError("recipe: a transfer recipe needs the pretrained extractor (input 'extractor')")
+            extractor = models.load(job.extractor, dataset).state_dict()
+        return cls(job, dataset, poison, defense, recipe, runtime, extractor)
+
+    def fingerprint(self, train_indices=None) -> str:
+        """What the run's result depends on; a checkpoint written under another fingerprint is ignored."""
+        import hashlib
+        import json
+
+        from augdefense.io import sha256
+
+        job = self.job
+        subset = None if train_indices is None else hashlib.sha256(train_indices.numpy().tobytes()).hexdigest()
+        return json.dumps({"data": sha256(job.data), "poison": sha256(job.poison) if job.poison else None,
+                           "extractor": sha256(job.extractor) if job.extractor else None, "defense": job.defense,
+                           "recipe": job.recipe, "model": job.model, "runtime": job.runtime, "seed": job.seed,
+                           "threads": job.threads, "train_indices": subset}, sort_keys=True)
+
+    def training_set(self, sanitized: dict | None = None, train_indices=None):
+        """The poisoned training set (restricted to ``train_indices`` of the full set when given),
+        minus what a filter removed and with what it relabelled."""
+        import torch
+
+        from augdefense import poisons
+
+        images, labels = poisons.training_set(self.dataset, self.poison)
+        if train_indices is not None:
+            images, labels = images[train_indices], labels[train_indices]
+        if sanitized is None:
+            return images, labels
+        for index, label in sanitized["relabeled"]:
+            labels[index] = label
+        keep = torch.ones(len(labels), dtype=torch.bool)
+        keep[torch.tensor(sanitized["removed"], dtype=torch.long)] = False
+        return images[keep], labels[keep]
+
+    def fit(self, sanitized: dict | None = None, train_indices=None) -> dict:
+        """Train from scratch (resuming from the job's checkpoint when it holds this run's state)
+        and evaluate. Returns the model, its history, probabilities and where it ran."""
+        import torch
+
+        from augdefense import gpu, models
+        from augdefense.training import Checkpointer, Normalizer, predict, seed_everything, train
+
+        job, rt = self.job, self.runtime
+        torch.set_num_threads(job.threads)
+        seed_everything(job.seed, rt.deterministic)
+        model = models.build(job.model, self.dataset.image_shape[0], self.dataset.num_classes,
+                             self.dataset.image_shape[-1])
+        if self.extractor is not None:
+            from augdefense.training import start_from_extractor
+
+            start_from_extractor(model, self.extractor, self.recipe.last_layer_only)
+        images, labels = self.training_set(sanitized, train_indices)
+        normalizer = Normalizer(self.dataset.mean, self.dataset.std)
+        checkpointer = Checkpointer(Path(job.checkpoint) if job.checkpoint else None, rt.checkpoint_every,
+                                    self.fingerprint(train_indices))
+        keep = torch.ones(len(self.dataset.test_labels), dtype=torch.bool)
+        keep[self.poison["clean_exclude"]] = False
+        with gpu.acquire(rt.device) as slot:
+            device = torch.device(slot.device)
+            log.info("defense %s, seed %d on %s (%d threads), %d training images", self.defense.describe(), job.seed,
+                     device, job.threads, len(labels))
+            start = time.perf_counter()
+            history = train(model, images, labels, self.defense, self.recipe, normalizer, device, job.seed,
+                            amp=rt.amp, checkpointer=checkpointer, compile_model=rt.compile)
+            seconds = time.perf_counter() - start
+            clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
+            attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        return {"model": model.cpu(), "history": history, "n_train": len(labels), "clean_probs": clean, "clean_labels":
+                self.dataset.test_labels[keep], "eval_probs": attack, "seconds": seconds, "device": str(device),
+                "device_name": name, "checkpointer": checkpointer}
+
+
+def train_victim(job: TrainingJob, *, attack: str, out: str, sanitized: str | None = None) -> dict:
+    """Train a victim on the poisoned set under its defense; write its metrics record (``out``)."""
+    from augdefense.io import read_json, write_json
+    from augdefense.metrics import run_metrics
+
+    run = TrainingRun.prepare(job)
+    record = _check_sanitized(read_json(sanitized), sanitized, run) if sanitized else None
+    if getattr(run.defense, "is_filter", False) and record is None:
+        raise ConfigError(f"defense '{job.defense_name}' is a filter: it needs the sanitize step's output "
+                          "(input 'sanitized')")
+    result = run.fit(record)
+    info = run.poison["info"]
+    metrics = {
+        "attack": attack, "defense": job.defense_name, "seed": job.seed,
+        **run_metrics(result["clean_probs"], result["clean_labels"], result["eval_probs"], run.poison["eval_goals"]),
+        **{k: v for k, v in info.items() if k not in ("attack", "seed", "type")},
+        "attack_type": info.get("type"), "defense_type": run.defense.type_name,
+        "epochs": run.recipe.epochs, "final_train_loss": result["history"][-1]["loss"],
+        "train_seconds": round(result["seconds"], 2), "device": result["device"], "device_name": result["device_name"],
+    }
+    if record is not None:
+        metrics.update({k: record[k] for k in ("n_removed", "n_relabeled", "filter_precision", "filter_recall")})
+    metrics.update(run.defense.privacy_record(result["n_train"], run.dataset.image_shape, run.recipe.epochs,
+                                              run.recipe.batch_size))
+    write_json(out, metrics)
+    result["checkpointer"].clear()
+    log.info("%s", metrics)
+    return metrics
+
+
+def train_feature_model(job: TrainingJob, *, out: str) -> None:
+    """The filters' feature extractor: a model trained on the poisoned set with no defense."""
+    from augdefense.io import save_tensors
+
+    run = TrainingRun.prepare(job)
+    result = run.fit()
+    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": job.model,
+                       "fingerprint": run.fingerprint()})
+    result["checkpointer"].clear()
+    log.info("feature model seed %d -> %s", job.seed, out)
+
+
+def train_crafting_model(job: TrainingJob, *, out: str) -> None:
+    """The model an optimisation-based attack crafts against: trained on clean data, under the
+    victim's defense for an adaptive attack (``none`` otherwise), with ``config.crafting_seed`` of
+    the victims' seed, so the victim is a fresh initialisation, as in the papers."""
+    from augdefense.io import save_tensors
+
+    run = TrainingRun.prepare(replace(job, seed=crafting_seed(job.seed)))
+    if getattr(run.defense, "is_filter", False):
+        raise ConfigError(f"defense '{job.defense_name}' is a filter: an adaptive attack has no training-time "
+                          "defense to adapt to")
+    result = run.fit()
+    clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
+    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": job.model,
+                       "fingerprint": run.fingerprint(), "clean_acc": clean_acc})
+    result["checkpointer"].clear()
+    log.info("crafting model under %s, seed %d (clean accuracy %.4f) -> %s", job.defense_name, job.seed, clean_acc,
+             out)
+
+
+def pretrain_extractor(job: TrainingJob, *, pretrain_share: float, out: str) -> None:
+    """The transfer-learning setting's feature extractor: trained on clean data of the pretraining
+    split (``pretrain_share`` of each class, disjoint from the fine-tuning split the attacks poison),
+    once per pretraining recipe and share, shared by every seed and every transfer recipe that
+    pretrains alike."""
+    import torch
+
+    from augdefense import data
+    from augdefense.io import save_tensors
+
+    run = TrainingRun.prepare(job)
+    pretrain, _ = data.transfer_split(run.dataset.train_labels, pretrain_share)
+    result = run.fit(train_indices=pretrain)
+    clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
+    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": job.model, "clean_acc": clean_acc,
+                       "pretrain_indices": pretrain.to(torch.long), "fingerprint": run.fingerprint(pretrain)})
+    result["checkpointer"].clear()
+    log.info("extractor: %d pretraining images, clean accuracy %.4f -> %s", len(pretrain), clean_acc, out)
+
+
+def _check_sanitized(record: dict, path, run: TrainingRun) -> dict:
+    n = len(run.dataset.train_labels)
+    if not isinstance(record, dict) or not {"removed", "relabeled", "n_removed"} <= set(record):
+        raise ArtifactError(f"{path}: not a sanitize record (needs 'removed', 'relabeled', 'n_removed')")
+    if any(not isinstance(i, int) or not 0 <= i < n for i in record["removed"]):
+        raise ArtifactError(f"{path}: 'removed' holds indices outside 0..{n - 1}")
+    return record
