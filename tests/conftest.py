@@ -45,9 +45,17 @@ def job_process(function: str, job, **popen) -> subprocess.Popen:
     import dataclasses
     import json
 
-    code = ("import json, sys; from augdefense.runner import JobSpec, function_named, run_rule; "
-            "run_rule(JobSpec(**json.loads(sys.argv[1])), function_named(sys.argv[2]))")
+    code = (
+        "import json, sys; from augdefense.runner import JobSpec, function_named, run_rule; "
+        "run_rule(JobSpec(**json.loads(sys.argv[1])), function_named(sys.argv[2]))"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     spec = json.dumps(dataclasses.asdict(job), default=str)
-    return subprocess.Popen([sys.executable, "-c", code, spec, function], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, spec, function],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )

@@ -62,8 +62,9 @@ def ensure_packages(timeout: float = 600) -> None:
     if not missing_commands():
         return
     if os.geteuid() != 0:
-        raise ClusterUnavailable(f"{', '.join(missing_commands())} missing and not root: cannot install "
-                                 f"{' '.join(PACKAGES)}")
+        raise ClusterUnavailable(
+            f"{', '.join(missing_commands())} missing and not root: cannot install {' '.join(PACKAGES)}"
+        )
     apt = _which("apt-get")
     if apt is None:
         raise ClusterUnavailable(f"{', '.join(missing_commands())} missing and no apt-get to install them")
@@ -75,18 +76,21 @@ def ensure_packages(timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     try:
         if own_policy:
-            policy.write_text("#!/bin/sh\n# written by augdefense tests/slurm_cluster.py during apt-get install\nexit 101\n")
+            policy.write_text(
+                "#!/bin/sh\n# written by augdefense tests/slurm_cluster.py during apt-get install\nexit 101\n"
+            )
             policy.chmod(0o755)
-        for cmd in ([apt, "update", "-qq"],
-                    [apt, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+        for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
             try:
-                result = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                                        timeout=max(1.0, deadline - time.monotonic()))
+                result = subprocess.run(
+                    cmd, env=env, capture_output=True, text=True, timeout=max(1.0, deadline - time.monotonic())
+                )
             except subprocess.TimeoutExpired:
                 raise ClusterUnavailable(f"{' '.join(cmd)} did not finish in {timeout:.0f} s") from None
             if result.returncode != 0:
-                raise ClusterUnavailable(f"{' '.join(cmd)} failed ({result.returncode}): "
-                                         f"{(result.stdout + result.stderr).strip()[-1500:]}")
+                raise ClusterUnavailable(
+                    f"{' '.join(cmd)} failed ({result.returncode}): {(result.stdout + result.stderr).strip()[-1500:]}"
+                )
     finally:
         if own_policy:
             policy.unlink(missing_ok=True)
@@ -153,8 +157,16 @@ def _memory_mb() -> int:
 class SlurmCluster:
     """One node (this machine, named ``hostname -s``) in one partition, with ``gpus`` fake GPUs."""
 
-    def __init__(self, root: str | Path, partition: str = "debug", gpus: int = 4, gpu_type: str = "fake",
-                 cpus: int | None = None, memory_mb: int | None = None, min_job_age: int = 3600):
+    def __init__(
+        self,
+        root: str | Path,
+        partition: str = "debug",
+        gpus: int = 4,
+        gpu_type: str = "fake",
+        cpus: int | None = None,
+        memory_mb: int | None = None,
+        min_job_age: int = 3600,
+    ):
         self.root = Path(root).resolve()
         self.partition = partition
         self.gpus = gpus
@@ -188,8 +200,10 @@ class SlurmCluster:
         if os.geteuid() != 0:
             raise ClusterUnavailable("not root: the SLURM daemons need root (SlurmdUser=root)")
         if SYSTEM_CONF.exists():
-            raise ClusterUnavailable(f"{SYSTEM_CONF} exists: this machine has its own SLURM configuration, "
-                                     "which srun inside jobs would read instead of the test cluster's")
+            raise ClusterUnavailable(
+                f"{SYSTEM_CONF} exists: this machine has its own SLURM configuration, "
+                "which srun inside jobs would read instead of the test cluster's"
+            )
         if RUN_CONF_LINK.exists() or RUN_CONF_LINK.is_symlink():
             raise ClusterUnavailable(f"{RUN_CONF_LINK} exists: another (configless) slurmd runs here")
         ensure_packages()
@@ -265,30 +279,46 @@ NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory
 PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
         (etc / "gres.conf").write_text(
-            f"AutoDetect=off\nNodeName={self.node} Name=gpu Type={self.gpu_type} File={','.join(devices)}\n")
+            f"AutoDetect=off\nNodeName={self.node} Name=gpu Type={self.gpu_type} File={','.join(devices)}\n"
+        )
         (self.root / "env.sh").write_text(f"export SLURM_CONF={self.conf}\nexport {MARKER}={self.root}\n")
 
     def _start_munge(self) -> None:
         d = self.munge_dir
-        cmd = [_which("runuser") or "runuser", "-u", "munge", "--", _which("munged"),
-               f"--key-file={d}/munge.key", f"--socket={d}/munge.socket", f"--pid-file={d}/munged.pid",
-               f"--log-file={d}/munged.log", f"--seed-file={d}/munged.seed"]
+        cmd = [
+            _which("runuser") or "runuser",
+            "-u",
+            "munge",
+            "--",
+            _which("munged"),
+            f"--key-file={d}/munge.key",
+            f"--socket={d}/munge.socket",
+            f"--pid-file={d}/munged.pid",
+            f"--log-file={d}/munged.log",
+            f"--seed-file={d}/munged.seed",
+        ]
         result = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
-            raise ClusterUnavailable(f"munged did not start ({result.returncode}): {result.stderr.strip()}; "
-                                     f"log: {self._tail(d / 'munged.log')}")
+            raise ClusterUnavailable(
+                f"munged did not start ({result.returncode}): {result.stderr.strip()}; "
+                f"log: {self._tail(d / 'munged.log')}"
+            )
 
     def _start_slurm(self, timeout: float) -> None:
         if not RUN_CONF_LINK.parent.exists():
             RUN_CONF_LINK.parent.mkdir(parents=True)
             (self.root / "created_run_dir").touch()
         RUN_CONF_LINK.symlink_to(self.conf.parent)
-        for name, cmd in (("slurmctld", [_which("slurmctld"), "-f", str(self.conf), "-c"]),
-                          ("slurmd", [_which("slurmd"), "-f", str(self.conf), "-N", self.node])):
+        for name, cmd in (
+            ("slurmctld", [_which("slurmctld"), "-f", str(self.conf), "-c"]),
+            ("slurmd", [_which("slurmd"), "-f", str(self.conf), "-N", self.node]),
+        ):
             result = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=30)
             if result.returncode != 0:
-                raise ClusterUnavailable(f"{name} did not start ({result.returncode}): {result.stderr.strip()}; "
-                                         f"log: {self._tail(self.root / 'log' / f'{name}.log')}")
+                raise ClusterUnavailable(
+                    f"{name} did not start ({result.returncode}): {result.stderr.strip()}; "
+                    f"log: {self._tail(self.root / 'log' / f'{name}.log')}"
+                )
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
@@ -297,9 +327,11 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             if result.returncode == 0 and state in ("idle", "mixed", "allocated"):
                 return
             time.sleep(0.5)
-        raise ClusterUnavailable(f"node {self.node} not idle after {timeout:.0f} s (sinfo: {state!r}); "
-                                 f"slurmctld log: {self._tail(self.root / 'log' / 'slurmctld.log')}; "
-                                 f"slurmd log: {self._tail(self.root / 'log' / 'slurmd.log')}")
+        raise ClusterUnavailable(
+            f"node {self.node} not idle after {timeout:.0f} s (sinfo: {state!r}); "
+            f"slurmctld log: {self._tail(self.root / 'log' / 'slurmctld.log')}; "
+            f"slurmd log: {self._tail(self.root / 'log' / 'slurmd.log')}"
+        )
 
     @staticmethod
     def _tail(path: Path, chars: int = 1500) -> str:
@@ -316,8 +348,9 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         self.run("scancel", "--full", "--partition", self.partition, check=False)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = self.run("squeue", "--noheader", "--states=PENDING,RUNNING,COMPLETING,CONFIGURING",
-                              check=False, timeout=10)
+            result = self.run(
+                "squeue", "--noheader", "--states=PENDING,RUNNING,COMPLETING,CONFIGURING", check=False, timeout=10
+            )
             if result.returncode != 0 or not result.stdout.strip():
                 return
             time.sleep(0.5)

@@ -3,13 +3,11 @@
 import copy
 
 import pytest
-import yaml
 
 from augdefense import config as grid
 from augdefense.errors import ConfigError
 from augdefense.sources import SourceFacts
 from conftest import REPO
-
 
 # ImageNet's training set as the Table 3 preset sees it (the data are not on this machine).
 IMAGENET = SourceFacts(train_class_sizes=(1300,) * 1000, image_shape=(3, 224, 224))
@@ -37,17 +35,33 @@ def test_grid_is_the_union_of_experiments(config):
     assert {s for _, _, s in grid.victim_runs(config)} == {3, 7}
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda c: c["experiments"]["table1"]["attacks"].append("wb9"), "experiments.table1.attacks: 'wb9' is not defined"),
-    (lambda c: c["experiments"]["table2"].update(control="wb"), "experiments.table2.control: attack 'wb' poisons"),
-    (lambda c: c["experiments"]["table2"].update(control="wb7"), "experiments.table2.attacks: 'wb7' is not defined"),
-    (lambda c: c["experiments"]["table2"]["defenses"].append("ss"),
-     "defense 'ss' cannot apply to attack 'wb_adapt': an adaptive attack"),
-    (lambda c: c["experiments"]["table1"]["defenses"].append("dknn"), "experiments.table1.defenses: 'dknn' is not"),
-    (lambda c: c["attacks"]["patch10"].update(recipe="targeted9"), "attacks.patch10.recipe: 'targeted9' is not defined"),
-    (lambda c: c["experiments"]["table1"].update(exclude=[{"attack": "patch10", "defense": "ac"}]),
-     "experiments.table1.exclude"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c["experiments"]["table1"]["attacks"].append("wb9"),
+            "experiments.table1.attacks: 'wb9' is not defined",
+        ),
+        (lambda c: c["experiments"]["table2"].update(control="wb"), "experiments.table2.control: attack 'wb' poisons"),
+        (
+            lambda c: c["experiments"]["table2"].update(control="wb7"),
+            "experiments.table2.attacks: 'wb7' is not defined",
+        ),
+        (
+            lambda c: c["experiments"]["table2"]["defenses"].append("ss"),
+            "defense 'ss' cannot apply to attack 'wb_adapt': an adaptive attack",
+        ),
+        (lambda c: c["experiments"]["table1"]["defenses"].append("dknn"), "experiments.table1.defenses: 'dknn' is not"),
+        (
+            lambda c: c["attacks"]["patch10"].update(recipe="targeted9"),
+            "attacks.patch10.recipe: 'targeted9' is not defined",
+        ),
+        (
+            lambda c: c["experiments"]["table1"].update(exclude=[{"attack": "patch10", "defense": "ac"}]),
+            "experiments.table1.exclude",
+        ),
+    ],
+)
 def test_undefined_references_are_named(config, edit, message):
     edit(config)
     with pytest.raises(ConfigError, match=message):

@@ -40,8 +40,9 @@ def test_schema_types_and_role_lists_agree_with_the_registries():
     assert built["defense"]["properties"]["type"]["enum"] == sorted(defenses.REGISTRY)
     filters = {name for name, cls in defenses.REGISTRY.items() if getattr(cls, "is_filter", False)}
     assert filters == set(grid.FILTER_TYPES)
-    needs_model = {name for name, cls in attacks.REGISTRY.items()
-                   if cls({"type": name, "recipe": "r"}, "x").needs_model}
+    needs_model = {
+        name for name, cls in attacks.REGISTRY.items() if cls({"type": name, "recipe": "r"}, "x").needs_model
+    }
     assert needs_model == set(grid.MODEL_ATTACK_TYPES)
     counted = {name for name, cls in attacks.REGISTRY.items() if "n_poisons" in cls.fields()}
     assert counted == set(grid.COUNTED_ATTACK_TYPES)
@@ -50,7 +51,8 @@ def test_schema_types_and_role_lists_agree_with_the_registries():
         branch = _branch(built["defense"], name)
         assert set(branch["properties"]) == {"type", *cls.fields()}
         assert {k: v["default"] for k, v in branch["properties"].items() if "default" in v} == {
-            k: p.default for k, p in cls.fields().items() if p.has_default}
+            k: p.default for k, p in cls.fields().items() if p.has_default
+        }
 
 
 def test_a_planted_mismatch_in_a_type_list_is_caught(monkeypatch):
@@ -60,15 +62,20 @@ def test_a_planted_mismatch_in_a_type_list_is_caught(monkeypatch):
 
 
 def test_param_checks_name_the_key_and_fill_defaults():
-    fields = {"k": Param("integer", default=2, minimum=1), "mode": Param("string", enum=("a", "b")),
-              "p": Param("number", default=0.5, minimum=0, maximum=1)}
+    fields = {
+        "k": Param("integer", default=2, minimum=1),
+        "mode": Param("string", enum=("a", "b")),
+        "p": Param("number", default=0.5, minimum=0, maximum=1),
+    }
     assert complete({"mode": "a"}, fields, "defenses.x") == {"mode": "a", "k": 2, "p": 0.5}
-    for spec, key in (({"mode": "a", "k": 0}, "defenses.x.k: 0 is invalid"),
-                      ({"mode": "a", "k": True}, "defenses.x.k: True is invalid"),
-                      ({"mode": "a", "p": 1.5}, "defenses.x.p: 1.5 is invalid"),
-                      ({"mode": "c"}, "defenses.x.mode: 'c' is invalid"),
-                      ({}, "defenses.x.mode: required"),
-                      ({"mode": "a", "q": 1}, r"defenses.x: unknown key\(s\) \['q'\]")):
+    for spec, key in (
+        ({"mode": "a", "k": 0}, "defenses.x.k: 0 is invalid"),
+        ({"mode": "a", "k": True}, "defenses.x.k: True is invalid"),
+        ({"mode": "a", "p": 1.5}, "defenses.x.p: 1.5 is invalid"),
+        ({"mode": "c"}, "defenses.x.mode: 'c' is invalid"),
+        ({}, "defenses.x.mode: required"),
+        ({"mode": "a", "q": 1}, r"defenses.x: unknown key\(s\) \['q'\]"),
+    ):
         with pytest.raises(ConfigError, match=key):
             complete(spec, fields, "defenses.x")
 
@@ -76,8 +83,18 @@ def test_param_checks_name_the_key_and_fill_defaults():
 def test_bind_takes_names_and_refuses_what_does_not_match():
     from augdefense.jobs.train import TrainingJob, train_victim
 
-    values = {"data": "d.pt", "poison": "p.pt", "model": {}, "recipe": {}, "runtime": {}, "seed": 3,
-              "defense_name": "none", "attack": "a", "out": "o.json", "threads": 2}
+    values = {
+        "data": "d.pt",
+        "poison": "p.pt",
+        "model": {},
+        "recipe": {},
+        "runtime": {},
+        "seed": 3,
+        "defense_name": "none",
+        "attack": "a",
+        "out": "o.json",
+        "threads": 2,
+    }
     kwargs = bind(train_victim, values, "rule train_victim")
     assert isinstance(kwargs["job"], TrainingJob) and kwargs["job"].seed == 3 and kwargs["job"].threads == 2
     assert kwargs["out"] == "o.json" and kwargs["attack"] == "a"
@@ -112,12 +129,20 @@ def test_code_inputs_cover_the_modules_each_job_ran(tiny_run):
     for sidecar in [*(workdir / "results").rglob("*.prov.json"), *(workdir / "resources").rglob("*.prov.json")]:
         record = json.loads(sidecar.read_text())
         code = {p for p in record["inputs"] if p.startswith(str(REPO / "src"))}
-        ran = {str(codedeps.module_file(m)) for m in record["environment"]["modules"]
-               if m not in codedeps.RUNNER_MODULES}
+        ran = {
+            str(codedeps.module_file(m)) for m in record["environment"]["modules"] if m not in codedeps.RUNNER_MODULES
+        }
         assert ran <= code, (record["rule"], sorted(ran - code))
         checked.add(record["rule"])
-    assert {"prepare_data", "craft_poison", "train_victim", "sanitize", "render_tables", "render_figures",
-            "provenance_manifest"} <= checked
+    assert {
+        "prepare_data",
+        "craft_poison",
+        "train_victim",
+        "sanitize",
+        "render_tables",
+        "render_figures",
+        "provenance_manifest",
+    } <= checked
 
 
 def test_closure_follows_imports_inside_functions(tmp_path, monkeypatch):
@@ -150,8 +175,9 @@ def test_a_seed_draws_one_target_across_targeted_attacks_and_their_control(digit
     from augdefense.attacks.feature_collision import draw_targeted
 
     gm = attacks.build({"type": "gradient_matching", "recipe": "r", "budget": 0.02}, "wb").draw(digits8, seed)
-    control = attacks.build({"type": "gradient_matching", "recipe": "r", "budget": 0.02, "control": True},
-                            "wbc").craft(digits8, seed)
+    control = attacks.build({"type": "gradient_matching", "recipe": "r", "budget": 0.02, "control": True}, "wbc").craft(
+        digits8, seed
+    )
     fc = draw_targeted(digits8, seed, 5, "fc")
     assert gm["target_index"] == fc["target_index"] == int(control["clean_exclude"][0])
     assert gm["intended_class"] == fc["attacker_class"] == int(control["eval_goals"][0])
@@ -163,7 +189,9 @@ def test_a_seed_draws_one_pair_and_trigger_across_backdoors_and_their_control(di
     from augdefense.attacks import draws
 
     patch = attacks.build({"type": "patch", "recipe": "r", "patch_size": 3}, "p").craft(digits8, seed)
-    control = attacks.build({"type": "patch", "recipe": "r", "patch_size": 3, "control": True}, "c").craft(digits8, seed)
+    control = attacks.build({"type": "patch", "recipe": "r", "patch_size": 3, "control": True}, "c").craft(
+        digits8, seed
+    )
     drawn = draws.backdoor(digits8, seed, 3, "x")
     for artifact in (patch, control):
         assert torch.equal(artifact["patch"], drawn["patch"])

@@ -15,7 +15,7 @@ def _model_with_grads(scale: float) -> torch.nn.Module:
 
 
 def _norm(model) -> float:
-    return torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters())).item()
+    return torch.sqrt(sum((p.grad**2).sum() for p in model.parameters())).item()
 
 
 @pytest.mark.parametrize("scale", [0.001, 10.0])
@@ -39,8 +39,8 @@ def test_noise_has_the_configured_std():
 
 
 def test_training_calls_the_hook(digits8):
-    from augdefense.training import Normalizer, Recipe, train
     from augdefense import models
+    from augdefense.training import Normalizer, Recipe, train
 
     calls = []
     defense = defenses.build({"type": "dpsgd_batch", "noise": 0.0}, 10)
@@ -48,8 +48,17 @@ def test_training_calls_the_hook(digits8):
     defense.process_gradients = lambda model: (calls.append(_norm(model)), original(model))
     model = models.build({"arch": "convnet", "width": 4}, 1, 10, 8)
     recipe = Recipe.from_spec({"epochs": 1, "milestones": [], "batch_size": 256, "crop_pad": 0, "flip": False})
-    train(model, digits8.train_images, digits8.train_labels, defense, recipe,
-          Normalizer(digits8.mean, digits8.std), torch.device("cpu"), seed=0, amp=False)
+    train(
+        model,
+        digits8.train_images,
+        digits8.train_labels,
+        defense,
+        recipe,
+        Normalizer(digits8.mean, digits8.std),
+        torch.device("cpu"),
+        seed=0,
+        amp=False,
+    )
     assert len(calls) == 6  # ceil(1437 / 256) steps
 
 
@@ -62,15 +71,23 @@ def _opacus_run(tmp_path, digits8, noise_multiplier, norm="group"):
         from augdefense import data
 
         data.prepare(spec={"source": "digits"}, out=root / "data.pt")
-        craft_poison(data=root / "data.pt", attack_name="p",
-                     attack={"type": "patch", "recipe": "r", "patch_size": 2, "fraction": 0.1}, seed=0,
-                     out=root / "poison.pt")
-    job = TrainingJob(data=root / "data.pt", poison=root / "poison.pt", defense_name="dp",
-                      defense={"type": "dpsgd_opacus", "clip": 1.0, "noise_multiplier": noise_multiplier,
-                               "delta": 1e-5},
-                      recipe={"epochs": 1, "milestones": [], "batch_size": 128, "crop_pad": 0, "flip": False},
-                      model={"arch": "convnet", "width": 8, "norm": norm, "groups": 4},
-                      runtime={"device": "cpu", "amp": False}, seed=0)
+        craft_poison(
+            data=root / "data.pt",
+            attack_name="p",
+            attack={"type": "patch", "recipe": "r", "patch_size": 2, "fraction": 0.1},
+            seed=0,
+            out=root / "poison.pt",
+        )
+    job = TrainingJob(
+        data=root / "data.pt",
+        poison=root / "poison.pt",
+        defense_name="dp",
+        defense={"type": "dpsgd_opacus", "clip": 1.0, "noise_multiplier": noise_multiplier, "delta": 1e-5},
+        recipe={"epochs": 1, "milestones": [], "batch_size": 128, "crop_pad": 0, "flip": False},
+        model={"arch": "convnet", "width": 8, "norm": norm, "groups": 4},
+        runtime={"device": "cpu", "amp": False},
+        seed=0,
+    )
     return train_victim(job, attack="p", out=root / f"run_{noise_multiplier}.json")
 
 

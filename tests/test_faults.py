@@ -29,18 +29,33 @@ DEFENSE = {"type": "maxup", "m": 2, "start_epoch": 1, "inner": {"type": "cutmix"
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     data.prepare(spec={"source": "digits", "image_size": 16}, out=root / "data.pt")
-    craft_poison(data=root / "data.pt", attack_name="p",
-                 attack={"type": "patch", "recipe": "r", "patch_size": 4, "fraction": 1.0}, seed=0,
-                 out=root / "poison.pt")
+    craft_poison(
+        data=root / "data.pt",
+        attack_name="p",
+        attack={"type": "patch", "recipe": "r", "patch_size": 4, "fraction": 1.0},
+        seed=0,
+        out=root / "poison.pt",
+    )
     return root
 
 
 def train(files, out, checkpoint, poison=None, defense=DEFENSE):
     """A train_victim job in its own process."""
-    job = JobSpec(rule="train_victim", inputs={"data": str(files / "data.pt"), "poison": str(poison or files / "poison.pt")},
-                  outputs={"out": str(out)},
-                  params={"attack": "p", "defense_name": "d", "defense": defense, "recipe": RECIPE, "model": MODEL,
-                          "runtime": RUNTIME, "seed": 3, "checkpoint": str(checkpoint)})
+    job = JobSpec(
+        rule="train_victim",
+        inputs={"data": str(files / "data.pt"), "poison": str(poison or files / "poison.pt")},
+        outputs={"out": str(out)},
+        params={
+            "attack": "p",
+            "defense_name": "d",
+            "defense": defense,
+            "recipe": RECIPE,
+            "model": MODEL,
+            "runtime": RUNTIME,
+            "seed": 3,
+            "checkpoint": str(checkpoint),
+        },
+    )
     return job_process("augdefense.jobs.train:train_victim", job)
 
 
@@ -84,8 +99,12 @@ def test_checkpoint_of_another_run_is_ignored(files, tmp_path):
 def test_same_seed_gives_byte_identical_poison(files, tmp_path):
     spec = {"type": "patch", "recipe": "r", "patch_size": 4, "fraction": 0.1}
     for name in ("a.pt", "b.pt"):
-        job = JobSpec(rule="craft_poison", inputs={"data": str(files / "data.pt")}, outputs={"out": str(tmp_path / name)},
-                      params={"attack_name": "p", "attack": spec, "seed": 7})
+        job = JobSpec(
+            rule="craft_poison",
+            inputs={"data": str(files / "data.pt")},
+            outputs={"out": str(tmp_path / name)},
+            params={"attack_name": "p", "attack": spec, "seed": 7},
+        )
         proc = job_process("augdefense.jobs.craft:craft_poison", job)
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert sha256(tmp_path / "a.pt") == sha256(tmp_path / "b.pt")
@@ -113,7 +132,6 @@ def test_bad_poison_file_is_named(files, tmp_path, damage):
 
 
 def test_bad_defense_value_fails_before_training(files, tmp_path):
-    start = time.monotonic()
     proc = train(files, tmp_path / "o.json", tmp_path / "o.ckpt", defense={"type": "mixup", "k": 0})
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "defenses.d.k: 0 is invalid" in err
@@ -173,8 +191,17 @@ def test_workflow_resumes_a_killed_job(tmp_path):
 
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [os.path.join(bin_dir, "snakemake"), "--snakefile", str(REPO / "Snakefile"), "-d", str(tmp_path),
-           "--cores", "1", "--configfile", str(config_file)]
+    cmd = [
+        os.path.join(bin_dir, "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--cores",
+        "1",
+        "--configfile",
+        str(config_file),
+    ]
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = tmp_path / "scratch" / "checkpoints" / "patch100" / "none" / "0.pt"
     deadline = time.monotonic() + 300

@@ -22,9 +22,14 @@ class TinyNet(nn.Module):
     def __init__(self, channels: int = 1, classes: int = 10, width: int = 8) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten())
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
         self.linear = nn.Linear(8 * width, classes)
 
     def features(self, x):
@@ -79,11 +84,12 @@ def _outside_window(images, rows, cols, p):
     """Mask [N, 1, H, W] that is False inside each image's p x p trigger window."""
     mask = torch.ones(images.shape[0], 1, *images.shape[2:], dtype=torch.bool)
     for i, (r, c) in enumerate(zip(rows, cols)):
-        mask[i, :, r:r + p, c:c + p] = False
+        mask[i, :, r : r + p, c : c + p] = False
     return mask
 
 
 # ----------------------------------------------------------------------------- shared properties
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_poisons_stay_in_their_ball_and_keep_labels(kind, digits8, context):
@@ -155,13 +161,21 @@ def test_invalid_common_keys_are_refused(kind, key, value):
         attacks.build({"type": kind, "recipe": "r", key: value}, kind)
 
 
-@pytest.mark.parametrize("kind,key,value", [
-    ("feature_collision", "beta", -1), ("feature_collision", "watermark", 1.0),
-    ("feature_collision", "step_size", 0), ("feature_collision", "iterations", 0),
-    ("convex_polytope", "lr", 0), ("convex_polytope", "iterations", True),
-    ("hidden_trigger", "patch_size", 0), ("hidden_trigger", "lr", -0.1),
-    ("clean_label_backdoor", "steps", 0), ("clean_label_backdoor", "step_size", 0),
-])
+@pytest.mark.parametrize(
+    "kind,key,value",
+    [
+        ("feature_collision", "beta", -1),
+        ("feature_collision", "watermark", 1.0),
+        ("feature_collision", "step_size", 0),
+        ("feature_collision", "iterations", 0),
+        ("convex_polytope", "lr", 0),
+        ("convex_polytope", "iterations", True),
+        ("hidden_trigger", "patch_size", 0),
+        ("hidden_trigger", "lr", -0.1),
+        ("clean_label_backdoor", "steps", 0),
+        ("clean_label_backdoor", "step_size", 0),
+    ],
+)
 def test_invalid_specific_keys_are_refused(kind, key, value):
     with pytest.raises(ConfigError, match=rf"attacks\.{kind}\.{key}"):
         attacks.build({"type": kind, "recipe": "r", key: value}, kind)
@@ -181,6 +195,7 @@ def test_quantize_keeps_the_ball_after_rounding():
 
 
 # ----------------------------------------------------------------------------- targeted (FC, CP)
+
 
 @pytest.mark.parametrize("kind", ["feature_collision", "convex_polytope"])
 def test_targeted_draw(kind, digits8, context):
@@ -209,8 +224,9 @@ def test_feature_collision_distance_falls(digits8, context):
     target, bases = _images(digits8, 3, 1, "test")[0], _images(digits8, 7, 5)
     eps = 32 / 255
     with frozen(model):
-        result = feature_collision(context.features, target, bases, eps, beta=0.1, step_size=10.0, iterations=40,
-                                   watermark=0.0)
+        result = feature_collision(
+            context.features, target, bases, eps, beta=0.1, step_size=10.0, iterations=40, watermark=0.0
+        )
         history = result["history"]
         assert history[-1] < 0.7 * history[0]
         assert all(b <= a + 1e-6 for a, b in zip(result["objective"], result["objective"][1:]))  # backtracking
@@ -283,10 +299,9 @@ def test_convex_polytope_coefficients_stay_on_the_simplex(digits8, context):
 
 # ----------------------------------------------------------------------------- backdoors (HTBD, CLBD)
 
+
 def test_greedy_assignment_is_one_to_one_closest_first():
-    dist = torch.tensor([[1.0, 0.5, 9.0],
-                         [0.1, 0.4, 9.0],
-                         [2.0, 3.0, 8.0]])
+    dist = torch.tensor([[1.0, 0.5, 9.0], [0.1, 0.4, 9.0], [2.0, 3.0, 8.0]])
     # closest pair (1, 0) first, then (0, 1), then (2, 2) although 2 is nearest to 0
     assert greedy_assignment(dist).tolist() == [1, 0, 2]
     with pytest.raises(ValueError):
@@ -307,7 +322,7 @@ def test_hidden_trigger_loss_falls_and_poisons_stay_close(digits8, context):
 
 def _contains(image, patch, r, c):
     p = patch.shape[-1]
-    return torch.equal(image[:, r:r + p, c:c + p], patch)
+    return torch.equal(image[:, r : r + p, c : c + p], patch)
 
 
 def _windows_with(image, patch):

@@ -66,12 +66,16 @@ EXPECTED = {0: N_POISON}
 
 # -- common output contract -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [
-    {"type": "spectral_signatures"},
-    {"type": "activation_clustering", "removal": "always"},
-    {"type": "deep_knn"},
-    {"type": "deep_knn", "mode": "relabel"},
-])
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "spectral_signatures"},
+        {"type": "activation_clustering", "removal": "always"},
+        {"type": "deep_knn"},
+        {"type": "deep_knn", "mode": "relabel"},
+    ],
+)
 def test_output_contract(spec):
     feats, labels, _ = shifted_poisons()
     filt = build(spec)
@@ -107,6 +111,7 @@ def test_bad_inputs_are_rejected():
 
 
 # -- spectral signatures --------------------------------------------------------------------------
+
 
 def test_spectral_signatures_finds_planted_poisons():
     feats, labels, planted = shifted_poisons()
@@ -158,6 +163,7 @@ def test_spectral_signatures_removes_the_top_scores():
 
 
 # -- activation clustering ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("reduction", ["ica", "pca"])
 def test_activation_clustering_finds_planted_cluster(reduction):
@@ -211,6 +217,7 @@ def test_activation_clustering_is_deterministic_given_seed():
 
 # -- deep k-NN ------------------------------------------------------------------------------------
 
+
 def test_deep_knn_removes_colliding_poisons():
     feats, labels, planted = colliding_poisons()
     filt = build({"type": "deep_knn"})
@@ -228,8 +235,9 @@ def test_deep_knn_k_must_outnumber_clustered_poisons():
     # other's neighbours and vote themselves clean; k = 2 x poisons outvotes them (Peri et al.).
     feats, labels, planted = colliding_poisons()
     rng = np.random.default_rng(1)
-    feats[planted] = feats[PER_CLASS + 7] + 0.05 * torch.tensor(rng.standard_normal((N_POISON, DIM)),
-                                                                   dtype=torch.float32)
+    feats[planted] = feats[PER_CLASS + 7] + 0.05 * torch.tensor(
+        rng.standard_normal((N_POISON, DIM)), dtype=torch.float32
+    )
     small = build({"type": "deep_knn", "k": 5}).sanitize(feats, labels, EXPECTED)
     assert precision_recall(small["removed"], planted)[1] == 0.0
     auto = build({"type": "deep_knn"}).sanitize(feats, labels, EXPECTED)
@@ -264,7 +272,7 @@ def test_deep_knn_excludes_the_sample_itself_even_with_duplicates():
 def test_deep_knn_queries_in_chunks(monkeypatch):
     feats, labels, _ = colliding_poisons()
     n = len(labels)
-    monkeypatch.setattr(filters, "QUERY_CHUNK", 10 ** 9)
+    monkeypatch.setattr(filters, "QUERY_CHUNK", 10**9)
     whole = build({"type": "deep_knn"}).sanitize(feats, labels, EXPECTED)
     whole_relabel = build({"type": "deep_knn", "mode": "relabel"}).sanitize(feats, labels, EXPECTED)
 
@@ -297,24 +305,28 @@ def test_deep_knn_k_is_capped_and_explicit():
 
 # -- configuration --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, key", [
-    ({"type": "spectral_signatures", "multiplier": 0}, "multiplier"),
-    ({"type": "spectral_signatures", "multiplier": -1.5}, "multiplier"),
-    ({"type": "spectral_signatures", "expected_fraction": 0}, "expected_fraction"),
-    ({"type": "spectral_signatures", "expected_fraction": 1.2}, "expected_fraction"),
-    ({"type": "spectral_signatures", "budget": 3}, "budget"),
-    ({"type": "activation_clustering", "size_threshold": 1.0}, "size_threshold"),
-    ({"type": "activation_clustering", "size_threshold": 0}, "size_threshold"),
-    ({"type": "activation_clustering", "reduction": "tsne"}, "reduction"),
-    ({"type": "activation_clustering", "removal": "never"}, "removal"),
-    ({"type": "activation_clustering", "n_components": 0}, "n_components"),
-    ({"type": "deep_knn", "k": 0}, "k"),
-    ({"type": "deep_knn", "k": 2.5}, "k"),
-    ({"type": "deep_knn", "k": "many"}, "k"),
-    ({"type": "deep_knn", "k": True}, "k"),
-    ({"type": "deep_knn", "k_factor": 0}, "k_factor"),
-    ({"type": "deep_knn", "mode": "flip"}, "mode"),
-])
+
+@pytest.mark.parametrize(
+    "spec, key",
+    [
+        ({"type": "spectral_signatures", "multiplier": 0}, "multiplier"),
+        ({"type": "spectral_signatures", "multiplier": -1.5}, "multiplier"),
+        ({"type": "spectral_signatures", "expected_fraction": 0}, "expected_fraction"),
+        ({"type": "spectral_signatures", "expected_fraction": 1.2}, "expected_fraction"),
+        ({"type": "spectral_signatures", "budget": 3}, "budget"),
+        ({"type": "activation_clustering", "size_threshold": 1.0}, "size_threshold"),
+        ({"type": "activation_clustering", "size_threshold": 0}, "size_threshold"),
+        ({"type": "activation_clustering", "reduction": "tsne"}, "reduction"),
+        ({"type": "activation_clustering", "removal": "never"}, "removal"),
+        ({"type": "activation_clustering", "n_components": 0}, "n_components"),
+        ({"type": "deep_knn", "k": 0}, "k"),
+        ({"type": "deep_knn", "k": 2.5}, "k"),
+        ({"type": "deep_knn", "k": "many"}, "k"),
+        ({"type": "deep_knn", "k": True}, "k"),
+        ({"type": "deep_knn", "k_factor": 0}, "k_factor"),
+        ({"type": "deep_knn", "mode": "flip"}, "mode"),
+    ],
+)
 def test_bad_filter_entries_name_the_key(spec, key):
     with pytest.raises(ConfigError, match=rf"\.{key}\b|'{key}'"):
         defenses.build(spec, C, name="d")

@@ -21,8 +21,12 @@ def _spawn(lock_dir, count, hold_seconds):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("SLURM_JOB_ID", None)
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    return subprocess.Popen([sys.executable, "-c", HOLD.format(count=count), str(lock_dir), str(hold_seconds)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD.format(count=count), str(lock_dir), str(hold_seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_concurrent_jobs_get_distinct_devices(tmp_path):

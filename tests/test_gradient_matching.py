@@ -14,15 +14,19 @@ from augdefense.metrics import goal_margin, paired_shift
 from augdefense.models import build as build_model
 from augdefense.training import Normalizer, Recipe
 
-SPEC = {"type": "gradient_matching", "recipe": "targeted", "eps": 8, "budget": 0.02, "iterations": 6,
-        "restarts": 2}
+SPEC = {"type": "gradient_matching", "recipe": "targeted", "eps": 8, "budget": 0.02, "iterations": 6, "restarts": 2}
 
 
 def context(dataset, defense=None, seed=0, recipe=None):
     torch.manual_seed(seed)
     model = build_model({"arch": "convnet", "width": 8}, 1, dataset.num_classes, dataset.image_shape[-1]).eval()
-    return CraftingContext(model, Normalizer(dataset.mean, dataset.std), torch.device("cpu"), defense,
-                           recipe or Recipe.from_spec({"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}))
+    return CraftingContext(
+        model,
+        Normalizer(dataset.mean, dataset.std),
+        torch.device("cpu"),
+        defense,
+        recipe or Recipe.from_spec({"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,17 @@ def trained_context(digits8):
 
     ctx = context(digits8)
     recipe = Recipe.from_spec({"epochs": 3, "milestones": [], "crop_pad": 1, "flip": False})
-    train(ctx.model, digits8.train_images, digits8.train_labels, defenses.build({"type": "none"}, 10), recipe,
-          ctx.normalizer, ctx.device, seed=0, amp=False)
+    train(
+        ctx.model,
+        digits8.train_images,
+        digits8.train_labels,
+        defenses.build({"type": "none"}, 10),
+        recipe,
+        ctx.normalizer,
+        ctx.device,
+        seed=0,
+        amp=False,
+    )
     ctx.model.eval()
     return ctx
 
@@ -73,8 +86,17 @@ def test_matching_loss_falls_and_the_lowest_loss_restart_is_kept(digits8, traine
     ctx = trained_context
     idx = torch.nonzero(digits8.train_labels == 3).flatten()[:20]
     target = torch.nonzero(digits8.test_labels == 5).flatten()[:1]
-    result = brew(ctx, digits8.train_images[idx].float() / 255, digits8.train_labels[idx],
-                  digits8.test_images[target].float() / 255, 3, eps=16 / 255, iterations=40, restarts=3, seed=1)
+    result = brew(
+        ctx,
+        digits8.train_images[idx].float() / 255,
+        digits8.train_labels[idx],
+        digits8.test_images[target].float() / 255,
+        3,
+        eps=16 / 255,
+        iterations=40,
+        restarts=3,
+        seed=1,
+    )
     assert result["history"][-1] < 0.85 * result["history"][0]
     losses = result["restart_losses"]
     assert len(losses) == 3 and len(set(losses)) == 3
@@ -115,7 +137,8 @@ def test_dpsgd_crafting_gradients_clip_and_noise_like_training():
     assert grads[0].grad is not None
     torch.manual_seed(0)
     noisy = defenses.build({"type": "dpsgd_batch", "clip": 1.0, "noise": 0.5}, 10).crafting_gradients(
-        (torch.zeros(20000),))
+        (torch.zeros(20000),)
+    )
     assert abs(float(noisy[0].std()) - 0.5) < 0.02
     untouched = defenses.build({"type": "mixup"}, 10).crafting_gradients(grads)
     assert untouched is grads
@@ -129,8 +152,10 @@ def test_quantize_stays_inside_a_fractional_ball_and_the_pixel_range():
     assert out.tolist() == [0, 17, 121, 255, 255]
 
 
-@pytest.mark.parametrize("overrides, key", [({"eps": 0}, "eps"), ({"budget": 1.5}, "budget"),
-                                             ({"restarts": 0}, "restarts"), ({"sigma": 1}, "sigma")])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [({"eps": 0}, "eps"), ({"budget": 1.5}, "budget"), ({"restarts": 0}, "restarts"), ({"sigma": 1}, "sigma")],
+)
 def test_bad_parameters_are_named(overrides, key):
     with pytest.raises(ConfigError, match=key):
         attacks.build({**SPEC, **overrides}, "wb")
@@ -152,15 +177,28 @@ def test_goal_margin_is_positive_exactly_when_the_goal_wins_and_shift_pairs_seed
     assert paired_shift([1.0], [0.0])[1] != paired_shift([1.0], [0.0])[1]  # one pair: no interval (NaN)
 
 
-@pytest.mark.parametrize("spec", [
-    {"type": "cutmix", "alpha": 1.0, "p": 1.0}, {"type": "cutout", "size": 4},
-    {"type": "maxup", "m": 2, "start_epoch": 0, "inner": {"type": "cutout", "size": 4}},
-    {"type": "mixup", "k": 4, "weights": "equal", "laplace": 8}, {"type": "dpsgd_batch", "clip": 1.0, "noise": 0.01},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "cutmix", "alpha": 1.0, "p": 1.0},
+        {"type": "cutout", "size": 4},
+        {"type": "maxup", "m": 2, "start_epoch": 0, "inner": {"type": "cutout", "size": 4}},
+        {"type": "mixup", "k": 4, "weights": "equal", "laplace": 8},
+        {"type": "dpsgd_batch", "clip": 1.0, "noise": 0.01},
+    ],
+)
 def test_every_augmentation_and_dp_defense_can_be_crafted_through(digits8, spec):
     """The adaptive crafting loop differentiates through each defense's loss and gradient hooks."""
     ctx = context(digits8, defenses.build(spec, 10, seed=0))
     idx = torch.nonzero(digits8.train_labels == 3).flatten()[:8]
-    result = brew(ctx, digits8.train_images[idx].float() / 255, digits8.train_labels[idx],
-                  digits8.test_images[:1].float() / 255, 3, eps=8 / 255, iterations=2, restarts=1)
+    result = brew(
+        ctx,
+        digits8.train_images[idx].float() / 255,
+        digits8.train_labels[idx],
+        digits8.test_images[:1].float() / 255,
+        3,
+        eps=8 / 255,
+        iterations=2,
+        restarts=1,
+    )
     assert result["delta"].abs().max() > 0 and math.isfinite(result["history"][-1])

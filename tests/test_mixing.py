@@ -60,8 +60,10 @@ def test_cutmix_probability():
         x, soft = never.transform(label_images(y), y, epoch=0)
         assert torch.equal(soft, torch.nn.functional.one_hot(y, C).float())
     sometimes = defenses.build({"type": "cutmix", "p": 0.5}, C, seed=0)
-    applied = sum(int(not torch.equal(sometimes.transform(label_images(y), y, 0)[1],
-                                      torch.nn.functional.one_hot(y, C).float())) for _ in range(200))
+    applied = sum(
+        int(not torch.equal(sometimes.transform(label_images(y), y, 0)[1], torch.nn.functional.one_hot(y, C).float()))
+        for _ in range(200)
+    )
     assert 70 <= applied <= 130
 
 
@@ -121,16 +123,19 @@ def test_laplace_noise_composes_with_mixup():
     assert abs(noise.mean().item()) < 0.01 * 8 / 255 + 1e-4
 
 
-@pytest.mark.parametrize("spec, key", [
-    ({"type": "mixup", "k": 0}, "k"),
-    ({"type": "mixup", "alpha": -1.0}, "alpha"),
-    ({"type": "mixup", "k": 2.5}, "k"),
-    ({"type": "cutmix", "p": 1.5}, "p"),
-    ({"type": "cutmix", "beta": 1.0}, "beta"),
-    ({"type": "none", "laplace": -2}, "laplace"),
-    ({"type": "maxup", "inner": {"type": "cutout", "size": 0}}, "size"),
-    ({"type": "mixupp"}, "type"),
-])
+@pytest.mark.parametrize(
+    "spec, key",
+    [
+        ({"type": "mixup", "k": 0}, "k"),
+        ({"type": "mixup", "alpha": -1.0}, "alpha"),
+        ({"type": "mixup", "k": 2.5}, "k"),
+        ({"type": "cutmix", "p": 1.5}, "p"),
+        ({"type": "cutmix", "beta": 1.0}, "beta"),
+        ({"type": "none", "laplace": -2}, "laplace"),
+        ({"type": "maxup", "inner": {"type": "cutout", "size": 0}}, "size"),
+        ({"type": "mixupp"}, "type"),
+    ],
+)
 def test_bad_defense_entries_name_the_key(spec, key):
     with pytest.raises(ConfigError, match=key):
         defenses.build(spec, C, name="d")

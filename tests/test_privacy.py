@@ -48,7 +48,7 @@ def test_poison_ceiling():
     assert privacy.poison_success_ceiling(1e-9, 0.0, 10, 0.1) == pytest.approx(0.1, abs=1e-6)
     assert privacy.poison_success_ceiling(0.01, 0.0, 5, 0.1) == pytest.approx(1 - math.exp(-0.05) * 0.9)
     # It grows with the number of poisons and epsilon, and is vacuous (1.0) for large l * eps.
-    values = [privacy.poison_success_ceiling(0.05, 0.0, l, 0.1) for l in (1, 10, 100)]
+    values = [privacy.poison_success_ceiling(0.05, 0.0, n, 0.1) for n in (1, 10, 100)]
     assert values == sorted(values) and values[-1] < 1
     assert privacy.poison_success_ceiling(1e4, 0.0, 50, 0.1) == 1.0
     # delta only loosens it.

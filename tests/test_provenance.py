@@ -21,8 +21,17 @@ def test_sidecars_hash_their_inputs_and_outputs(tiny_run):
     workdir, _ = tiny_run
     sidecars = sorted((workdir / "results").rglob("*.prov.json"))
     rules = {json.loads(p.read_text())["rule"] for p in sidecars}
-    assert {"craft_poison", "train_victim", "train_feature_model", "sanitize", "collect_metrics", "render_tables",
-            "render_figures", "render_illustrations", "compare_papers"} <= rules
+    assert {
+        "craft_poison",
+        "train_victim",
+        "train_feature_model",
+        "sanitize",
+        "collect_metrics",
+        "render_tables",
+        "render_figures",
+        "render_illustrations",
+        "compare_papers",
+    } <= rules
     record = json.loads((workdir / "results/runs/patch10/ss/1.json.prov.json").read_text())
     assert record["wildcards"] == {"attack": "patch10", "defense": "ss", "seed": "1"} and record["seed"] == 1
     data = {"resources/prepared/digits.pt", "results/poisons/patch10/none/1.pt", "results/sanitize/patch10/ss/1.json"}
@@ -32,8 +41,12 @@ def test_sidecars_hash_their_inputs_and_outputs(tiny_run):
     for path, digest in {**record["inputs"], **record["outputs"]}.items():
         assert sha256(workdir / path) == digest
     # The params hold the complete config entry, defaults filled in by the schema.
-    assert record["params"]["defense"] == {"type": "spectral_signatures", "multiplier": 1.5, "laplace": 0,
-                                           "laplace_clip": False}
+    assert record["params"]["defense"] == {
+        "type": "spectral_signatures",
+        "multiplier": 1.5,
+        "laplace": 0,
+        "laplace_clip": False,
+    }
     assert record["job"]["inputs"]["sanitized"] == "results/sanitize/patch10/ss/1.json"
     assert record["function"] == "augdefense.jobs.train:train_victim"
     assert record["environment"]["torch"] and record["environment"]["devices_used"] == ["cpu"]
@@ -46,15 +59,21 @@ def test_manifest_check_names_an_edited_output(tiny_run, tmp_path):
     shutil.copytree(workdir, copy, symlinks=True)
     manifest = copy / "results/provenance/manifest.tsv"
     listed = manifest.read_text()
-    for name in ("results/metrics.csv", "results/tables/table1.md", "results/figures/illustrations.png",
-                 "results/runs/patch10/none/0.json.prov.json", "resources/prepared/digits.pt"):
+    for name in (
+        "results/metrics.csv",
+        "results/tables/table1.md",
+        "results/figures/illustrations.png",
+        "results/runs/patch10/none/0.json.prov.json",
+        "resources/prepared/digits.pt",
+    ):
         assert f"{name}\t" in listed
     assert provenance.check_manifest(manifest, copy) == []
     with open(copy / "results/tables/table1.md", "a") as fh:
         fh.write("edited\n")
     (copy / "results/runs/patch10/none/0.json").unlink()
-    check = subprocess.run([sys.executable, "-m", "augdefense", "check-manifest"], cwd=copy, capture_output=True,
-                           text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "augdefense", "check-manifest"], cwd=copy, capture_output=True, text=True
+    )
     assert check.returncode == 1
     assert "results/tables/table1.md: sha256 differs" in check.stderr
     assert "results/runs/patch10/none/0.json: missing" in check.stderr
@@ -71,14 +90,29 @@ def test_report_contains_every_table_and_figure(tiny_run, tmp_path):
 
 
 def test_comparison_flags_values_outside_our_interval(tmp_path):
-    rows = [{"attack": "patch10", "defense": "none", "seed": s, "clean_acc": 0.943, "n_clean": 10000,
-             "poison_success": 0.10, "n_eval": 1000} for s in range(3)]
+    rows = [
+        {
+            "attack": "patch10",
+            "defense": "none",
+            "seed": s,
+            "clean_acc": 0.943,
+            "n_clean": 10000,
+            "poison_success": 0.10,
+            "n_eval": 1000,
+        }
+        for s in range(3)
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
     experiments = {"table1": {"attacks": ["patch10"], "defenses": ["none"]}}
-    frame = tables.compare_papers(metrics=tmp_path / "metrics.csv", experiments=experiments, scale="test",
-                                  csv=tmp_path / "c.csv", md=tmp_path / "c.md")
+    frame = tables.compare_papers(
+        metrics=tmp_path / "metrics.csv",
+        experiments=experiments,
+        scale="test",
+        csv=tmp_path / "c.csv",
+        md=tmp_path / "c.md",
+    )
     by_metric = frame.set_index("metric")
-    assert bool(by_metric.loc["clean_acc", "paper_inside_ci"]) is True       # 94.3 vs ours 94.3
+    assert bool(by_metric.loc["clean_acc", "paper_inside_ci"]) is True  # 94.3 vs ours 94.3
     assert bool(by_metric.loc["poison_success", "paper_inside_ci"]) is False  # 45.6 vs ours 10.0
     assert by_metric.loc["poison_success", "ci_high"] < 0.12
     assert "| table1 | patch10 | none | poison_success | 45.6 | 10.0 |" in (tmp_path / "c.md").read_text()
@@ -89,13 +123,22 @@ def test_archive_bundles_what_a_reviewer_needs(tiny_run, tmp_path):
     workdir, _ = tiny_run
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy, symlinks=True)
-    out = subprocess.run([sys.executable, "-m", "augdefense", "archive", "--out", "results/archive-test.tar.gz"],
-                         cwd=copy, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "augdefense", "archive", "--out", "results/archive-test.tar.gz"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     with tarfile.open(copy / "results/archive-test.tar.gz") as tar:
         names = set(tar.getnames())
-    for member in ("results/provenance/manifest.tsv", "results/provenance/config.json", "results/metrics.csv",
-                   "environment/pip-freeze.txt", "logs/collect_metrics.log"):
+    for member in (
+        "results/provenance/manifest.tsv",
+        "results/provenance/config.json",
+        "results/metrics.csv",
+        "environment/pip-freeze.txt",
+        "logs/collect_metrics.log",
+    ):
         assert member in names, member
     assert any(n.startswith(".snakemake/metadata/") for n in names)
     assert not any(n.endswith(".tar.gz") for n in names)

@@ -8,8 +8,9 @@ from augdefense import figures, tables
 from augdefense.errors import ArtifactError
 from augdefense.privacy import poison_success_ceiling
 
-SPECS = {f"dpih_k{k}_s{s}": {"type": "mixup", "k": k, "weights": "equal", "laplace": s}
-         for k in (1, 2, 4) for s in (4, 16)}
+SPECS = {
+    f"dpih_k{k}_s{s}": {"type": "mixup", "k": k, "weights": "equal", "laplace": s} for k in (1, 2, 4) for s in (4, 16)
+}
 
 
 def _metrics(tmp_path, defenses, attack="wb_adapt", seeds=3):
@@ -17,10 +18,21 @@ def _metrics(tmp_path, defenses, attack="wb_adapt", seeds=3):
     for i, defense in enumerate(defenses):
         for seed in range(seeds):
             for name, success, margin in ((attack, float(seed < 2 - i % 2), 1.0 + seed), ("wb_control", 0.0, -2.0)):
-                rows.append({"attack": name, "defense": defense, "seed": seed, "clean_acc": 0.9 - 0.01 * i,
-                             "poison_success": success, "goal_probability": 0.5 * success, "goal_margin": margin,
-                             "n_eval": 1, "n_clean": 100, "n_poisons": 5 if name == attack else 0,
-                             "theorem2_epsilon": 0.01 * (i + 1)})
+                rows.append(
+                    {
+                        "attack": name,
+                        "defense": defense,
+                        "seed": seed,
+                        "clean_acc": 0.9 - 0.01 * i,
+                        "poison_success": success,
+                        "goal_probability": 0.5 * success,
+                        "goal_margin": margin,
+                        "n_eval": 1,
+                        "n_clean": 100,
+                        "n_poisons": 5 if name == attack else 0,
+                        "theorem2_epsilon": 0.01 * (i + 1),
+                    }
+                )
     path = tmp_path / "metrics.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -46,12 +58,14 @@ def test_noise_figures_render_from_the_defense_entries(tmp_path, kind):
     path = _metrics(tmp_path, list(SPECS))
     experiment = {"attacks": ["wb_adapt"], "defenses": list(SPECS), "control": "wb_control", "plot": kind}
     png, pdf = tmp_path / "f.png", tmp_path / "f.pdf"
-    figures.render_figure(metrics=path, table="figure4b", experiment=experiment, defenses=SPECS, scale="test",
-                          png=png, pdf=pdf)
+    figures.render_figure(
+        metrics=path, table="figure4b", experiment=experiment, defenses=SPECS, scale="test", png=png, pdf=pdf
+    )
     assert png.stat().st_size > 5000 and pdf.read_bytes()[:4] == b"%PDF"
     with pytest.raises(ArtifactError, match="dpih_k1_s4"):
-        figures.render_figure(metrics=path, table="figure4b", experiment=experiment, defenses={}, scale="test",
-                              png=png, pdf=pdf)
+        figures.render_figure(
+            metrics=path, table="figure4b", experiment=experiment, defenses={}, scale="test", png=png, pdf=pdf
+        )
 
 
 def test_a_cell_without_dp_has_no_ceiling(tmp_path):
@@ -70,5 +84,6 @@ def test_the_papers_dp_sgd_is_flagged_as_carrying_no_guarantee(tmp_path):
     assert "dpsgd_n1e-2: DP-SGD as the papers ran it" in md and "no formal privacy guarantee" in md
     frame = frame[frame.defense == "none"]
     summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
-    assert "no formal privacy guarantee" not in tables.to_markdown(summary, "table2", ["wb_adapt"], ["none"],
-                                                                      control="wb_control")
+    assert "no formal privacy guarantee" not in tables.to_markdown(
+        summary, "table2", ["wb_adapt"], ["none"], control="wb_control"
+    )

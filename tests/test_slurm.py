@@ -34,11 +34,17 @@ from slurm_cluster import RUN_CONF_LINK, ClusterUnavailable, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = {"train_victim", "train_feature_model", "train_crafting_model", "pretrain_extractor", "craft_poison",
-             "sanitize"}
-TARGET = "results/metrics.csv"   # what is compared; the report rules after it are CPU rules like collect_metrics
-RUN_TIMEOUT = 600                # seconds for one Snakemake run, then SIGTERM ...
-TERM_GRACE = 60                  # ... and SIGKILL this much later: after SIGTERM Snakemake waits for running jobs
+GPU_RULES = {
+    "train_victim",
+    "train_feature_model",
+    "train_crafting_model",
+    "pretrain_extractor",
+    "craft_poison",
+    "sanitize",
+}
+TARGET = "results/metrics.csv"  # what is compared; the report rules after it are CPU rules like collect_metrics
+RUN_TIMEOUT = 600  # seconds for one Snakemake run, then SIGTERM ...
+TERM_GRACE = 60  # ... and SIGKILL this much later: after SIGTERM Snakemake waits for running jobs
 KEY = ["attack", "defense", "seed"]
 # One seed of the tiny preset's grid: every rule and every attack x defense cell (7 victims, 13 SLURM
 # jobs), in about half the time of its two seeds. On 2 cores a tiny job takes 10-15 s under SLURM (two
@@ -46,8 +52,13 @@ KEY = ["attack", "defense", "seed"]
 # end only at its status checks, 3, 16, 39, 72 s after the last one that saw a job end (the interval
 # grows by 10 s each time nothing ended). The workflow's critical path is 6 jobs long.
 OVERRIDES = ["--config", "seeds=1"]
-SLURM_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "3",
-              "--slurm-keep-successful-logs"]
+SLURM_ARGS = [
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "3",
+    "--slurm-keep-successful-logs",
+]
 
 
 def _asked_for(config) -> bool:
@@ -70,8 +81,15 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-def run_snakemake(args: list[str], cwd: Path, env: dict, log: Path, timeout: float = RUN_TIMEOUT,
-                  term_grace: float = TERM_GRACE, stop_when=None) -> tuple[int | None, str, int]:
+def run_snakemake(
+    args: list[str],
+    cwd: Path,
+    env: dict,
+    log: Path,
+    timeout: float = RUN_TIMEOUT,
+    term_grace: float = TERM_GRACE,
+    stop_when=None,
+) -> tuple[int | None, str, int]:
     """Run this checkout's Snakefile in its own session, output to ``log``.
 
     Returns (exit code, how it ended: "exited" | "SIGTERM" | "SIGKILL", its pid). After ``timeout`` s
@@ -113,21 +131,25 @@ def _run_tiny(workdir: Path, extra: list[str], env: dict) -> tuple[Path, str, fl
     _tiny_workdir(workdir)
     log = workdir / "snakemake.out"
     start = time.monotonic()
-    rc, how, _ = run_snakemake([TARGET, *OVERRIDES, "--configfile", str(workdir / "tiny.yaml"), *extra],
-                               workdir, env, log)
+    rc, how, _ = run_snakemake(
+        [TARGET, *OVERRIDES, "--configfile", str(workdir / "tiny.yaml"), *extra], workdir, env, log
+    )
     seconds = time.monotonic() - start
     output = log.read_text(errors="replace")
     if (rc, how) != (0, "exited"):
-        raise AssertionError(f"snakemake {' '.join(extra)}: {how}, exit code {rc}, after {seconds:.0f} s:\n"
-                             f"{output[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(extra)}: {how}, exit code {rc}, after {seconds:.0f} s:\n{output[-6000:]}"
+        )
     return workdir, output, seconds
 
 
 @pytest.fixture(scope="module")
 def cluster(request, tmp_path_factory):
     if not _asked_for(request.config):
-        pytest.skip("SLURM test: run it with `pytest -m slurm tests/test_slurm.py` (or AUGDEFENSE_TEST_SLURM=1); "
-                    "it installs slurmctld/slurmd/munge with apt-get if missing and starts a local cluster")
+        pytest.skip(
+            "SLURM test: run it with `pytest -m slurm tests/test_slurm.py` (or AUGDEFENSE_TEST_SLURM=1); "
+            "it installs slurmctld/slurmd/munge with apt-get if missing and starts a local cluster"
+        )
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("SLURM test: snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')")
     if os.geteuid() != 0:
@@ -193,7 +215,7 @@ def submitted_jobs(output: str) -> dict[str, tuple[str, Path]]:
     jobs = {}
     for m in re.finditer(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.\n", output):
         log = Path(m.group(2))
-        rule = next(p[len("rule_"):] for p in log.parts if p.startswith("rule_"))
+        rule = next(p[len("rule_") :] for p in log.parts if p.startswith("rule_"))
         jobs[m.group(1)] = (rule, log)
     return jobs
 
@@ -208,8 +230,14 @@ def test_every_job_ran_as_a_completed_slurm_job(cluster, slurm_run):
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
     jobs = submitted_jobs(output)
     rules = [rule for rule, _ in jobs.values()]
-    assert {"prepare_data", "craft_poison", "train_feature_model", "sanitize", "train_victim",
-            "collect_metrics"} <= set(rules)
+    assert {
+        "prepare_data",
+        "craft_poison",
+        "train_feature_model",
+        "sanitize",
+        "train_victim",
+        "collect_metrics",
+    } <= set(rules)
     assert rules.count("train_victim") == len(pd.read_csv(workdir / TARGET))
     # SLURM's own record: every job of this run, found by the plugin's run ID (the SLURM job name).
     listed = cluster.run("squeue", "--states=all", "--noheader", f"--name={run_id}", "--format=%i|%T").stdout
@@ -232,8 +260,8 @@ def test_gpu_rules_requested_and_got_one_gpu(cluster, slurm_run):
     for job_id, (rule, _) in jobs.items():
         info = show_job(cluster, job_id)
         if rule in GPU_RULES:
-            assert info.get("TresPerJob") == "gres:gpu:1", (rule, info)                # sbatch --gpus=1
-            assert info.get("JOB_GRES") == f"gpu:{cluster.gpu_type}:1", (rule, info)   # allocated, and it ran
+            assert info.get("TresPerJob") == "gres:gpu:1", (rule, info)  # sbatch --gpus=1
+            assert info.get("JOB_GRES") == f"gpu:{cluster.gpu_type}:1", (rule, info)  # allocated, and it ran
         else:
             assert "gpu" not in info.get("TresPerJob", "") + info.get("JOB_GRES", ""), (rule, info)
 
@@ -292,10 +320,23 @@ def test_a_run_that_ignores_sigterm_is_killed_and_its_jobs_cancelled(cluster, ru
     # Snakemake until scancel.
     workdir = _tiny_workdir(tmp_path / "w")
     log = workdir / "snakemake.out"
-    rc, how, pid = run_snakemake([TARGET, *OVERRIDES, "--configfile", str(workdir / "tiny.yaml"),
-                                  "--profile", str(REPO / "profiles" / "slurm"), *SLURM_ARGS],
-                                 workdir, cluster.env(), log, timeout=120, term_grace=2,
-                                 stop_when=lambda: "has been submitted with SLURM jobid" in log.read_text(errors="replace"))
+    rc, how, pid = run_snakemake(
+        [
+            TARGET,
+            *OVERRIDES,
+            "--configfile",
+            str(workdir / "tiny.yaml"),
+            "--profile",
+            str(REPO / "profiles" / "slurm"),
+            *SLURM_ARGS,
+        ],
+        workdir,
+        cluster.env(),
+        log,
+        timeout=120,
+        term_grace=2,
+        stop_when=lambda: "has been submitted with SLURM jobid" in log.read_text(errors="replace"),
+    )
     output = log.read_text(errors="replace")
     assert how == "SIGKILL" and rc == -signal.SIGKILL, output[-3000:]
     assert "Will exit after finishing currently running jobs" in output

@@ -22,7 +22,9 @@ def test_random_crop_is_a_window_of_the_padded_image():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = []
     for i in range(64):
-        matches = [(r, c) for r in range(5) for c in range(5) if torch.equal(padded[i, :, r:r + 6, c:c + 6], out[i])]
+        matches = [
+            (r, c) for r in range(5) for c in range(5) if torch.equal(padded[i, :, r : r + 6, c : c + 6], out[i])
+        ]
         assert matches, f"image {i} is not a crop of its padded version"
         offsets.append(matches[0])
     assert len(set(offsets)) > 10  # offsets vary per image
@@ -40,16 +42,27 @@ def test_random_flip_rate():
 def tiny_files(tmp_path_factory, digits8):
     root = tmp_path_factory.mktemp("tiny")
     data.prepare(spec={"source": "digits"}, out=root / "data.pt")
-    craft_poison(data=root / "data.pt", attack_name="patch100",
-                 attack={"type": "patch", "recipe": "r", "patch_size": 2, "fraction": 1.0}, seed=0,
-                 out=root / "poison.pt")
+    craft_poison(
+        data=root / "data.pt",
+        attack_name="patch100",
+        attack={"type": "patch", "recipe": "r", "patch_size": 2, "fraction": 1.0},
+        seed=0,
+        out=root / "poison.pt",
+    )
     return root
 
 
 def _job(root, seed=0, defense_name="mixup", defense=None, recipe=RECIPE) -> TrainingJob:
-    return TrainingJob(data=root / "data.pt", poison=root / "poison.pt", defense_name=defense_name,
-                       defense=defense or {"type": "mixup", "k": 2, "alpha": 1.0}, recipe=recipe, model=MODEL,
-                       runtime={"device": "cpu", "amp": False}, seed=seed)
+    return TrainingJob(
+        data=root / "data.pt",
+        poison=root / "poison.pt",
+        defense_name=defense_name,
+        defense=defense or {"type": "mixup", "k": 2, "alpha": 1.0},
+        recipe=recipe,
+        model=MODEL,
+        runtime={"device": "cpu", "amp": False},
+        seed=seed,
+    )
 
 
 def _train(root, out, seed=0, defense=None, recipe=RECIPE):
@@ -94,15 +107,27 @@ def test_sanitize_and_filtered_victim(tiny_files, tmp_path):
     spec = {"type": "spectral_signatures"}
 
     def run_filter(model):
-        return sanitize(data=tiny_files / "data.pt", poison=tiny_files / "poison.pt", feature_model=model,
-                        defense_name="ss", defense=spec, runtime={"device": "cpu"}, seed=0, out=tmp_path / "s.json")
+        return sanitize(
+            data=tiny_files / "data.pt",
+            poison=tiny_files / "poison.pt",
+            feature_model=model,
+            defense_name="ss",
+            defense=spec,
+            runtime={"device": "cpu"},
+            seed=0,
+            out=tmp_path / "s.json",
+        )
 
     record = run_filter(tmp_path / "fm.pt")
     # Every target-class image is a poison here, and 1.5x that budget is capped at the class size.
     assert record["n_removed"] == record["n_poisons"] > 0
     assert record["filter_recall"] == record["filter_precision"] == 1.0
-    victim = train_victim(_job(tiny_files, defense_name="ss", defense=spec), attack="patch100", out=tmp_path / "v.json",
-                          sanitized=tmp_path / "s.json")
+    victim = train_victim(
+        _job(tiny_files, defense_name="ss", defense=spec),
+        attack="patch100",
+        out=tmp_path / "v.json",
+        sanitized=tmp_path / "s.json",
+    )
     assert victim["n_removed"] == record["n_removed"]
     (tmp_path / "fm_bad.pt").write_bytes((tmp_path / "fm.pt").read_bytes()[:500])
     from augdefense.errors import ArtifactError
@@ -132,8 +157,16 @@ def test_compile_switch_trains_through_the_compiled_module(digits8, monkeypatch)
     monkeypatch.setattr(torch, "compile", lambda module: Counting(module))
     model = build_model({"arch": "convnet", "width": 8}, 1, 10, 8)
     recipe = Recipe.from_spec({"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False})
-    args = (model, digits8.train_images[:256], digits8.train_labels[:256], defenses.build({"type": "none"}, 10),
-            recipe, Normalizer(digits8.mean, digits8.std), torch.device("cpu"), 0)
+    args = (
+        model,
+        digits8.train_images[:256],
+        digits8.train_labels[:256],
+        defenses.build({"type": "none"}, 10),
+        recipe,
+        Normalizer(digits8.mean, digits8.std),
+        torch.device("cpu"),
+        0,
+    )
     train(*args, amp=False)
     assert calls == [] and Runtime.from_spec({}).compile is False
     train(*args, amp=False, compile_model=True)
@@ -146,11 +179,19 @@ def test_a_training_job_imports_no_library_it_does_not_use():
     import subprocess
     import sys
 
-    code = ("import sys; from augdefense import defenses, provenance, runner, training; "
-            "from augdefense.jobs import train; "
-            "defenses.build({'type': 'mixup', 'k': 4}, 10); provenance.environment(); "
-            "print(sorted(m for m in ('sklearn', 'pandas', 'torchvision', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys; from augdefense import defenses, provenance, runner, training; "
+        "from augdefense.jobs import train; "
+        "defenses.build({'type': 'mixup', 'k': 4}, 10); provenance.environment(); "
+        "print(sorted(m for m in ('sklearn', 'pandas', 'torchvision', 'matplotlib') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    code = "import sys; from augdefense import defenses; defenses.build({'type': 'cutmix'}, 10); print('torchvision' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+    code = (
+        "import sys; from augdefense import defenses; defenses.build({'type': 'cutmix'}, 10); "
+        "print('torchvision' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "True"
+    )

@@ -29,10 +29,20 @@ def test_last_layer_finetuning_changes_only_the_head(digits8):
     pretrained = {k: v.clone() for k, v in model.state_dict().items()}
     start_from_extractor(model, pretrained, last_layer_only=True)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["linear.weight", "linear.bias"]
-    recipe = Recipe.from_spec({"epochs": 2, "milestones": [], "crop_pad": 1, "flip": False, "lr": 0.05,
-                               "transfer": TRANSFER})
-    train(model, digits8.train_images[:256], digits8.train_labels[:256], defenses.build({"type": "mixup"}, 10),
-          recipe, Normalizer(digits8.mean, digits8.std), torch.device("cpu"), seed=0, amp=False)
+    recipe = Recipe.from_spec(
+        {"epochs": 2, "milestones": [], "crop_pad": 1, "flip": False, "lr": 0.05, "transfer": TRANSFER}
+    )
+    train(
+        model,
+        digits8.train_images[:256],
+        digits8.train_labels[:256],
+        defenses.build({"type": "mixup"}, 10),
+        recipe,
+        Normalizer(digits8.mean, digits8.std),
+        torch.device("cpu"),
+        seed=0,
+        amp=False,
+    )
     after = model.state_dict()
     head = {"linear.weight", "linear.bias"}
     # The frozen extractor, BatchNorm running statistics included, is untouched; the head learned.
@@ -48,20 +58,36 @@ def test_transfer_poisons_live_in_the_finetuning_split_and_the_victim_trains_the
     runtime = {"device": "cpu", "amp": False}
     short = {"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}
     extractor = tmp_path / "extractor.pt"
-    pretrain_extractor(TrainingJob(data=data_path, recipe=short, model=model, runtime=runtime, seed=0),
-                       pretrain_share=TRANSFER["pretrain_share"], out=extractor)
+    pretrain_extractor(
+        TrainingJob(data=data_path, recipe=short, model=model, runtime=runtime, seed=0),
+        pretrain_share=TRANSFER["pretrain_share"],
+        out=extractor,
+    )
     recipe = {**short, "transfer": TRANSFER}
     poison_path = tmp_path / "fc.pt"
     attack = {"type": "feature_collision", "recipe": "transfer", "eps": 8, "n_poisons": 4, "iterations": 3}
-    craft_poison(data=data_path, attack_name="fc", attack=attack, seed=0, out=poison_path, crafting_model=extractor,
-                 recipe=recipe, runtime=runtime)
+    craft_poison(
+        data=data_path,
+        attack_name="fc",
+        attack=attack,
+        seed=0,
+        out=poison_path,
+        crafting_model=extractor,
+        recipe=recipe,
+        runtime=runtime,
+    )
     poison = torch.load(poison_path, weights_only=True)
     pretrain, finetune = data.transfer_split(digits8.train_labels, 0.5)
     assert torch.equal(poison["train_subset"], finetune)
     assert set(poison["train_indices"].tolist()) <= set(finetune.tolist())
     assert torch.equal(poison["train_labels"], digits8.train_labels[poison["train_indices"]])
-    record = train_victim(TrainingJob(data=data_path, poison=poison_path, extractor=extractor, recipe=recipe,
-                                      model=model, runtime=runtime, seed=0), attack="fc", out=tmp_path / "run.json")
+    record = train_victim(
+        TrainingJob(
+            data=data_path, poison=poison_path, extractor=extractor, recipe=recipe, model=model, runtime=runtime, seed=0
+        ),
+        attack="fc",
+        out=tmp_path / "run.json",
+    )
     assert record["n_poisons"] == 4 and 0 <= record["clean_acc"] <= 1
     saved = torch.load(extractor, weights_only=True)
     assert torch.equal(saved["pretrain_indices"], pretrain)

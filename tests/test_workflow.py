@@ -74,8 +74,9 @@ def scheduled_jobs(output: str, rule: str) -> list[dict[str, str]]:
 
 
 def sidecars(workdir, rule: str) -> list[dict]:
-    return [r for r in (json.loads(p.read_text()) for p in (workdir / "results").rglob("*.prov.json"))
-            if r["rule"] == rule]
+    return [
+        r for r in (json.loads(p.read_text()) for p in (workdir / "results").rglob("*.prov.json")) if r["rule"] == rule
+    ]
 
 
 def test_adaptive_poisons_are_crafted_on_a_model_trained_under_the_defense(tiny_run):
@@ -83,21 +84,28 @@ def test_adaptive_poisons_are_crafted_on_a_model_trained_under_the_defense(tiny_
     trained with the defense's own config entry, and its crafting job received that defense; the
     non-adaptive one crafted on the defense-free model, once for every defense."""
     workdir, _ = tiny_run
-    models = {(r["wildcards"]["recipe"], r["wildcards"]["slot"], r["wildcards"]["seed"]): r["params"]
-              for r in sidecars(workdir, "train_crafting_model")}
+    models = {
+        (r["wildcards"]["recipe"], r["wildcards"]["slot"], r["wildcards"]["seed"]): r["params"]
+        for r in sidecars(workdir, "train_crafting_model")
+    }
     assert sorted(models) == [("targeted", slot, seed) for slot in ("mixup", "none") for seed in ("0", "1")]
     assert all(p["defense"]["type"] == "mixup" and p["defense"]["k"] == 2 for k, p in models.items() if k[1] == "mixup")
     assert all(p["defense"]["type"] == "none" for k, p in models.items() if k[1] == "none")
-    crafts = {(r["wildcards"]["attack"], r["wildcards"]["slot"], r["wildcards"]["seed"]): r
-              for r in sidecars(workdir, "craft_poison")}
+    crafts = {
+        (r["wildcards"]["attack"], r["wildcards"]["slot"], r["wildcards"]["seed"]): r
+        for r in sidecars(workdir, "craft_poison")
+    }
     for seed in ("0", "1"):
         adaptive, plain = crafts["wb_adapt", "mixup", seed], crafts["wb", "none", seed]
         assert adaptive["job"]["inputs"]["crafting_model"] == f"results/crafting_models/targeted/mixup/{seed}.pt"
         assert adaptive["params"]["defense"]["type"] == "mixup"
         assert plain["job"]["inputs"]["crafting_model"] == f"results/crafting_models/targeted/none/{seed}.pt"
         assert plain["params"]["defense_name"] == "none"
-    assert all(r["job"]["inputs"]["crafting_model"] is None for (a, _, _), r in crafts.items()
-               if a.startswith("patch") or a == "wb_control")
+    assert all(
+        r["job"]["inputs"]["crafting_model"] is None
+        for (a, _, _), r in crafts.items()
+        if a.startswith("patch") or a == "wb_control"
+    )
     assert not [k for k in crafts if k[0] == "wb" and k[1] != "none"]  # crafted once, whatever the defense
 
 
@@ -121,7 +129,9 @@ def test_end_to_end_tiny_run(tiny_run):
     # Transfer setting: one extractor for every seed and for both fine-tuning recipes (last layer, end to
     # end); poisons inside the fine-tuning split.
     extractors = (workdir / "results" / "extractors").rglob("*.pt")
-    assert [p.relative_to(workdir / "results" / "extractors").as_posix() for p in extractors] == ["pretrain/share0.5.pt"]
+    assert [p.relative_to(workdir / "results" / "extractors").as_posix() for p in extractors] == [
+        "pretrain/share0.5.pt"
+    ]
     transfer = metrics[metrics.attack.isin(["fc", "cp", "htbd", "clbd"])]
     assert (transfer.n_poisons == 5).all() and transfer.clean_acc.between(0, 1).all()
     assert (transfer[transfer.attack.isin(["htbd", "clbd"])].n_eval > 1).all()
@@ -158,14 +168,24 @@ def test_changing_one_defense_reruns_only_its_jobs(tiny_run):
     # The mixup victims, the adaptive attack's mixup crafting models and poisons, and what aggregates
     # them (the resolved-config record reads the whole config).
     tables = len(config["experiments"])
-    assert counts == {"train_victim": 10, "train_crafting_model": 2, "craft_poison": 2, "collect_metrics": 1,
-                      "render_tables": tables, "render_figures": tables, "compare_papers": 1, "resolved_config": 1,
-                      "provenance_manifest": 1, "all": 1}
+    assert counts == {
+        "train_victim": 10,
+        "train_crafting_model": 2,
+        "craft_poison": 2,
+        "collect_metrics": 1,
+        "render_tables": tables,
+        "render_figures": tables,
+        "compare_papers": 1,
+        "resolved_config": 1,
+        "provenance_manifest": 1,
+        "all": 1,
+    }
     runs = scheduled_outputs(result.stdout, "train_victim")
     attacks = ("patch10", "patch100", "wb", "wb_adapt", "wb_control")
     assert sorted(runs) == sorted(f"results/runs/{a}/mixup/{s}.json" for a in attacks for s in (0, 1))
     assert sorted(scheduled_outputs(result.stdout, "craft_poison")) == [
-        f"results/poisons/wb_adapt/mixup/{s}.pt" for s in (0, 1)]
+        f"results/poisons/wb_adapt/mixup/{s}.pt" for s in (0, 1)
+    ]
 
 
 def _set_typo(c):
@@ -180,11 +200,14 @@ def _wrong_type(c):
     c["defenses"]["mixup"]["k"] = "four"
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_set_typo, "'propability' was unexpected"),
-    (_add_undefined, "experiments.table1.defenses: 'mixup8' is not defined"),
-    (_wrong_type, "'four'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set_typo, "'propability' was unexpected"),
+        (_add_undefined, "experiments.table1.defenses: 'mixup8' is not defined"),
+        (_wrong_type, "'four'"),
+    ],
+)
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, edit, message):
     config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
     edit(config)
@@ -238,8 +261,13 @@ def test_transfer_and_from_scratch_settings_through_the_dag(tmp_path):
     extractor = "results/extractors/pretrain/share0.5.pt"
     crafts = {j["wildcards"]: j["input"] for j in scheduled_jobs(result.stdout, "craft_poison")}
     assert sum(w.startswith("attack=fc,") and extractor in i for w, i in crafts.items()) == 3
-    assert sum(w.startswith("attack=fc_scratch,") and "results/crafting_models/targeted/none/" in i
-               for w, i in crafts.items()) == 3
+    assert (
+        sum(
+            w.startswith("attack=fc_scratch,") and "results/crafting_models/targeted/none/" in i
+            for w, i in crafts.items()
+        )
+        == 3
+    )
     victims = {j["wildcards"]: j["input"] for j in scheduled_jobs(result.stdout, "train_victim")}
     assert all(extractor in i for w, i in victims.items() if w.startswith(("attack=fc,", "attack=htbd,")))
     assert all("extractors" not in i for w, i in victims.items() if w.startswith("attack=fc_scratch,"))
@@ -256,11 +284,12 @@ def test_a_corrupted_input_is_refused_naming_it(tiny_run, tmp_path):
     stat = prepared.stat()
     blob = bytearray(prepared.read_bytes())
     middle = len(blob) * 3 // 5
-    blob[middle:middle + 7] = bytes(255 - b for b in blob[middle:middle + 7])
+    blob[middle : middle + 7] = bytes(255 - b for b in blob[middle : middle + 7])
     prepared.write_bytes(bytes(blob))
     os.utime(prepared, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    result = snakemake("-f", "results/runs/patch10/none/0.json", "--configfile", str(copy / "tiny.yaml"),
-                       cwd=copy, check=False)
+    result = snakemake(
+        "-f", "results/runs/patch10/none/0.json", "--configfile", str(copy / "tiny.yaml"), cwd=copy, check=False
+    )
     log = (copy / "logs" / "train_victim" / "patch10" / "none" / "0.log").read_text()
     assert result.returncode != 0
     assert "resources/prepared/digits.pt: its sha256 differs from what the job that wrote it recorded" in log
@@ -274,7 +303,8 @@ def test_an_impossible_budget_is_refused_at_dry_run(tmp_path):
     result = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert "attacks.wb.budget: 0.9 x 1437 = 1293 poisons of one class, but the smallest class" in (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
 
 
@@ -283,11 +313,29 @@ def test_the_venv_snakemake_runs_jobs_with_its_own_python(tmp_path):
     the interpreter Snakemake runs under, not the system's `python`."""
     shutil.copy(REPO / "presets" / "tiny.yaml", tmp_path / "tiny.yaml")
     bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                                                  if os.path.realpath(p) != os.path.realpath(bin_dir))}
-    result = subprocess.run([os.path.join(bin_dir, "snakemake"), "--snakefile", str(REPO / "Snakefile"), "-d",
-                             str(tmp_path), "--cores", "1", "resources/prepared/digits.pt", "--configfile",
-                             str(tmp_path / "tiny.yaml")], env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join(
+            p for p in os.environ["PATH"].split(os.pathsep) if os.path.realpath(p) != os.path.realpath(bin_dir)
+        ),
+    }
+    result = subprocess.run(
+        [
+            os.path.join(bin_dir, "snakemake"),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--cores",
+            "1",
+            "resources/prepared/digits.pt",
+            "--configfile",
+            str(tmp_path / "tiny.yaml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "resources" / "prepared" / "digits.pt.prov.json").read_text())
     assert record["environment"]["executable"] == sys.executable

@@ -74,8 +74,9 @@ def _reference_loader(dataset: data.Dataset, n: int, recipe: Recipe, workers: in
 
 
 def _reference_training(model, loader, defense, recipe, normalizer, n: int) -> None:
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
     trained, step_optimizer = defense.wrap_training(model, optimizer, n, recipe.batch_size)
     model.train()
     for epoch in range(recipe.epochs):
@@ -87,9 +88,12 @@ def _reference_training(model, loader, defense, recipe, normalizer, n: int) -> N
             step_optimizer.step()
 
 
-def bench_training(dataset: data.Dataset, model_spec: dict, n: int, batch_size: int, repeats: int,
-                   workers: int, names: list[str]) -> list[dict]:
-    recipe = Recipe.from_spec({"epochs": EPOCHS, "milestones": [], "batch_size": batch_size, "crop_pad": 2, "flip": True})
+def bench_training(
+    dataset: data.Dataset, model_spec: dict, n: int, batch_size: int, repeats: int, workers: int, names: list[str]
+) -> list[dict]:
+    recipe = Recipe.from_spec(
+        {"epochs": EPOCHS, "milestones": [], "batch_size": batch_size, "crop_pad": 2, "flip": True}
+    )
     normalizer = Normalizer(dataset.mean, dataset.std)
     shape = dataset.image_shape
     rows = []
@@ -104,16 +108,33 @@ def bench_training(dataset: data.Dataset, model_spec: dict, n: int, batch_size: 
                 defense = defenses.build(spec, dataset.num_classes, name=name, seed=repeat)
                 start = time.perf_counter()
                 if which == "ours":
-                    train(model, dataset.train_images[:n], dataset.train_labels[:n], defense, recipe, normalizer,
-                          torch.device("cpu"), seed=repeat, amp=False)  # includes its per-epoch logging
+                    train(
+                        model,
+                        dataset.train_images[:n],
+                        dataset.train_labels[:n],
+                        defense,
+                        recipe,
+                        normalizer,
+                        torch.device("cpu"),
+                        seed=repeat,
+                        amp=False,
+                    )  # includes its per-epoch logging
                 else:
-                    _reference_training(model, _reference_loader(dataset, n, recipe, workers), defense, recipe,
-                                        normalizer, n)
+                    _reference_training(
+                        model, _reference_loader(dataset, n, recipe, workers), defense, recipe, normalizer, n
+                    )
                 if repeat:
                     timings[which].append(n * EPOCHS / (time.perf_counter() - start))
         ours, ref = statistics.median(timings["ours"]), statistics.median(timings["reference"])
-        rows.append({"defense": name, "ours_images_per_s": round(ours, 1), "reference_images_per_s": round(ref, 1),
-                     "ratio": round(ours / ref, 2), "repeats": repeats})
+        rows.append(
+            {
+                "defense": name,
+                "ours_images_per_s": round(ours, 1),
+                "reference_images_per_s": round(ref, 1),
+                "ratio": round(ours / ref, 2),
+                "repeats": repeats,
+            }
+        )
     return rows
 
 
@@ -132,8 +153,9 @@ def _import_art():
     return art.__version__, GradientMatchingAttack, PyTorchClassifier
 
 
-def _matching_loss(context: CraftingContext, poisons: torch.Tensor, labels: torch.Tensor, target: torch.Tensor,
-                   intended: int) -> float:
+def _matching_loss(
+    context: CraftingContext, poisons: torch.Tensor, labels: torch.Tensor, target: torch.Tensor, intended: int
+) -> float:
     """1 - cos(poison-batch gradient, target gradient) over all parameters: the objective both
     implementations minimise, computed the same way for both outputs."""
     params = [p for p in context.model.parameters() if p.requires_grad]
@@ -145,8 +167,15 @@ def _matching_loss(context: CraftingContext, poisons: torch.Tensor, labels: torc
     return float(1 - dot / norm)
 
 
-def bench_crafting(dataset: data.Dataset, model_spec: dict, iterations: int, repeats: int, model_epochs: int,
-                   budget: float = CRAFT_BUDGET, seed: int = 0) -> dict:
+def bench_crafting(
+    dataset: data.Dataset,
+    model_spec: dict,
+    iterations: int,
+    repeats: int,
+    model_epochs: int,
+    budget: float = CRAFT_BUDGET,
+    seed: int = 0,
+) -> dict:
     """Seconds per crafting iteration of our ``brew`` and of ART's GradientMatchingAttack (PyTorch
     path), same model, target, intended class, number of poisons, eps, iterations, 1 restart, no
     augmentation. Each timing is one whole call divided by its iterations (so it includes each
@@ -155,8 +184,10 @@ def bench_crafting(dataset: data.Dataset, model_spec: dict, iterations: int, rep
     try:
         art_version, GradientMatchingAttack, PyTorchClassifier = _import_art()
     except ImportError as err:
-        return {"skipped": f"IBM ART is not importable ({err}); pip install -e '.[bench]' to measure "
-                           "gradient-matching crafting against it"}
+        return {
+            "skipped": f"IBM ART is not importable ({err}); pip install -e '.[bench]' to measure "
+            "gradient-matching crafting against it"
+        }
     from augdefense.attacks.gradient_matching import GradientMatching, brew
 
     shape, num_classes = dataset.image_shape, dataset.num_classes
@@ -165,14 +196,24 @@ def bench_crafting(dataset: data.Dataset, model_spec: dict, iterations: int, rep
     model = models.build(model_spec, shape[0], num_classes, shape[-1])
     normalizer = Normalizer(dataset.mean, dataset.std)
     if model_epochs:
-        train(model, dataset.train_images, dataset.train_labels, defenses.build({"type": "none"}, num_classes),
-              Recipe.from_spec({"epochs": model_epochs, "milestones": [], "crop_pad": 2, "flip": True}), normalizer,
-              device, seed=seed, amp=False)
+        train(
+            model,
+            dataset.train_images,
+            dataset.train_labels,
+            defenses.build({"type": "none"}, num_classes),
+            Recipe.from_spec({"epochs": model_epochs, "milestones": [], "crop_pad": 2, "flip": True}),
+            normalizer,
+            device,
+            seed=seed,
+            amp=False,
+        )
     model.eval()
     context = CraftingContext(model, normalizer, device)
 
     # The target and intended class as our attack draws them for this seed.
-    draw = GradientMatching({"type": "gradient_matching", "recipe": "bench", "budget": budget}, name="bench").draw(dataset, seed)
+    draw = GradientMatching({"type": "gradient_matching", "recipe": "bench", "budget": budget}, name="bench").draw(
+        dataset, seed
+    )
     intended, n = draw["intended_class"], len(draw["indices"])
     target = dataset.test_images[draw["target_index"]][None].float() / 255
     x_train = dataset.train_images.float().div(255).numpy()
@@ -188,22 +229,47 @@ def bench_crafting(dataset: data.Dataset, model_spec: dict, iterations: int, rep
     # ART's attack calls ``classifier.model`` directly (its own ``preprocessing`` is not applied on
     # that path), so the normalisation is folded into the module it wraps. Same weights as ours. In
     # eval mode: ART puts the module back in the mode it found it in, and a fresh Sequential is in train mode.
-    classifier = PyTorchClassifier(torch.nn.Sequential(normalizer, model).eval(), torch.nn.CrossEntropyLoss(),
-                                   input_shape=tuple(shape), nb_classes=num_classes, clip_values=(0.0, 1.0),
-                                   device_type="cpu")
+    classifier = PyTorchClassifier(
+        torch.nn.Sequential(normalizer, model).eval(),
+        torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(shape),
+        nb_classes=num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
 
     def ours(its: int) -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
-        result = brew(context, images, labels, target, intended, eps=CRAFT_EPS, iterations=its, restarts=1,
-                      batch_size=CRAFT_BATCH, shift=0, flip=False, seed=seed)
+        result = brew(
+            context,
+            images,
+            labels,
+            target,
+            intended,
+            eps=CRAFT_EPS,
+            iterations=its,
+            restarts=1,
+            batch_size=CRAFT_BATCH,
+            shift=0,
+            flip=False,
+            seed=seed,
+        )
         return time.perf_counter() - start, images + result["delta"]
 
     def theirs(its: int) -> tuple[float, torch.Tensor]:
         # ART's default schedule (lr 0.1 until epoch 150 of 250, then /10 at 150, 200, 220) scaled to ``its``.
         milestones = [max(1, round(its * m / 250)) for m in (100, 150, 200, 220)]
-        attack = GradientMatchingAttack(classifier, percent_poison=percent_poison, epsilon=CRAFT_EPS, max_trials=1,
-                                        max_epochs=its, learning_rate_schedule=([1e-1, 1e-2, 1e-3, 1e-4], milestones),
-                                        batch_size=CRAFT_BATCH, clip_values=(0.0, 1.0), verbose=0)
+        attack = GradientMatchingAttack(
+            classifier,
+            percent_poison=percent_poison,
+            epsilon=CRAFT_EPS,
+            max_trials=1,
+            max_epochs=its,
+            learning_rate_schedule=([1e-1, 1e-2, 1e-3, 1e-4], milestones),
+            batch_size=CRAFT_BATCH,
+            clip_values=(0.0, 1.0),
+            verbose=0,
+        )
         np.random.seed(seed)
         start = time.perf_counter()
         poisoned, _ = attack.poison(target.numpy(), np.array([intended]), x_train, y_train)
@@ -225,20 +291,31 @@ def bench_crafting(dataset: data.Dataset, model_spec: dict, iterations: int, rep
                 timings[which].append(elapsed / its)
     ours_s, art_s = statistics.median(timings["ours"]), statistics.median(timings["art"])
     return {
-        "poisons": n, "training_images": total, "percent_poison": round(percent_poison, 6),
-        "target_class": draw["target_class"], "intended_class": intended, "eps": "16/255",
-        "iterations": iterations, "restarts": 1, "batch_size": CRAFT_BATCH,
+        "poisons": n,
+        "training_images": total,
+        "percent_poison": round(percent_poison, 6),
+        "target_class": draw["target_class"],
+        "intended_class": intended,
+        "eps": "16/255",
+        "iterations": iterations,
+        "restarts": 1,
+        "batch_size": CRAFT_BATCH,
         "augmentation": "none (ART's loop has none; ours runs with shift=0, flip=False)",
         "crafting_model": f"{model_spec['arch']} width {model_spec.get('width')}, {model_epochs} clean epochs",
-        "art_version": art_version, "repeats": repeats,
-        "ours_seconds_per_iteration": round(ours_s, 4), "art_seconds_per_iteration": round(art_s, 4),
+        "art_version": art_version,
+        "repeats": repeats,
+        "ours_seconds_per_iteration": round(ours_s, 4),
+        "art_seconds_per_iteration": round(art_s, 4),
         "ratio": round(art_s / ours_s, 2),
-        "ours_runs": [round(t, 4) for t in timings["ours"]], "art_runs": [round(t, 4) for t in timings["art"]],
+        "ours_runs": [round(t, 4) for t in timings["ours"]],
+        "art_runs": [round(t, 4) for t in timings["art"]],
         # the objective after the last repeat, computed the same way for both (a sanity check, not a
         # quality comparison: the two optimise in different parametrisations with their own step sizes)
-        "matching_loss": {"clean": round(_matching_loss(context, images, labels, target, intended), 4),
-                          "ours": round(_matching_loss(context, poisons["ours"], labels, target, intended), 4),
-                          "art": round(_matching_loss(context, poisons["art"], labels, target, intended), 4)},
+        "matching_loss": {
+            "clean": round(_matching_loss(context, images, labels, target, intended), 4),
+            "ours": round(_matching_loss(context, poisons["ours"], labels, target, intended), 4),
+            "art": round(_matching_loss(context, poisons["art"], labels, target, intended), 4),
+        },
     }
 
 
@@ -258,8 +335,10 @@ def workflow_timings(root: Path) -> dict:
         lines = tsv.read_text().splitlines()
         if len(lines) >= 2:
             rules.setdefault(tsv.relative_to(root / "benchmarks").parts[0], []).append(float(lines[1].split("\t")[0]))
-    out["rules"] = {rule: {"jobs": len(v), "median_seconds": round(statistics.median(v), 2),
-                           "total_seconds": round(sum(v), 1)} for rule, v in sorted(rules.items())}
+    out["rules"] = {
+        rule: {"jobs": len(v), "median_seconds": round(statistics.median(v), 2), "total_seconds": round(sum(v), 1)}
+        for rule, v in sorted(rules.items())
+    }
     return out
 
 
@@ -277,9 +356,9 @@ def _crafting_markdown(c: dict) -> list[str]:
         f"iteration = one whole call / its iterations (setup included), median of {c['repeats']} repeats "
         f"(each: ours {c['ours_runs']}, ART {c['art_runs']}; runs alternate which goes first).",
         "",
-        "| crafting | ours (s/iteration) | ART (s/iteration) | ratio (ART / ours) |", "|---|---|---|---|",
-        f"| gradient matching | {c['ours_seconds_per_iteration']} | {c['art_seconds_per_iteration']} | "
-        f"{c['ratio']}× |",
+        "| crafting | ours (s/iteration) | ART (s/iteration) | ratio (ART / ours) |",
+        "|---|---|---|---|",
+        f"| gradient matching | {c['ours_seconds_per_iteration']} | {c['art_seconds_per_iteration']} | {c['ratio']}× |",
         "",
         f"Matching loss (1 − cos) after the last repeat, same formula for both: clean poisons {loss['clean']}, "
         f"ours {loss['ours']}, ART {loss['art']} (a sanity check, not a quality comparison: each uses its own "
@@ -289,39 +368,52 @@ def _crafting_markdown(c: dict) -> list[str]:
 
 def to_markdown(result: dict) -> str:
     m = result["machine"]
-    lines = ["# augdefense benchmark", "",
-             f"Machine: {m['cpu']} ({m['cores']} cores, {m['threads']} torch threads), torch {m['torch']}, "
-             f"{m['when']}. Model {result['setup']['model']}, {result['setup']['images']} images of "
-             f"{result['setup']['image_shape']}, batch {result['setup']['batch_size']}, median of "
-             f"{result['setup']['repeats']} repeats of {EPOCHS} epochs each; reference DataLoader workers: "
-             f"{result['setup']['workers']}. The opacus row uses the GroupNorm model in both loops.", "",
-             "| defense | ours (images/s) | reference (images/s) | ratio |", "|---|---|---|---|"]
+    lines = [
+        "# augdefense benchmark",
+        "",
+        f"Machine: {m['cpu']} ({m['cores']} cores, {m['threads']} torch threads), torch {m['torch']}, "
+        f"{m['when']}. Model {result['setup']['model']}, {result['setup']['images']} images of "
+        f"{result['setup']['image_shape']}, batch {result['setup']['batch_size']}, median of "
+        f"{result['setup']['repeats']} repeats of {EPOCHS} epochs each; reference DataLoader workers: "
+        f"{result['setup']['workers']}. The opacus row uses the GroupNorm model in both loops.",
+        "",
+        "| defense | ours (images/s) | reference (images/s) | ratio |",
+        "|---|---|---|---|",
+    ]
     for row in result["training"]:
         if "skipped" in row:
             lines.append(f"| {row['defense']} | skipped: {row['skipped']} | | |")
         else:
-            lines.append(f"| {row['defense']} | {row['ours_images_per_s']} | {row['reference_images_per_s']} | "
-                         f"{row['ratio']}× |")
+            lines.append(
+                f"| {row['defense']} | {row['ours_images_per_s']} | {row['reference_images_per_s']} | {row['ratio']}× |"
+            )
     lines += ["", *_crafting_markdown(result["crafting"]), ""]
     wf = result["workflow"]
     if wf.get("last_run_wall_seconds") is not None:
         lines.append(f"Last workflow run in this folder: {wf['last_run_wall_seconds']} s wall time.")
     if wf.get("rules"):
         lines += ["", "| rule | jobs | median s | total s |", "|---|---|---|---|"]
-        lines += [f"| {r} | {v['jobs']} | {v['median_seconds']} | {v['total_seconds']} |" for r, v in wf["rules"].items()]
+        lines += [
+            f"| {r} | {v['jobs']} | {v['median_seconds']} | {v['total_seconds']} |" for r, v in wf["rules"].items()
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m augdefense.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m augdefense.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long run (the test suite uses it)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--craft-iterations", type=int, default=None,
-                        help="gradient-matching iterations per crafting measurement (20; 2 with --tiny)")
+    parser.add_argument(
+        "--craft-iterations",
+        type=int,
+        default=None,
+        help="gradient-matching iterations per crafting measurement (20; 2 with --tiny)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = data.build({"source": "digits", "image_size": 16})
@@ -330,14 +422,25 @@ def main(argv: list[str] | None = None) -> int:
     workers = 0 if args.tiny else args.workers
     craft_iterations = args.craft_iterations or (2 if args.tiny else 20)
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
-        "setup": {"model": "convnet width 32", "images": n, "image_shape": list(dataset.image_shape),
-                  "batch_size": 128, "repeats": repeats, "workers": workers},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        },
+        "setup": {
+            "model": "convnet width 32",
+            "images": n,
+            "image_shape": list(dataset.image_shape),
+            "batch_size": 128,
+            "repeats": repeats,
+            "workers": workers,
+        },
         "training": bench_training(dataset, model_spec, n, 128, repeats, workers, names),
-        "crafting": bench_crafting(dataset, model_spec, craft_iterations, repeats,
-                                   model_epochs=0 if args.tiny else CRAFT_MODEL_EPOCHS),
+        "crafting": bench_crafting(
+            dataset, model_spec, craft_iterations, repeats, model_epochs=0 if args.tiny else CRAFT_MODEL_EPOCHS
+        ),
         "workflow": workflow_timings(Path(".")),
     }
     out = Path(args.out)

@@ -17,8 +17,9 @@ from augdefense.errors import AugdefenseError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="augdefense", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="augdefense", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check-manifest", help="exit 1 naming each output that no longer matches the manifest")
     p.add_argument("manifest", nargs="?", default="results/provenance/manifest.tsv")
@@ -55,8 +56,10 @@ def replay(args: argparse.Namespace) -> int:
     same = runner.replay(args.sidecar, args.out_dir)
     for output, identical in same.items():
         note = "" if identical else _json_difference(output, Path(args.out_dir) / output)
-        print(f"{output}: {'byte-identical to' if identical else 'differs from'} the recorded output "
-              f"(new file under {args.out_dir}){note}")
+        print(
+            f"{output}: {'byte-identical to' if identical else 'differs from'} the recorded output "
+            f"(new file under {args.out_dir}){note}"
+        )
     return 0
 
 
@@ -76,8 +79,7 @@ COMMANDS = {"check-manifest": check_manifest, "archive": archive, "replay": repl
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except AugdefenseError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "augdefense"
@@ -44,7 +44,7 @@ def _imported(module: str) -> set[str]:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def closure(module: str) -> frozenset[str]:
     """Every ``augdefense`` module that importing ``module`` and running its code can execute."""
     seen, todo = {module}, [module]

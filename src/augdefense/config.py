@@ -26,8 +26,9 @@ FILTER_TYPES = frozenset({"spectral_signatures", "activation_clustering", "deep_
 CRAFTING_SEED_OFFSET = 1_000_000
 # Attack types whose crafting optimises against a trained model (a crafting-model rule runs first);
 # a test checks this against the registry.
-MODEL_ATTACK_TYPES = frozenset({"gradient_matching", "feature_collision", "convex_polytope", "hidden_trigger",
-                                "clean_label_backdoor"})
+MODEL_ATTACK_TYPES = frozenset(
+    {"gradient_matching", "feature_collision", "convex_polytope", "hidden_trigger", "clean_label_backdoor"}
+)
 # Attack types that take `n_poisons` images of one class (the attacker's, the target's or the source's).
 COUNTED_ATTACK_TYPES = frozenset({"feature_collision", "convex_polytope", "hidden_trigger", "clean_label_backdoor"})
 
@@ -79,8 +80,9 @@ def check_config(config: dict, facts=None) -> None:
     attacks, defenses, recipes = config["attacks"], config["defenses"], config["recipes"]
     for name in list(attacks) + list(defenses):
         if "/" in name or name.startswith("."):
-            raise ConfigError(f"'{name}': attack and defense names become directory names; "
-                              "use letters, digits, '_' and '-'")
+            raise ConfigError(
+                f"'{name}': attack and defense names become directory names; use letters, digits, '_' and '-'"
+            )
     for name, attack in attacks.items():
         if attack["recipe"] not in recipes:
             raise ConfigError(
@@ -90,13 +92,14 @@ def check_config(config: dict, facts=None) -> None:
     for table, experiment in config["experiments"].items():
         for pair in experiment.get("exclude", []):
             if pair.get("attack") not in experiment["attacks"] or pair.get("defense") not in experiment["defenses"]:
-                raise ConfigError(f"experiments.{table}.exclude: {pair} does not name one of the experiment's "
-                                  "attacks and one of its defenses")
+                raise ConfigError(
+                    f"experiments.{table}.exclude: {pair} does not name one of the experiment's "
+                    "attacks and one of its defenses"
+                )
         for name in experiment["attacks"] + ([experiment["control"]] if "control" in experiment else []):
             if name not in attacks:
                 raise ConfigError(
-                    f"experiments.{table}.attacks: '{name}' is not defined under 'attacks' "
-                    f"(defined: {sorted(attacks)})"
+                    f"experiments.{table}.attacks: '{name}' is not defined under 'attacks' (defined: {sorted(attacks)})"
                 )
         for name in experiment["defenses"]:
             if name not in defenses:
@@ -107,23 +110,30 @@ def check_config(config: dict, facts=None) -> None:
     for name, recipe in recipes.items():
         pretrain = recipe.get("transfer", {}).get("pretrain_recipe")
         if pretrain is not None and (pretrain not in recipes or "transfer" in recipes[pretrain]):
-            raise ConfigError(f"recipes.{name}.transfer.pretrain_recipe: '{pretrain}' must name a recipe without "
-                              f"'transfer' (defined: {sorted(recipes)})")
+            raise ConfigError(
+                f"recipes.{name}.transfer.pretrain_recipe: '{pretrain}' must name a recipe without "
+                f"'transfer' (defined: {sorted(recipes)})"
+            )
     for name, attack in attacks.items():
         if attack.get("adaptive", False) and "transfer" in recipes[attack["recipe"]]:
-            raise ConfigError(f"attacks.{name}.adaptive: adaptive crafting trains a model under the victim's "
-                              "defense; a transfer recipe crafts against the shared pretrained extractor")
+            raise ConfigError(
+                f"attacks.{name}.adaptive: adaptive crafting trains a model under the victim's "
+                "defense; a transfer recipe crafts against the shared pretrained extractor"
+            )
     for table, experiment in config["experiments"].items():
         control = experiment.get("control")
         if control is not None and not attacks[control].get("control", False):
-            raise ConfigError(f"experiments.{table}.control: attack '{control}' poisons; a control needs "
-                              "'control: true'")
+            raise ConfigError(
+                f"experiments.{table}.control: attack '{control}' poisons; a control needs 'control: true'"
+            )
         for attack, defense in experiment_cells(experiment):
             reason = filter_inapplicable(attacks[attack], defenses[defense])
             if reason:
-                raise ConfigError(f"experiments.{table}: defense '{defense}' cannot apply to attack '{attack}': "
-                                  f"{reason}; list {{attack: {attack}, defense: {defense}}} under "
-                                  f"experiments.{table}.exclude")
+                raise ConfigError(
+                    f"experiments.{table}: defense '{defense}' cannot apply to attack '{attack}': "
+                    f"{reason}; list {{attack: {attack}, defense: {defense}}} under "
+                    f"experiments.{table}.exclude"
+                )
     if facts is None:
         from augdefense import sources
 
@@ -152,18 +162,25 @@ def check_feasible(name: str, attack: dict, recipe: dict, facts) -> None:
     if attack["type"] == "gradient_matching":
         n = budget_count(attack["budget"], sum(sizes))
         if n < 1:
-            raise ConfigError(f"attacks.{name}.budget: {attack['budget']} x {sum(sizes)} training images rounds "
-                              "to no poison at all")
+            raise ConfigError(
+                f"attacks.{name}.budget: {attack['budget']} x {sum(sizes)} training images rounds to no poison at all"
+            )
         if n > smallest:
-            raise ConfigError(f"attacks.{name}.budget: {attack['budget']} x {sum(sizes)} = {n} poisons of one "
-                              f"class, but the smallest class of {where} has {smallest} images (the intended "
-                              "class is drawn at random per seed)")
+            raise ConfigError(
+                f"attacks.{name}.budget: {attack['budget']} x {sum(sizes)} = {n} poisons of one "
+                f"class, but the smallest class of {where} has {smallest} images (the intended "
+                "class is drawn at random per seed)"
+            )
     elif attack["type"] in COUNTED_ATTACK_TYPES and attack["n_poisons"] > smallest:
-        raise ConfigError(f"attacks.{name}.n_poisons: {attack['n_poisons']} poisons of one class, but the "
-                          f"smallest class of {where} has {smallest} images (classes are drawn at random per seed)")
+        raise ConfigError(
+            f"attacks.{name}.n_poisons: {attack['n_poisons']} poisons of one class, but the "
+            f"smallest class of {where} has {smallest} images (classes are drawn at random per seed)"
+        )
     elif attack["type"] == "patch" and patched_count(attack["fraction"], smallest) < 1:
-        raise ConfigError(f"attacks.{name}.fraction: {attack['fraction']} of the smallest class ({smallest} "
-                          "images) rounds to no poison at all")
+        raise ConfigError(
+            f"attacks.{name}.fraction: {attack['fraction']} of the smallest class ({smallest} "
+            "images) rounds to no poison at all"
+        )
 
 
 def is_filter(spec: dict) -> bool:
@@ -185,8 +202,11 @@ def experiment_cells(experiment: dict) -> list[tuple[str, str]]:
     excluded = {(p["attack"], p["defense"]) for p in experiment.get("exclude", [])}
     cells = [(a, d) for a in experiment["attacks"] for d in experiment["defenses"] if (a, d) not in excluded]
     if "control" in experiment:
-        cells += [(experiment["control"], d) for d in experiment["defenses"]
-                  if any((a, d) in cells for a in experiment["attacks"])]
+        cells += [
+            (experiment["control"], d)
+            for d in experiment["defenses"]
+            if any((a, d) in cells for a in experiment["attacks"])
+        ]
     return cells
 
 

@@ -57,12 +57,13 @@ def transfer_split(labels: torch.Tensor, pretrain_share: float, seed: int = 0) -
     return torch.cat(pretrain).sort().values, torch.cat(finetune).sort().values
 
 
-def subset(dataset: "Dataset", train_indices: torch.Tensor) -> "Dataset":
+def subset(dataset: Dataset, train_indices: torch.Tensor) -> Dataset:
     """The dataset with only the given training images (test set and statistics unchanged)."""
     from dataclasses import replace
 
-    return replace(dataset, train_images=dataset.train_images[train_indices],
-                   train_labels=dataset.train_labels[train_indices])
+    return replace(
+        dataset, train_images=dataset.train_images[train_indices], train_labels=dataset.train_labels[train_indices]
+    )
 
 
 def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -91,8 +92,10 @@ def _check_archive(path: Path, expected_md5: str) -> None:
         return
     digest = hashlib.md5(path.read_bytes()).hexdigest()
     if digest != expected_md5:
-        raise DataError(f"{path}: md5 {digest} does not match the expected {expected_md5}; "
-                        f"the file is corrupted or truncated: delete it and rerun to download it again")
+        raise DataError(
+            f"{path}: md5 {digest} does not match the expected {expected_md5}; "
+            f"the file is corrupted or truncated: delete it and rerun to download it again"
+        )
 
 
 def _load_cifar10(spec: dict) -> tuple:
@@ -163,8 +166,7 @@ def build(spec: dict) -> Dataset:
     size = spec.get("image_size")
     x_train, x_test = _resize(x_train, size), _resize(x_test, size)
     pixels = x_train.float().div(255).transpose(0, 1).reshape(x_train.shape[1], -1)
-    return Dataset(x_train.contiguous(), y_train, x_test.contiguous(), y_test, classes,
-                   pixels.mean(1), pixels.std(1))
+    return Dataset(x_train.contiguous(), y_train, x_test.contiguous(), y_test, classes, pixels.mean(1), pixels.std(1))
 
 
 def prepare(*, spec: dict, out: str | Path) -> Dataset:
@@ -173,21 +175,30 @@ def prepare(*, spec: dict, out: str | Path) -> Dataset:
 
     dataset = build(spec)
     save_tensors(out, dataset.to_dict())
-    logging.getLogger("augdefense").info("prepared %s: train %s, test %s, %d classes -> %s", spec["source"],
-                                         tuple(dataset.train_images.shape), tuple(dataset.test_images.shape),
-                                         dataset.num_classes, out)
+    logging.getLogger("augdefense").info(
+        "prepared %s: train %s, test %s, %d classes -> %s",
+        spec["source"],
+        tuple(dataset.train_images.shape),
+        tuple(dataset.test_images.shape),
+        dataset.num_classes,
+        out,
+    )
     return dataset
 
 
 def load(path: str | Path) -> Dataset:
-    obj = load_tensors(path, {k: torch.Tensor for k in
-                              ("train_images", "train_labels", "test_images", "test_labels", "mean", "std")}
-                       | {"classes": list})
+    obj = load_tensors(
+        path,
+        {k: torch.Tensor for k in ("train_images", "train_labels", "test_images", "test_labels", "mean", "std")}
+        | {"classes": list},
+    )
     for split in ("train", "test"):
         images, labels = obj[f"{split}_images"], obj[f"{split}_labels"]
         if images.dtype != torch.uint8 or images.ndim != 4 or labels.shape != (images.shape[0],):
-            raise ArtifactError(f"{path}: '{split}_images' must be uint8 [N, C, H, W] with one label each; "
-                                f"found {images.dtype} {tuple(images.shape)} and labels {tuple(labels.shape)}")
+            raise ArtifactError(
+                f"{path}: '{split}_images' must be uint8 [N, C, H, W] with one label each; "
+                f"found {images.dtype} {tuple(images.shape)} and labels {tuple(labels.shape)}"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() >= len(obj["classes"])):
             raise ArtifactError(f"{path}: '{split}_labels' outside 0..{len(obj['classes']) - 1}")
     return Dataset(**{k: obj[k] for k in Dataset.__dataclass_fields__})

@@ -34,8 +34,9 @@ def save(fig, *outs: str | Path, scale: str | None = None) -> None:
     plt.close(fig)
 
 
-def render_figure(*, metrics: str | Path, table: str, experiment: dict, defenses: dict, scale: str,
-                  png: str | Path, pdf: str | Path) -> None:
+def render_figure(
+    *, metrics: str | Path, table: str, experiment: dict, defenses: dict, scale: str, png: str | Path, pdf: str | Path
+) -> None:
     """The experiment's figure, by its ``plot`` kind (``PLOTS``); ``defenses`` holds the config
     entries of its defenses (the noise and width plots read k and the noise from them)."""
     from augdefense.tables import summarize
@@ -64,9 +65,16 @@ def tradeoff_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[st
                 continue
             r = row.iloc[0]
             color = colors[i % len(colors)]
-            ax.errorbar(100 * r.clean_acc_mean, 100 * r.poison_success_mean,
-                        xerr=100 * _or_zero(r.clean_acc_std), yerr=100 * _or_zero(r.poison_success_std),
-                        fmt="o", color=color, capsize=3, label=defense)
+            ax.errorbar(
+                100 * r.clean_acc_mean,
+                100 * r.poison_success_mean,
+                xerr=100 * _or_zero(r.clean_acc_std),
+                yerr=100 * _or_zero(r.poison_success_std),
+                fmt="o",
+                color=color,
+                capsize=3,
+                label=defense,
+            )
             if r.paper_poison_success == r.paper_poison_success:
                 ax.plot(100 * r.paper_clean_acc, 100 * r.paper_poison_success, "o", mfc="none", color=color, ms=9)
         ax.set_title(attack)
@@ -80,9 +88,11 @@ def tradeoff_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[st
 
 def width_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str], specs: dict):
     """DP-InstaHide Figure 4b: success against mixture width k, one line per Laplacian noise level."""
+
     def curves(rows: pd.DataFrame):
-        rows = rows.assign(k=[specs[d].get("k", 1) if specs[d]["type"] in ("mixup", "none") else math.nan
-                              for d in rows.defense])
+        rows = rows.assign(
+            k=[specs[d].get("k", 1) if specs[d]["type"] in ("mixup", "none") else math.nan for d in rows.defense]
+        )
         for noise, group in rows.groupby("noise"):
             group = group.sort_values("k")
             yield f"s = {noise:g}/255", group.k, group, None
@@ -93,6 +103,7 @@ def width_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str],
 def noise_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str], specs: dict):
     """DP-InstaHide Figure 5: each augmentation's trade-off curve (success against clean accuracy) as
     its Laplacian noise grows; points are labelled with the noise level."""
+
     def curves(rows: pd.DataFrame):
         base = [json.dumps({k: v for k, v in specs[d].items() if k != "laplace"}, sort_keys=True) for d in rows.defense]
         for _, group in rows.assign(base=base).groupby("base"):
@@ -166,18 +177,26 @@ def render_illustrations(*, data: str | Path, poison: str | Path, png: str | Pat
     torch.manual_seed(0)
     k = dataset.num_classes
     mixed = {
-        "mixup (2-way)": defenses.build({"type": "mixup", "k": 2, "weights": "equal"}, k, seed=1).transform(batch, y, 0),
+        "mixup (2-way)": defenses.build({"type": "mixup", "k": 2, "weights": "equal"}, k, seed=1).transform(
+            batch, y, 0
+        ),
         "CutMix": defenses.build({"type": "cutmix", "alpha": 1.0, "p": 1.0}, k, seed=1).transform(batch, y, 0),
-        "DP-InstaHide\n(k=4, s=16/255)": defenses.build({"type": "mixup", "k": 4, "weights": "equal", "laplace": 16},
-                                                         k, seed=1).transform(batch, y, 0),
+        "DP-InstaHide\n(k=4, s=16/255)": defenses.build(
+            {"type": "mixup", "k": 4, "weights": "equal", "laplace": 16}, k, seed=1
+        ).transform(batch, y, 0),
     }
     panels = [("clean", clean.float() / 255, None), ("backdoor patch", poisoned.float() / 255, None)]
     panels += [(name, x[0], soft[0]) for name, (x, soft) in mixed.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 3.0))
     for ax, (name, image, soft) in zip(axes, panels):
         picture = image.clamp(0, 1).permute(1, 2, 0).numpy()
-        ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1,
-                  interpolation="nearest")
+        ax.imshow(
+            picture.squeeze(-1) if picture.shape[-1] == 1 else picture,
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
         if soft is not None:
             top = torch.topk(soft, min(2, len(soft)))
             name += "\n" + ", ".join(f"{dataset.classes[int(c)]}:{w:.2f}" for w, c in zip(top.values, top.indices))
@@ -188,8 +207,13 @@ def render_illustrations(*, data: str | Path, poison: str | Path, png: str | Pat
     save(fig, png, pdf)
 
 
-FIGURE4A = {"noise_levels": [2, 4, 8, 16, 32], "widths": list(range(1, 17)), "n": 50_000, "T": 50_000,
-            "image_shape": (3, 32, 32)}
+FIGURE4A = {
+    "noise_levels": [2, 4, 8, 16, 32],
+    "widths": list(range(1, 17)),
+    "n": 50_000,
+    "T": 50_000,
+    "image_shape": (3, 32, 32),
+}
 
 
 def render_privacy_figure(*, png: str | Path, pdf: str | Path, csv: str | Path) -> pd.DataFrame:
@@ -206,8 +230,15 @@ def render_privacy_figure(*, png: str | Path, pdf: str | Path, csv: str | Path) 
         for k in p["widths"]:
             unit = privacy.mixup_laplace_epsilon(k, s / 255, p["n"], p["T"])
             scaled = privacy.mixup_laplace_epsilon(k, privacy.sigma_from_noise(s, p["image_shape"]), p["n"], p["T"])
-            rows.append({"noise_over_255": s, "k": k, "epsilon_unit_diameter": unit, "epsilon_cifar_diameter": scaled,
-                         "bound_unit_diameter": privacy.mixup_laplace_epsilon_bound(k, s / 255, p["T"])})
+            rows.append(
+                {
+                    "noise_over_255": s,
+                    "k": k,
+                    "epsilon_unit_diameter": unit,
+                    "epsilon_cifar_diameter": scaled,
+                    "bound_unit_diameter": privacy.mixup_laplace_epsilon_bound(k, s / 255, p["T"]),
+                }
+            )
     frame = pd.DataFrame(rows)
     with atomic_path(csv) as tmp:
         frame.to_csv(tmp, index=False)

@@ -36,7 +36,7 @@ class DeviceSlot:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "DeviceSlot":
+    def __enter__(self) -> DeviceSlot:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -44,8 +44,9 @@ class DeviceSlot:
 
 
 def default_lock_dir() -> Path:
-    return Path(os.environ.get("AUGDEFENSE_GPU_LOCK_DIR",
-                               Path(tempfile.gettempdir()) / f"augdefense-gpu-locks-{os.getuid()}"))
+    return Path(
+        os.environ.get("AUGDEFENSE_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / f"augdefense-gpu-locks-{os.getuid()}")
+    )
 
 
 def _cuda_count() -> int:
@@ -54,8 +55,13 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def acquire(preference: str = "auto", device_count: int | None = None, lock_dir: str | Path | None = None,
-            poll_seconds: float = 2.0, timeout_seconds: float | None = None) -> DeviceSlot:
+def acquire(
+    preference: str = "auto",
+    device_count: int | None = None,
+    lock_dir: str | Path | None = None,
+    poll_seconds: float = 2.0,
+    timeout_seconds: float | None = None,
+) -> DeviceSlot:
     """Return a slot on a free GPU (or the CPU when none exists or ``preference == 'cpu'``).
 
     ``device_count`` overrides the CUDA device count (tests use fake counts).

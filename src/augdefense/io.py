@@ -11,8 +11,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from augdefense.errors import ArtifactError
 
@@ -93,8 +94,7 @@ def load_tensors(path: str | os.PathLike, required: dict[str, type] | None = Non
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(
-            f"{path}: refused to load: it holds more than tensors and plain values "
-            f"(weights_only load failed: {first})"
+            f"{path}: refused to load: it holds more than tensors and plain values (weights_only load failed: {first})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: truncated or corrupted ({type(exc).__name__}: {exc})") from None
@@ -104,7 +104,5 @@ def load_tensors(path: str | os.PathLike, required: dict[str, type] | None = Non
         if key not in obj:
             raise ArtifactError(f"{path}: missing entry '{key}'")
         if not isinstance(obj[key], kind):
-            raise ArtifactError(
-                f"{path}: entry '{key}' should be {kind.__name__}, found {type(obj[key]).__name__}"
-            )
+            raise ArtifactError(f"{path}: entry '{key}' should be {kind.__name__}, found {type(obj[key]).__name__}")
     return obj

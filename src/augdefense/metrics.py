@@ -7,12 +7,16 @@ import math
 import torch
 
 
-def run_metrics(clean_probs: torch.Tensor, clean_labels: torch.Tensor, eval_probs: torch.Tensor,
-                eval_goals: torch.Tensor) -> dict:
+def run_metrics(
+    clean_probs: torch.Tensor, clean_labels: torch.Tensor, eval_probs: torch.Tensor, eval_goals: torch.Tensor
+) -> dict:
     """Clean accuracy, poison success (share of attack inputs classified as the attacker's goal) and
     the mean probability the model gives the goal class (a finer measure than 0/1 success)."""
-    out = {"clean_acc": float((clean_probs.argmax(1) == clean_labels).float().mean()) if len(clean_labels) else math.nan,
-           "n_clean": int(len(clean_labels)), "n_eval": int(len(eval_goals))}
+    out = {
+        "clean_acc": float((clean_probs.argmax(1) == clean_labels).float().mean()) if len(clean_labels) else math.nan,
+        "n_clean": int(len(clean_labels)),
+        "n_eval": int(len(eval_goals)),
+    }
     if len(eval_goals):
         goal_prob = eval_probs.gather(1, eval_goals[:, None]).squeeze(1)
         out["poison_success"] = float((eval_probs.argmax(1) == eval_goals).float().mean())

@@ -12,10 +12,18 @@ from augdefense.params import OPTIONAL, Param, complete
 
 ARCHS = ("resnet18_cifar", "resnet18_imagenet", "convnet")
 MODEL_PARAMS = {
-    "arch": Param("string", "resnet18_cifar (3x3 stem, no max-pool), torchvision's ImageNet ResNet-18, or a "
-                  "small ConvNet for the CPU presets", enum=ARCHS),
-    "width": Param("integer", "channels of the first layer (default: 64 for resnet18_cifar, 32 for convnet)",
-                   default=OPTIONAL, minimum=1),
+    "arch": Param(
+        "string",
+        "resnet18_cifar (3x3 stem, no max-pool), torchvision's ImageNet ResNet-18, or a "
+        "small ConvNet for the CPU presets",
+        enum=ARCHS,
+    ),
+    "width": Param(
+        "integer",
+        "channels of the first layer (default: 64 for resnet18_cifar, 32 for convnet)",
+        default=OPTIONAL,
+        minimum=1,
+    ),
     "norm": Param("string", "BatchNorm, or GroupNorm (per-sample DP-SGD)", default="batch", enum=("batch", "group")),
     "groups": Param("integer", "GroupNorm groups (capped at the channels)", default=32, minimum=1),
 }
@@ -123,7 +131,8 @@ def load(path, dataset) -> nn.Module:
 
 
 def _resnet18_imagenet(num_classes: int, norm) -> nn.Module:
-    from torchvision.models.resnet import BasicBlock as TVBlock, ResNet
+    from torchvision.models.resnet import BasicBlock as TVBlock
+    from torchvision.models.resnet import ResNet
 
     class ResNetImageNet(ResNet):
         def features(self, x: torch.Tensor) -> torch.Tensor:

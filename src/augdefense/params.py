@@ -20,10 +20,22 @@ from augdefense.errors import ConfigError
 REQUIRED = object()  # the default of a key an entry must give
 OPTIONAL = object()  # the default of a key that may be left out (then absent, not filled in)
 
-_PYTHON_TYPES = {"integer": (int,), "number": (int, float), "boolean": (bool,), "string": (str,),
-                 "array": (list, tuple), "object": (dict,)}
-_ARTICLES = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
-             "array": "a list", "object": "a mapping"}
+_PYTHON_TYPES = {
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "string": (str,),
+    "array": (list, tuple),
+    "object": (dict,),
+}
+_ARTICLES = {
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "string": "a string",
+    "array": "a list",
+    "object": "a mapping",
+}
 
 
 @dataclass(frozen=True)
@@ -41,10 +53,10 @@ class Param:
     exclusive_maximum: float | None = None
     enum: tuple | None = None
     const: Any = REQUIRED
-    items: "Param | None" = None
-    fields: dict[str, "Param"] | None = field(default=None, hash=False)
+    items: Param | None = None
+    fields: dict[str, Param] | None = field(default=None, hash=False)
     ref: str | None = None
-    any_of: tuple["Param", ...] | None = None
+    any_of: tuple[Param, ...] | None = None
 
     @property
     def required(self) -> bool:
@@ -66,10 +78,12 @@ class Param:
         if self.enum is not None:
             return "one of " + ", ".join(repr(v) for v in self.enum)
         text = _ARTICLES.get(self.kind, "a value")
-        bounds = [f">= {_num(self.minimum)}" if self.minimum is not None else None,
-                  f"> {_num(self.exclusive_minimum)}" if self.exclusive_minimum is not None else None,
-                  f"<= {_num(self.maximum)}" if self.maximum is not None else None,
-                  f"< {_num(self.exclusive_maximum)}" if self.exclusive_maximum is not None else None]
+        bounds = [
+            f">= {_num(self.minimum)}" if self.minimum is not None else None,
+            f"> {_num(self.exclusive_minimum)}" if self.exclusive_minimum is not None else None,
+            f"<= {_num(self.maximum)}" if self.maximum is not None else None,
+            f"< {_num(self.exclusive_maximum)}" if self.exclusive_maximum is not None else None,
+        ]
         bounds = [b for b in bounds if b]
         if self.items is not None:
             text += f" of {self.items.rule()}"
@@ -125,9 +139,12 @@ class Param:
                 out["enum"] = list(self.enum)
             if self.const is not REQUIRED:
                 out["const"] = self.const
-            for key, value in (("minimum", self.minimum), ("maximum", self.maximum),
-                               ("exclusiveMinimum", self.exclusive_minimum),
-                               ("exclusiveMaximum", self.exclusive_maximum)):
+            for key, value in (
+                ("minimum", self.minimum),
+                ("maximum", self.maximum),
+                ("exclusiveMinimum", self.exclusive_minimum),
+                ("exclusiveMaximum", self.exclusive_maximum),
+            ):
                 if value is not None:
                     out[key] = value
             if self.items is not None:

@@ -20,8 +20,7 @@ import torch
 from augdefense.errors import ArtifactError
 from augdefense.io import load_tensors
 
-TENSORS = ("train_indices", "train_images", "train_labels", "eval_images", "eval_labels", "eval_goals",
-           "clean_exclude")
+TENSORS = ("train_indices", "train_images", "train_labels", "eval_images", "eval_labels", "eval_goals", "clean_exclude")
 
 
 def load(path: str | Path, image_shape: tuple[int, ...], num_train: int, num_classes: int) -> dict:
@@ -49,9 +48,16 @@ def load(path: str | Path, image_shape: tuple[int, ...], num_train: int, num_cla
 def none(image_shape: tuple[int, ...]) -> dict:
     """The artifact of an attack that poisons and evaluates nothing (clean training)."""
     empty = torch.zeros(0, dtype=torch.long)
-    return {"train_indices": empty, "train_images": torch.zeros((0, *image_shape), dtype=torch.uint8),
-            "train_labels": empty, "eval_images": torch.zeros((0, *image_shape), dtype=torch.uint8),
-            "eval_labels": empty, "eval_goals": empty, "clean_exclude": empty, "info": {}}
+    return {
+        "train_indices": empty,
+        "train_images": torch.zeros((0, *image_shape), dtype=torch.uint8),
+        "train_labels": empty,
+        "eval_images": torch.zeros((0, *image_shape), dtype=torch.uint8),
+        "eval_labels": empty,
+        "eval_goals": empty,
+        "clean_exclude": empty,
+        "info": {},
+    }
 
 
 def apply(train_images: torch.Tensor, train_labels: torch.Tensor, poison: dict):

@@ -25,6 +25,8 @@ from augdefense.io import atomic_path, sha256, write_json
 
 SIDECAR_SUFFIX = ".prov.json"
 MANIFEST_HEADER = "path\tsha256\tbytes"
+
+
 def sidecar_path(artifact: str | Path) -> Path:
     return Path(f"{artifact}{SIDECAR_SUFFIX}")
 
@@ -38,10 +40,15 @@ def code_version() -> dict:
     root = Path(__file__).resolve().parents[2]
     version = {"package": __version__, "source": str(root), "git_commit": None, "git_dirty": None}
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return version
     if commit.returncode == 0:
@@ -55,17 +62,26 @@ def environment() -> dict:
     # the devices it trained or evaluated on (a job that never asked for one used none).
     modules = sorted(m for m in sys.modules if m == "augdefense" or m.startswith("augdefense."))
     gpu = sys.modules.get("augdefense.gpu")
-    env = {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
-           "host": socket.gethostname(),
-           "devices_used": sorted(set(gpu.DEVICES_USED)) if gpu else [], "modules": modules}
+    env = {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "devices_used": sorted(set(gpu.DEVICES_USED)) if gpu else [],
+        "modules": modules,
+    }
     if "torch" in sys.modules:
         from importlib.metadata import version
 
         import torch
 
         # The installed version, without importing torchvision (a job that does not use it should not pay for it).
-        env.update(torch=torch.__version__, torchvision=version("torchvision"), cuda=torch.version.cuda,
-                   cuda_available=torch.cuda.is_available())
+        env.update(
+            torch=torch.__version__,
+            torchvision=version("torchvision"),
+            cuda=torch.version.cuda,
+            cuda_available=torch.cuda.is_available(),
+        )
         gpus = sorted({d for d in env["devices_used"] if d.startswith("cuda")})
         if gpus:
             env["gpu_names"] = {d: torch.cuda.get_device_name(torch.device(d)) for d in gpus}
@@ -77,11 +93,18 @@ def write_sidecars(*, job: dict, function: str, inputs: dict[str, str], outputs:
     wrote, ran with and on, and the job itself (``python -m augdefense replay <sidecar>`` runs it
     again)."""
     record = {
-        "rule": job["rule"], "wildcards": job["wildcards"], "seed": job["params"].get("seed"),
+        "rule": job["rule"],
+        "wildcards": job["wildcards"],
+        "seed": job["params"].get("seed"),
         "inputs": inputs,
         "outputs": {str(p): sha256(p) for p in outputs},
-        "params": job["params"], "code": code_version(), "environment": environment(),
-        "started": started, "finished": now(), "function": function, "job": job,
+        "params": job["params"],
+        "code": code_version(),
+        "environment": environment(),
+        "started": started,
+        "finished": now(),
+        "function": function,
+        "job": job,
     }
     for output in outputs:
         write_json(sidecar_path(output), record)

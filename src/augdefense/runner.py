@@ -20,10 +20,11 @@ import logging
 import os
 import sys
 import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from augdefense.errors import ArtifactError, AugdefenseError, ConfigError
 
@@ -46,13 +47,18 @@ class JobSpec:
     code: list[str] = field(default_factory=list)  # the rule's code inputs (hashed into the sidecar)
 
     @classmethod
-    def from_snakemake(cls, snakemake) -> "JobSpec":
+    def from_snakemake(cls, snakemake) -> JobSpec:
         inputs = {name: _files(value) for name, value in snakemake.input.items()}
-        return cls(rule=snakemake.rule, inputs={k: v for k, v in inputs.items() if k != CODE_INPUT},
-                   outputs={name: _files(value) for name, value in snakemake.output.items()},
-                   params=dict(snakemake.params.items()), threads=snakemake.threads,
-                   wildcards=dict(snakemake.wildcards.items()), log=snakemake.log[0] if snakemake.log else None,
-                   code=_as_list(inputs.get(CODE_INPUT)))
+        return cls(
+            rule=snakemake.rule,
+            inputs={k: v for k, v in inputs.items() if k != CODE_INPUT},
+            outputs={name: _files(value) for name, value in snakemake.output.items()},
+            params=dict(snakemake.params.items()),
+            threads=snakemake.threads,
+            wildcards=dict(snakemake.wildcards.items()),
+            log=snakemake.log[0] if snakemake.log else None,
+            code=_as_list(inputs.get(CODE_INPUT)),
+        )
 
     def values(self) -> dict[str, Any]:
         """Everything the function may take, by name."""
@@ -121,8 +127,10 @@ def verify_inputs(files: list[str]) -> dict[str, str]:
             continue
         recorded = read_json(sidecar).get("outputs", {}).get(file)
         if recorded != digests[file]:
-            raise ArtifactError(f"{file}: its sha256 differs from what the job that wrote it recorded in {sidecar} "
-                                "(changed or corrupted since): delete it and rerun the workflow to rebuild it")
+            raise ArtifactError(
+                f"{file}: its sha256 differs from what the job that wrote it recorded in {sidecar} "
+                "(changed or corrupted since): delete it and rerun the workflow to rebuild it"
+            )
     return digests
 
 
@@ -133,8 +141,13 @@ def execute(job: JobSpec, function: Callable) -> None:
     started = provenance.now()
     input_digests = verify_inputs(job.input_files())
     function(**bind(function, job.values(), f"rule {job.rule}"))
-    provenance.write_sidecars(job=dataclasses.asdict(job), function=f"{function.__module__}:{function.__qualname__}",
-                              inputs=input_digests, outputs=job.output_files(), started=started)
+    provenance.write_sidecars(
+        job=dataclasses.asdict(job),
+        function=f"{function.__module__}:{function.__qualname__}",
+        inputs=input_digests,
+        outputs=job.output_files(),
+        started=started,
+    )
 
 
 def run_rule(snakemake, function: Callable) -> None:
@@ -161,8 +174,9 @@ def _logging_to(log_file: str | None) -> Iterator[None]:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
     yield
 
 
@@ -192,8 +206,10 @@ def replay(sidecar: str | Path, out_dir: str | Path) -> dict[str, bool]:
     moved = {name: _relocate(value, Path(out_dir)) for name, value in job.outputs.items()}
     params = {**job.params, **({"checkpoint": None} if "checkpoint" in job.params else {})}
     execute(replace(job, outputs=moved, params=params, log=None), function_named(record["function"]))
-    return {original: (Path(out_dir) / original).is_file() and sha256(Path(out_dir) / original) == digest
-            for original, digest in record["outputs"].items()}
+    return {
+        original: (Path(out_dir) / original).is_file() and sha256(Path(out_dir) / original) == digest
+        for original, digest in record["outputs"].items()
+    }
 
 
 def _relocate(value, out_dir: Path):

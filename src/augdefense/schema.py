@@ -14,19 +14,32 @@ import sys
 
 from augdefense.params import OPTIONAL, Param, object_schema
 
-HEADER = ("# Generated from the Param tables of augdefense's registries by `make schema` "
-          "(python -m augdefense.schema --write): do not edit by hand.\n")
+HEADER = (
+    "# Generated from the Param tables of augdefense's registries by `make schema` "
+    "(python -m augdefense.schema --write): do not edit by hand.\n"
+)
 
 EXPERIMENT_PARAMS = {
     "attacks": Param("array", "the attacks of the table's columns", items=Param("string")),
     "defenses": Param("array", "the defenses of the table's rows", items=Param("string")),
-    "plot": Param("string", "the figure: success vs accuracy per defense, vs mixture width per noise level "
-                  "(Fig. 4b), or each augmentation's curve as noise grows (Fig. 5)", default="tradeoff",
-                  enum=("tradeoff", "width", "noise")),
-    "control": Param("string", "an attack with control: true, run under every defense of the experiment "
-                     "(same-seed clean twins)", default=OPTIONAL),
-    "exclude": Param("array", "cells not run (shown as 'not applicable' in the table)", default=OPTIONAL,
-                     items=Param("object", fields={"attack": Param("string"), "defense": Param("string")})),
+    "plot": Param(
+        "string",
+        "the figure: success vs accuracy per defense, vs mixture width per noise level "
+        "(Fig. 4b), or each augmentation's curve as noise grows (Fig. 5)",
+        default="tradeoff",
+        enum=("tradeoff", "width", "noise"),
+    ),
+    "control": Param(
+        "string",
+        "an attack with control: true, run under every defense of the experiment (same-seed clean twins)",
+        default=OPTIONAL,
+    ),
+    "exclude": Param(
+        "array",
+        "cells not run (shown as 'not applicable' in the table)",
+        default=OPTIONAL,
+        items=Param("object", fields={"attack": Param("string"), "defense": Param("string")}),
+    ),
 }
 THREADS = Param("integer", "CPU threads per compute job", default=1, minimum=1)
 
@@ -38,8 +51,7 @@ def _registry_branches(registry: dict, what: str) -> dict:
         "required": ["type"],
         "properties": {"type": {"enum": sorted(registry)}},
         "allOf": [
-            {"if": {"properties": {"type": {"const": name}}},
-             "then": object_schema(cls.fields(), extra={"type": {}})}
+            {"if": {"properties": {"type": {"const": name}}}, "then": object_schema(cls.fields(), extra={"type": {}})}
             for name, cls in sorted(registry.items())
         ],
         "description": f"a {what} entry: its type, and that type's keys",
@@ -50,13 +62,17 @@ def build() -> dict:
     from augdefense import attacks, defenses, models, sources, training
 
     def named(ref: str, description: str) -> dict:
-        return {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": f"#/$defs/{ref}"},
-                "description": description}
+        return {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {"$ref": f"#/$defs/{ref}"},
+            "description": description,
+        }
 
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "description": "augdefense workflow config. Every object forbids unknown keys, so a typo stops the run "
-                       "with a message that names the key. Attack and defense entries are checked per type.",
+        "with a message that names the key. Attack and defense entries are checked per type.",
         "type": "object",
         "additionalProperties": False,
         "required": ["data", "model", "recipes", "attacks", "defenses", "experiments", "seeds"],
@@ -67,10 +83,13 @@ def build() -> dict:
             "attacks": named("attack", "attacks by name"),
             "defenses": named("defense", "defenses by name"),
             "experiments": named("experiment", "the cells each table or figure needs; shared cells run once"),
-            "seeds": {"description": "a count (seeds 0..n-1) or an explicit list",
-                      "oneOf": [{"type": "integer", "minimum": 1},
-                                {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0},
-                                 "uniqueItems": True}]},
+            "seeds": {
+                "description": "a count (seeds 0..n-1) or an explicit list",
+                "oneOf": [
+                    {"type": "integer", "minimum": 1},
+                    {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}, "uniqueItems": True},
+                ],
+            },
             "threads": THREADS.schema(),
             "runtime": {**object_schema(training.RUNTIME_PARAMS), "default": {}},
         },

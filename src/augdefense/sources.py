@@ -13,12 +13,14 @@ from augdefense.params import OPTIONAL, Param, complete
 
 SOURCES = ("cifar10", "digits", "imagefolder")
 DATA_PARAMS = {
-    "source": Param("string", "cifar10 (torchvision download), digits (scikit-learn, offline) or an imagefolder "
-                    "tree", enum=SOURCES),
+    "source": Param(
+        "string", "cifar10 (torchvision download), digits (scikit-learn, offline) or an imagefolder tree", enum=SOURCES
+    ),
     "root": Param("string", "download/cache folder (cifar10)", default="resources"),
     "path": Param("string", "folder with train/ and test/ class folders (imagefolder)", default=OPTIONAL),
-    "image_size": Param("integer", "resize to this square size (required for imagefolder)", default=OPTIONAL,
-                        minimum=4),
+    "image_size": Param(
+        "integer", "resize to this square size (required for imagefolder)", default=OPTIONAL, minimum=4
+    ),
     "split_seed": Param("integer", "digits: seed of the stratified 80/20 split", default=0),
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -76,8 +78,7 @@ def digits_split(split_seed: int):
     from sklearn.model_selection import train_test_split
 
     targets = load_digits().target
-    train, test = train_test_split(np.arange(len(targets)), test_size=0.2, stratify=targets,
-                                   random_state=split_seed)
+    train, test = train_test_split(np.arange(len(targets)), test_size=0.2, stratify=targets, random_state=split_seed)
     return targets, np.sort(train), np.sort(test)
 
 
@@ -87,14 +88,16 @@ def imagefolder_classes(root: Path) -> list[str]:
     for split in ("train", "test"):
         split_dir = root / split
         if not split_dir.is_dir():
-            raise DataError(f"{split_dir}: missing; an imagefolder dataset needs {root}/train/<class>/ "
-                            f"and {root}/test/<class>/")
+            raise DataError(
+                f"{split_dir}: missing; an imagefolder dataset needs {root}/train/<class>/ and {root}/test/<class>/"
+            )
         splits[split] = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if splits["train"] != splits["test"]:
         only_train = sorted(set(splits["train"]) - set(splits["test"]))
         only_test = sorted(set(splits["test"]) - set(splits["train"]))
-        raise DataError(f"{root}: train/ and test/ have different classes; only in train: {only_train}; "
-                        f"only in test: {only_test}")
+        raise DataError(
+            f"{root}: train/ and test/ have different classes; only in train: {only_train}; only in test: {only_test}"
+        )
     return splits["train"]
 
 

@@ -17,9 +17,14 @@ KEY_COLUMNS = ["attack", "defense", "seed"]
 METRICS = ["clean_acc", "poison_success", "goal_probability", "goal_margin"]
 # The papers a table's reference numbers come from, in order of preference: a cell takes the first
 # paper's value that reports it (paper_numbers.csv holds every paper's values).
-REFERENCE_PAPER = {"table1": ["dp-instahide"], "table2": ["dp-instahide", "strong-augmentation"],
-                   "table3": ["dp-instahide"], "table4": ["dp-instahide"], "table5": ["dp-instahide"],
-                   "table6": ["dp-instahide"]}
+REFERENCE_PAPER = {
+    "table1": ["dp-instahide"],
+    "table2": ["dp-instahide", "strong-augmentation"],
+    "table3": ["dp-instahide"],
+    "table4": ["dp-instahide"],
+    "table5": ["dp-instahide"],
+    "table6": ["dp-instahide"],
+}
 
 
 def reference_numbers(table: str) -> pd.DataFrame:
@@ -53,8 +58,9 @@ def collect_metrics(*, runs: list[str | Path], out: str | Path) -> pd.DataFrame:
     return frame
 
 
-def summarize(metrics: pd.DataFrame, table: str, attacks: list[str], defenses: list[str],
-              control: str | None = None) -> pd.DataFrame:
+def summarize(
+    metrics: pd.DataFrame, table: str, attacks: list[str], defenses: list[str], control: str | None = None
+) -> pd.DataFrame:
     """One row per (defense, attack) of an experiment: mean, std and count over seeds, the poison
     success's 95% Wilson interval (attack inputs pooled over seeds), the shift of the goal class's
     probability and log-odds margin against the same-seed clean control (when the experiment has
@@ -82,8 +88,9 @@ def summarize(metrics: pd.DataFrame, table: str, attacks: list[str], defenses: l
             for d, a in zip(summary.defense, summary.attack):
                 runs = cells[(cells.defense == d) & (cells.attack == a)]
                 twins = [controls[metric].get((d, s), math.nan) for s in runs.seed]
-                rows.append((float(pd.Series(twins, dtype=float).mean()),
-                             *paired_shift(runs[metric].to_numpy(), twins)))
+                rows.append(
+                    (float(pd.Series(twins, dtype=float).mean()), *paired_shift(runs[metric].to_numpy(), twins))
+                )
             summary[f"control_{metric}_mean"] = [r[0] for r in rows]
             for i, part in enumerate(("shift", "shift_ci_low", "shift_ci_high", "shift_n")):
                 summary[f"{metric}_{part}"] = [r[i + 1] for r in rows]
@@ -136,9 +143,15 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
 
 
-def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses: list[str],
-                excluded: set[tuple[str, str]] = frozenset(), control: str | None = None,
-                scale: str | None = None) -> str:
+def to_markdown(
+    summary: pd.DataFrame,
+    table: str,
+    attacks: list[str],
+    defenses: list[str],
+    excluded: set[tuple[str, str]] = frozenset(),
+    control: str | None = None,
+    scale: str | None = None,
+) -> str:
     header = ["defense"]
     for attack in attacks:
         header += [f"clean acc % ({attack})", f"poison success % ({attack})"]
@@ -177,31 +190,44 @@ def to_markdown(summary: pd.DataFrame, table: str, attacks: list[str], defenses:
         lines.append("| " + " | ".join(row) + " |")
     seeds = sorted(set(summary.get("clean_acc_count", pd.Series(dtype=int)).astype(int)))
     papers = REFERENCE_PAPER.get(table, [])
-    lines += ["", f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell; poison success also with its "
-              "95% Wilson interval [low–high] over the attack inputs of all seeds pooled. "
-              f"Paper values: {', '.join(papers) if papers else 'none recorded'} (first that reports the cell)."]
+    lines += [
+        "",
+        f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell; poison success also with its "
+        "95% Wilson interval [low–high] over the attack inputs of all seeds pooled. "
+        f"Paper values: {', '.join(papers) if papers else 'none recorded'} (first that reports the cell).",
+    ]
     if "dp_success_ceiling" in summary and summary.dp_success_ceiling.notna().any():
-        lines += ["", "{DP ceiling} = the highest poison success Ma et al.'s bound allows against a learner with "
-                  "the run's differential-privacy guarantee (opacus's accountant, or Theorem 2 with δ = 0) and "
-                  "that many poisons, given the success without poisons (the control's; 0 without a control). "
-                  "100 means the guarantee is vacuous at this scale."]
+        lines += [
+            "",
+            "{DP ceiling} = the highest poison success Ma et al.'s bound allows against a learner with "
+            "the run's differential-privacy guarantee (opacus's accountant, or Theorem 2 with δ = 0) and "
+            "that many poisons, given the success without poisons (the control's; 0 without a control). "
+            "100 means the guarantee is vacuous at this scale.",
+        ]
     if "defense_type" in summary and (summary.defense_type == "dpsgd_batch").any():
         names = ", ".join(sorted(set(summary.defense[summary.defense_type == "dpsgd_batch"])))
-        lines += ["", f"{names}: DP-SGD as the papers ran it (the mini-batch gradient clipped, then noised). It carries "
-                  "no formal privacy guarantee: without per-sample clipping no sensitivity bound exists, so no ε "
-                  "and no DP ceiling are reported (`dpsgd_opacus` is DP-SGD with one)."]
+        lines += [
+            "",
+            f"{names}: DP-SGD as the papers ran it (the mini-batch gradient clipped, then noised). It carries "
+            "no formal privacy guarantee: without per-sample clipping no sensitivity bound exists, so no ε "
+            "and no DP ceiling are reported (`dpsgd_opacus` is DP-SGD with one).",
+        ]
     if control is not None:
-        lines += ["", f"Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
-                  "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
-                  "(log p_goal − log max_other p) in the poisoned victim minus in its control, with a 95% t-interval: "
-                  "how far the poisons pushed the target, even where they did not flip it."]
+        lines += [
+            "",
+            f"Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
+            "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
+            "(log p_goal − log max_other p) in the poisoned victim minus in its control, with a 95% t-interval: "
+            "how far the poisons pushed the target, even where they did not flip it.",
+        ]
     if scale:
         lines += ["", f"Computed at: {scale}."]
     return "\n".join(lines) + "\n"
 
 
-def render_table(*, metrics: str | Path, table: str, experiment: dict, scale: str, csv: str | Path,
-                 md: str | Path) -> pd.DataFrame:
+def render_table(
+    *, metrics: str | Path, table: str, experiment: dict, scale: str, csv: str | Path, md: str | Path
+) -> pd.DataFrame:
     """One experiment's table (CSV and markdown), computed at ``scale`` (said in the markdown)."""
     frame = pd.read_csv(metrics)
     attacks, defenses, control = experiment["attacks"], experiment["defenses"], experiment.get("control")
@@ -214,8 +240,9 @@ def render_table(*, metrics: str | Path, table: str, experiment: dict, scale: st
     return summary
 
 
-def compare_papers(*, metrics: str | Path, experiments: dict, scale: str, csv: str | Path,
-                   md: str | Path) -> pd.DataFrame:
+def compare_papers(
+    *, metrics: str | Path, experiments: dict, scale: str, csv: str | Path, md: str | Path
+) -> pd.DataFrame:
     """Every reproduced cell that a paper reports, beside the paper's value, with our 95% Wilson
     interval (test images pooled over seeds) and whether the paper's value falls inside it."""
     from augdefense.metrics import wilson_interval
@@ -231,24 +258,61 @@ def compare_papers(*, metrics: str | Path, experiments: dict, scale: str, csv: s
             n = int(cell[counts[ref.metric]].sum())
             hits = float((cell[ref.metric] * cell[counts[ref.metric]]).sum())
             low, high = wilson_interval(hits, n)
-            rows.append({"table": table, "attack": ref.attack, "defense": ref.defense, "metric": ref.metric,
-                         "paper": ref.paper, "paper_value": ref.value, "ours": hits / n if n else math.nan,
-                         "ci_low": low, "ci_high": high, "n_seeds": len(cell), "n_images": n,
-                         "paper_inside_ci": bool(low <= ref.value <= high)})
-    frame = pd.DataFrame(rows, columns=["table", "attack", "defense", "metric", "paper", "paper_value", "ours",
-                                        "ci_low", "ci_high", "n_seeds", "n_images", "paper_inside_ci"])
+            rows.append(
+                {
+                    "table": table,
+                    "attack": ref.attack,
+                    "defense": ref.defense,
+                    "metric": ref.metric,
+                    "paper": ref.paper,
+                    "paper_value": ref.value,
+                    "ours": hits / n if n else math.nan,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n_seeds": len(cell),
+                    "n_images": n,
+                    "paper_inside_ci": bool(low <= ref.value <= high),
+                }
+            )
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "table",
+            "attack",
+            "defense",
+            "metric",
+            "paper",
+            "paper_value",
+            "ours",
+            "ci_low",
+            "ci_high",
+            "n_seeds",
+            "n_images",
+            "paper_inside_ci",
+        ],
+    )
     with atomic_path(csv) as tmp:
         frame.to_csv(tmp, index=False)
-    lines = ["# Reproduced cells beside the papers' values", "",
-             "| table | attack | defense | metric | paper | ours | our 95% interval | seeds | paper inside? |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Reproduced cells beside the papers' values",
+        "",
+        "| table | attack | defense | metric | paper | ours | our 95% interval | seeds | paper inside? |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in frame.itertuples():
-        lines.append(f"| {r.table} | {r.attack} | {r.defense} | {r.metric} | {100 * r.paper_value:.1f} | "
-                     f"{100 * r.ours:.1f} | {100 * r.ci_low:.1f}–{100 * r.ci_high:.1f} | {r.n_seeds} | "
-                     f"{'yes' if r.paper_inside_ci else '**no**'} |")
-    lines += ["", "Intervals are Wilson score intervals over the test images of all seeds pooled; they leave out "
-              "the seed-to-seed variance, so they are narrower than a between-seed interval. A CPU preset "
-              "is not expected to match the papers' CIFAR-10 numbers.", "", f"Computed at: {scale}."]
+        lines.append(
+            f"| {r.table} | {r.attack} | {r.defense} | {r.metric} | {100 * r.paper_value:.1f} | "
+            f"{100 * r.ours:.1f} | {100 * r.ci_low:.1f}–{100 * r.ci_high:.1f} | {r.n_seeds} | "
+            f"{'yes' if r.paper_inside_ci else '**no**'} |"
+        )
+    lines += [
+        "",
+        "Intervals are Wilson score intervals over the test images of all seeds pooled; they leave out "
+        "the seed-to-seed variance, so they are narrower than a between-seed interval. A CPU preset "
+        "is not expected to match the papers' CIFAR-10 numbers.",
+        "",
+        f"Computed at: {scale}.",
+    ]
     with atomic_path(md) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return frame

@@ -26,16 +26,25 @@ log = logging.getLogger("augdefense.training")
 
 TRANSFER_PARAMS = {
     "pretrain_recipe": Param("string", "the recipe (without 'transfer') that pretrains the extractor"),
-    "pretrain_share": Param("number", "share of each class that pretrains the extractor; the rest is the "
-                            "fine-tuning split, which holds the poisons", default=0.5, exclusive_minimum=0,
-                            exclusive_maximum=1),
-    "finetune": Param("string", "fine-tune the last layer only or the whole network", default="last_layer",
-                      enum=("last_layer", "end_to_end")),
+    "pretrain_share": Param(
+        "number",
+        "share of each class that pretrains the extractor; the rest is the fine-tuning split, which holds the poisons",
+        default=0.5,
+        exclusive_minimum=0,
+        exclusive_maximum=1,
+    ),
+    "finetune": Param(
+        "string",
+        "fine-tune the last layer only or the whole network",
+        default="last_layer",
+        enum=("last_layer", "end_to_end"),
+    ),
 }
 RECIPE_PARAMS = {
     "epochs": Param("integer", "training epochs", minimum=1),
-    "milestones": Param("array", "epochs after which the learning rate is multiplied by gamma",
-                        items=Param("integer", minimum=1)),
+    "milestones": Param(
+        "array", "epochs after which the learning rate is multiplied by gamma", items=Param("integer", minimum=1)
+    ),
     "gamma": Param("number", "learning-rate factor at each milestone", default=0.1, exclusive_minimum=0, maximum=1),
     "lr": Param("number", "SGD learning rate", default=0.1, exclusive_minimum=0),
     "momentum": Param("number", "SGD momentum", default=0.9, minimum=0, exclusive_maximum=1),
@@ -46,12 +55,20 @@ RECIPE_PARAMS = {
     "flip": Param("boolean", "random horizontal flips", default=True),
     # Transfer learning (Schwarzschild et al.'s setting): the victim starts from a feature extractor
     # pretrained on a disjoint split and fine-tunes the last layer or end to end.
-    "transfer": Param("object", "transfer learning: fine-tune an extractor pretrained on a disjoint split",
-                      default=OPTIONAL, fields=TRANSFER_PARAMS),
+    "transfer": Param(
+        "object",
+        "transfer learning: fine-tune an extractor pretrained on a disjoint split",
+        default=OPTIONAL,
+        fields=TRANSFER_PARAMS,
+    ),
 }
 RUNTIME_PARAMS = {
-    "device": Param("string", "a free GPU per job (file locks) when one exists, else the CPU", default="auto",
-                    enum=("auto", "cpu", "cuda")),
+    "device": Param(
+        "string",
+        "a free GPU per job (file locks) when one exists, else the CPU",
+        default="auto",
+        enum=("auto", "cpu", "cuda"),
+    ),
     "amp": Param("boolean", "bf16 autocast on CUDA", default=True),
     "deterministic": Param("boolean", "PyTorch's deterministic algorithms (slower on GPU)", default=False),
     "eval_batch_size": Param("integer", "batch size of evaluation and feature extraction", default=1024, minimum=1),
@@ -80,7 +97,7 @@ class Recipe:
         return bool(self.transfer) and self.transfer["finetune"] == "last_layer"
 
     @classmethod
-    def from_spec(cls, spec: dict, where: str = "recipe") -> "Recipe":
+    def from_spec(cls, spec: dict, where: str = "recipe") -> Recipe:
         spec = complete(spec, RECIPE_PARAMS, where)
         return cls(**{k: (tuple(v) if k == "milestones" else v) for k, v in spec.items()})
 
@@ -95,7 +112,7 @@ class Runtime:
     compile: bool
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "Runtime":
+    def from_spec(cls, spec: dict) -> Runtime:
         return cls(**complete(spec, RUNTIME_PARAMS, "runtime"))
 
 
@@ -158,9 +175,20 @@ class Checkpointer:
             Path(self.path).unlink(missing_ok=True)
 
 
-def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, defense, recipe: Recipe,
-          normalizer: Normalizer, device: torch.device, seed: int, *, amp: bool = True,
-          checkpointer: Checkpointer | None = None, compile_model: bool = False) -> list[dict]:
+def train(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    defense,
+    recipe: Recipe,
+    normalizer: Normalizer,
+    device: torch.device,
+    seed: int,
+    *,
+    amp: bool = True,
+    checkpointer: Checkpointer | None = None,
+    compile_model: bool = False,
+) -> list[dict]:
     """Train ``model`` in place on uint8 ``images``; return one record per epoch."""
     from augdefense import augment
 
@@ -172,9 +200,13 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                nesterov=recipe.nesterov and recipe.momentum > 0,
-                                weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov and recipe.momentum > 0,
+        weight_decay=recipe.weight_decay,
+    )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
     shuffle = torch.Generator().manual_seed(seed)
     n = len(labels)
@@ -203,39 +235,56 @@ def train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, de
             generator.bit_generator.state = state
         history, first_epoch = list(resumed["history"]), resumed["epoch"]
 
-    for epoch in tqdm(range(first_epoch, recipe.epochs), desc=f"train [{defense.describe()}]", mininterval=10,
-                      initial=first_epoch, total=recipe.epochs):
+    for epoch in tqdm(
+        range(first_epoch, recipe.epochs),
+        desc=f"train [{defense.describe()}]",
+        mininterval=10,
+        initial=first_epoch,
+        total=recipe.epochs,
+    ):
         # Last-layer fine-tuning: the frozen extractor keeps its BatchNorm statistics (eval mode).
         model.train(not recipe.last_layer_only)
         order = torch.randperm(n, generator=shuffle).to(device)
         total, steps, start = 0.0, 0, time.perf_counter()
         for step, begin in enumerate(range(0, n, recipe.batch_size)):
-            idx = order[begin:begin + recipe.batch_size]
+            idx = order[begin : begin + recipe.batch_size]
             x = images[idx].float().div_(255)
             x = augment.baseline(x, recipe.crop_pad, recipe.flip)
             loss = defense.loss(forward, x, labels[idx], epoch)
             value = loss.item()
             if not math.isfinite(value):
-                raise TrainingError(f"loss is {value} at epoch {epoch + 1}, step {step + 1} under defense "
-                                    f"{defense.describe()}; no metrics were written")
+                raise TrainingError(
+                    f"loss is {value} at epoch {epoch + 1}, step {step + 1} under defense "
+                    f"{defense.describe()}; no metrics were written"
+                )
             step_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             defense.process_gradients(model)
             step_optimizer.step()
             total, steps = total + value, steps + 1
         scheduler.step()
-        record = {"epoch": epoch + 1, "loss": total / steps, "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - start}
+        record = {
+            "epoch": epoch + 1,
+            "loss": total / steps,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
+        }
         log.info("epoch %(epoch)d loss %(loss).4f lr %(lr).4g (%(seconds).1f s)", record)
         history.append(record)
         if checkpointer.due(epoch + 1, recipe.epochs):
-            checkpointer.save({
-                "epoch": epoch + 1, "history": history, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(), "rng_shuffle": shuffle.get_state(),
-                "rng_defense": json.dumps([g.bit_generator.state for g in defense.generators()]),
-                **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-            })
+            checkpointer.save(
+                {
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_shuffle": shuffle.get_state(),
+                    "rng_defense": json.dumps([g.bit_generator.state for g in defense.generators()]),
+                    **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                }
+            )
     return history
 
 
@@ -258,14 +307,20 @@ def start_from_extractor(model: torch.nn.Module, state: dict, last_layer_only: b
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
-            batch_size: int = 1024, amp: bool = True) -> torch.Tensor:
+def predict(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    normalizer: Normalizer,
+    device: torch.device,
+    batch_size: int = 1024,
+    amp: bool = True,
+) -> torch.Tensor:
     """Softmax probabilities [N, classes] for uint8 ``images`` (no augmentation)."""
     model.eval().to(device)
     normalizer.to(device)
     out = []
     for begin in range(0, len(images), batch_size):
-        x = normalizer(images[begin:begin + batch_size].to(device).float().div_(255))
+        x = normalizer(images[begin : begin + batch_size].to(device).float().div_(255))
         with _autocast(device, amp):
             out.append(torch.softmax(model(x).float(), dim=1).cpu())
     if not out:

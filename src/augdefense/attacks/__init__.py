@@ -21,5 +21,11 @@ def build(spec: dict, name: str = "") -> Attack:
     return REGISTRY[kind](spec, name=name)
 
 
-from augdefense.attacks import patch  # noqa: E402,F401  (registers the implementations)
-from augdefense.attacks import clean_label, convex_polytope, feature_collision, gradient_matching, hidden_trigger  # noqa: E402,F401,E501
+from augdefense.attacks import (  # noqa: E402,F401,E501
+    clean_label,
+    convex_polytope,
+    feature_collision,
+    gradient_matching,
+    hidden_trigger,
+    patch,  # noqa: E402,F401  (registers the implementations)
+)

@@ -32,8 +32,17 @@ from augdefense.params import Param
 log = logging.getLogger("augdefense.attacks")
 
 
-def pgd_perturb(logits_fn, images: torch.Tensor, labels: torch.Tensor, eps: float, *, steps: int = 20,
-                step_size: float = 2 / 255, random_start: bool = True, seed: int = 0) -> dict:
+def pgd_perturb(
+    logits_fn,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    *,
+    steps: int = 20,
+    step_size: float = 2 / 255,
+    random_start: bool = True,
+    seed: int = 0,
+) -> dict:
     """Untargeted l-inf PGD for float ``images`` in [0, 1] (``eps`` and ``step_size`` in [0, 1]
     units): maximise the summed cross-entropy of ``labels``. ``logits_fn`` maps images in [0, 1]
     to logits (the caller freezes the model: see ``frozen``). The random start is drawn on the CPU
@@ -72,8 +81,9 @@ class CleanLabelBackdoor(TriggerBackdoor):
     params = {
         **TriggerBackdoor.params,
         "steps": Param("integer", "PGD steps (20 in the benchmark)", default=20, minimum=1),
-        "step_size": Param("number", "PGD step in 1/255 pixel units (2 in the benchmark)", default=2,
-                           exclusive_minimum=0),
+        "step_size": Param(
+            "number", "PGD step in 1/255 pixel units (2 in the benchmark)", default=2, exclusive_minimum=0
+        ),
     }
 
     def __init__(self, spec, name=""):
@@ -88,11 +98,22 @@ class CleanLabelBackdoor(TriggerBackdoor):
         clean = dataset.train_images[indices]
         context.normalizer.to(device)
         with frozen(context.model):
-            result = pgd_perturb(context.logits, (clean.float() / 255).to(device),
-                                 dataset.train_labels[indices].to(device), self.eps / 255, steps=self.steps,
-                                 step_size=self.step_size / 255, seed=seed)
-        log.info("clean-label backdoor: loss of the true label %.4f -> %.4f", result["history"][0],
-                 result["history"][-1])
+            result = pgd_perturb(
+                context.logits,
+                (clean.float() / 255).to(device),
+                dataset.train_labels[indices].to(device),
+                self.eps / 255,
+                steps=self.steps,
+                step_size=self.step_size / 255,
+                seed=seed,
+            )
+        log.info(
+            "clean-label backdoor: loss of the true label %.4f -> %.4f", result["history"][0], result["history"][-1]
+        )
         poisons = paste(quantize(clean, result["images"], self.eps), draw["patch"], rows, cols)
-        return poisons, {"patch_rows": rows.tolist(), "patch_cols": cols.tolist(),
-                         "adversarial_loss_first": result["history"][0], "adversarial_loss": result["history"][-1]}
+        return poisons, {
+            "patch_rows": rows.tolist(),
+            "patch_cols": cols.tolist(),
+            "adversarial_loss_first": result["history"][0],
+            "adversarial_loss": result["history"][-1],
+        }

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -12,8 +12,9 @@ from augdefense.params import Param
 
 # Schwarzschild et al.'s benchmark (aks2203/poisoning-benchmark, how_to.md): 25 poisons, l-inf
 # eps = 8/255 for every attack of the transfer-learning benchmark; a 5x5 trigger for CIFAR-10.
-EPS_PARAM = Param("number", "l-inf bound in 1/255 pixel units (8 in the benchmark)", default=8,
-                  exclusive_minimum=0, maximum=255)
+EPS_PARAM = Param(
+    "number", "l-inf bound in 1/255 pixel units (8 in the benchmark)", default=8, exclusive_minimum=0, maximum=255
+)
 N_POISONS_PARAM = Param("integer", "number of poisons (25 in the benchmark)", default=25, minimum=1)
 PATCH_SIZE_PARAM = Param("integer", "trigger side in pixels (5 in the benchmark)", default=5, minimum=1)
 
@@ -22,8 +23,10 @@ PATCH_SIZE_PARAM = Param("integer", "trigger side in pixels (5 in the benchmark)
 def frozen(*models: torch.nn.Module) -> Iterator[None]:
     """Run a block with ``models`` in eval mode and their parameters not requiring grad; restore
     each module's training flag and each parameter's requires_grad afterwards."""
-    saved = [(m, [(mod, mod.training) for mod in m.modules()], [(p, p.requires_grad) for p in m.parameters()])
-             for m in models]
+    saved = [
+        (m, [(mod, mod.training) for mod in m.modules()], [(p, p.requires_grad) for p in m.parameters()])
+        for m in models
+    ]
     try:
         for m in models:
             m.eval()

@@ -24,7 +24,7 @@ works on x / scale.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -51,8 +51,9 @@ def simplex_projection(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(v - theta, min=0)
 
 
-def simplex_least_squares(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, tol: float = 1e-6,
-                          max_iters: int = 10000) -> torch.Tensor:
+def simplex_least_squares(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, tol: float = 1e-6, max_iters: int = 10000
+) -> torch.Tensor:
     """min_c 1/2 ||a^T c - b||^2 over the probability simplex by projected gradient descent
     (Zhu et al.'s inner loop): ``a`` [n, d] (one row per poison), ``b`` [d], start ``c`` [n] on the
     simplex. Step 1/L with L = ||a||_2^2, the gradient's Lipschitz constant, so every step
@@ -68,9 +69,19 @@ def simplex_least_squares(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, tol
     return c
 
 
-def convex_polytope(feature_fns: Sequence[FeatureFn], target: torch.Tensor, bases: torch.Tensor, eps: float, *,
-                    iterations: int = 1200, lr: float = 0.04, momentum: float = 0.9,
-                    scale: torch.Tensor | None = None, tol: float = 1e-6, coeff_iters: int = 10000) -> dict:
+def convex_polytope(
+    feature_fns: Sequence[FeatureFn],
+    target: torch.Tensor,
+    bases: torch.Tensor,
+    eps: float,
+    *,
+    iterations: int = 1200,
+    lr: float = 0.04,
+    momentum: float = 0.9,
+    scale: torch.Tensor | None = None,
+    tol: float = 1e-6,
+    coeff_iters: int = 10000,
+) -> dict:
     """Craft convex-polytope poisons for float images in [0, 1]: ``target`` [C,H,W] or [1,C,H,W],
     ``bases`` [N,C,H,W], ``eps`` in [0, 1] units, ``feature_fns`` a list of feature extractors
     (an ensemble; the caller freezes their models: see ``frozen``), ``scale`` an optional
@@ -111,9 +122,14 @@ def convex_polytope(feature_fns: Sequence[FeatureFn], target: torch.Tensor, base
         history.append(float(loss.detach()))
         coefficient_history.append(torch.stack(coeffs).detach().cpu())
     poisons = project((z * scale).detach(), bases, eps)
-    return {"poisons": poisons, "coefficients": [c.detach().cpu() for c in coeffs], "history": history,
-            "coefficient_history": torch.stack(coefficient_history) if coefficient_history
-            else torch.zeros(0, len(feature_fns), n)}
+    return {
+        "poisons": poisons,
+        "coefficients": [c.detach().cpu() for c in coeffs],
+        "history": history,
+        "coefficient_history": torch.stack(coefficient_history)
+        if coefficient_history
+        else torch.zeros(0, len(feature_fns), n),
+    }
 
 
 @register
@@ -126,8 +142,9 @@ class ConvexPolytope(Attack):
         "eps": EPS_PARAM,
         "n_poisons": N_POISONS_PARAM,
         "iterations": Param("integer", "poison steps (1200 in the benchmark)", default=1200, minimum=1),
-        "lr": Param("number", "Adam step on normalised images (0.04 in the benchmark)", default=0.04,
-                    exclusive_minimum=0),
+        "lr": Param(
+            "number", "Adam step on normalised images (0.04 in the benchmark)", default=0.04, exclusive_minimum=0
+        ),
     }
 
     def __init__(self, spec, name=""):
@@ -146,12 +163,26 @@ class ConvexPolytope(Attack):
         context.normalizer.to(device)
         with frozen(context.model):
             result = convex_polytope(
-                [context.features], (dataset.test_images[draw["target_index"]].float() / 255).to(device),
-                (clean.float() / 255).to(device), self.eps / 255, iterations=self.iterations, lr=self.lr,
-                scale=dataset.std)
+                [context.features],
+                (dataset.test_images[draw["target_index"]].float() / 255).to(device),
+                (clean.float() / 255).to(device),
+                self.eps / 255,
+                iterations=self.iterations,
+                lr=self.lr,
+                scale=dataset.std,
+            )
         log.info("convex polytope: loss %.4f -> %.4f", result["history"][0], result["history"][-1])
         poisons = quantize(clean, result["poisons"], self.eps)
-        return targeted_artifact(dataset, draw, poisons, {
-            "polytope_loss_first": result["history"][0], "polytope_loss": result["history"][-1],
-            "coefficients": result["coefficients"][0].tolist(),
-            "attack": self.name, "type": self.type_name, "seed": seed})
+        return targeted_artifact(
+            dataset,
+            draw,
+            poisons,
+            {
+                "polytope_loss_first": result["history"][0],
+                "polytope_loss": result["history"][-1],
+                "coefficients": result["coefficients"][0].tolist(),
+                "attack": self.name,
+                "type": self.type_name,
+                "seed": seed,
+            },
+        )

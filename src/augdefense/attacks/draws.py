@@ -31,8 +31,12 @@ def targeted(dataset, seed: int, n_poisons: int, where: str) -> dict:
     pool = torch.nonzero(dataset.train_labels == goal).flatten().numpy()
     check_pool(where, n_poisons, len(pool), f"goal class {goal}")
     indices = np.sort(np.random.default_rng([seed, 11]).choice(pool, n_poisons, replace=False))
-    return {"target_class": target_class, "target_index": target_index, "goal_class": goal,
-            "indices": torch.from_numpy(indices).long()}
+    return {
+        "target_class": target_class,
+        "target_index": target_index,
+        "goal_class": goal,
+        "indices": torch.from_numpy(indices).long(),
+    }
 
 
 def backdoor(dataset, seed: int, patch_size: int, where: str) -> dict:

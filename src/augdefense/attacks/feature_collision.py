@@ -26,9 +26,8 @@ attacker class and bases: ``draws.targeted``) and ``targeted_artifact``. The gen
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from augdefense.attacks import draws, register
@@ -46,8 +45,12 @@ def draw_targeted(dataset, seed: int, n_poisons: int, name: str) -> dict:
     """The seed's target image, attacker class (the goal) and bases: ``draws.targeted``, so the
     targeted attacks of one seed, gradient matching included, share their target."""
     drawn = draws.targeted(dataset, seed, n_poisons, f"attacks.{name}.n_poisons")
-    return {"target_class": drawn["target_class"], "target_index": drawn["target_index"],
-            "attacker_class": drawn["goal_class"], "indices": drawn["indices"]}
+    return {
+        "target_class": drawn["target_class"],
+        "target_index": drawn["target_index"],
+        "attacker_class": drawn["goal_class"],
+        "indices": drawn["indices"],
+    }
 
 
 def targeted_artifact(dataset, draw: dict, poisons: torch.Tensor, info: dict) -> dict:
@@ -62,14 +65,28 @@ def targeted_artifact(dataset, draw: dict, poisons: torch.Tensor, info: dict) ->
         "eval_labels": torch.tensor([draw["target_class"]], dtype=torch.long),
         "eval_goals": torch.tensor([draw["attacker_class"]], dtype=torch.long),
         "clean_exclude": torch.tensor([draw["target_index"]], dtype=torch.long),
-        "info": {"target_class": draw["target_class"], "target_index": draw["target_index"],
-                 "attacker_class": draw["attacker_class"], "n_poisons": len(indices), **info},
+        "info": {
+            "target_class": draw["target_class"],
+            "target_index": draw["target_index"],
+            "attacker_class": draw["attacker_class"],
+            "n_poisons": len(indices),
+            **info,
+        },
     }
 
 
-def feature_collision(features: FeatureFn, target: torch.Tensor, bases: torch.Tensor, eps: float, *,
-                      beta: float = 4.0, step_size: float = 0.001, iterations: int = 120,
-                      watermark: float = 0.3, tol: float = 1e-5) -> dict:
+def feature_collision(
+    features: FeatureFn,
+    target: torch.Tensor,
+    bases: torch.Tensor,
+    eps: float,
+    *,
+    beta: float = 4.0,
+    step_size: float = 0.001,
+    iterations: int = 120,
+    watermark: float = 0.3,
+    tol: float = 1e-5,
+) -> dict:
     """Craft one poison per base for float images in [0, 1]: ``target`` [C,H,W] or [1,C,H,W],
     ``bases`` [N,C,H,W], ``eps`` in [0, 1] units. ``features`` maps images in [0, 1] to features
     (the caller freezes the model: see ``frozen``). The poisons are optimised independently (in one
@@ -127,11 +144,20 @@ class FeatureCollision(Attack):
         "eps": EPS_PARAM,
         "n_poisons": N_POISONS_PARAM,
         "iterations": Param("integer", "forward-backward steps (120 in the benchmark)", default=120, minimum=1),
-        "step_size": Param("number", "initial step size in [0, 1] pixel units (0.001 in the benchmark)",
-                           default=0.001, exclusive_minimum=0),
+        "step_size": Param(
+            "number",
+            "initial step size in [0, 1] pixel units (0.001 in the benchmark)",
+            default=0.001,
+            exclusive_minimum=0,
+        ),
         "beta": Param("number", "weight of the proximity term (4.0 in the benchmark)", default=4.0, minimum=0),
-        "watermark": Param("number", "opacity of the target in the start point (0.3 in the benchmark)",
-                           default=0.3, minimum=0, exclusive_maximum=1),
+        "watermark": Param(
+            "number",
+            "opacity of the target in the start point (0.3 in the benchmark)",
+            default=0.3,
+            minimum=0,
+            exclusive_maximum=1,
+        ),
     }
 
     def __init__(self, spec, name=""):
@@ -152,11 +178,26 @@ class FeatureCollision(Attack):
         context.normalizer.to(device)
         with frozen(context.model):
             result = feature_collision(
-                context.features, (dataset.test_images[draw["target_index"]].float() / 255).to(device),
-                (clean.float() / 255).to(device), self.eps / 255, beta=self.beta, step_size=self.step_size,
-                iterations=self.iterations, watermark=self.watermark)
+                context.features,
+                (dataset.test_images[draw["target_index"]].float() / 255).to(device),
+                (clean.float() / 255).to(device),
+                self.eps / 255,
+                beta=self.beta,
+                step_size=self.step_size,
+                iterations=self.iterations,
+                watermark=self.watermark,
+            )
         log.info("feature collision: feature distance %.4f -> %.4f", result["history"][0], result["history"][-1])
         poisons = quantize(clean, result["poisons"], self.eps)
-        return targeted_artifact(dataset, draw, poisons, {
-            "feature_distance_first": result["history"][0], "feature_distance": result["history"][-1],
-            "attack": self.name, "type": self.type_name, "seed": seed})
+        return targeted_artifact(
+            dataset,
+            draw,
+            poisons,
+            {
+                "feature_distance_first": result["history"][0],
+                "feature_distance": result["history"][-1],
+                "attack": self.name,
+                "type": self.type_name,
+                "seed": seed,
+            },
+        )

@@ -60,9 +60,22 @@ def _flat_cosine_loss(grads: list[torch.Tensor], target: list[torch.Tensor], tar
     return 1 - dot / (norm * target_norm + 1e-12)
 
 
-def brew(context: CraftingContext, images: torch.Tensor, labels: torch.Tensor, target_image: torch.Tensor,
-         intended: int, *, eps: float, iterations: int, restarts: int, lr: float = 0.1, batch_size: int = 512,
-         shift: int = 0, flip: bool = False, seed: int = 0) -> dict:
+def brew(
+    context: CraftingContext,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    target_image: torch.Tensor,
+    intended: int,
+    *,
+    eps: float,
+    iterations: int,
+    restarts: int,
+    lr: float = 0.1,
+    batch_size: int = 512,
+    shift: int = 0,
+    flip: bool = False,
+    seed: int = 0,
+) -> dict:
     """Craft perturbations for float ``images`` in [0, 1] (on any device); ``eps`` in [0, 1] units.
 
     Returns ``delta`` (of the restart with the lowest final loss), ``restart_losses`` (final loss
@@ -114,34 +127,59 @@ def brew(context: CraftingContext, images: torch.Tensor, labels: torch.Tensor, t
                 delta.copy_((images + delta).clamp(0, 1) - images)
             history.append(total / len(images))
         final = history[-1] if history else math.inf
-        log.info("restart %d/%d: matching loss %.4f -> %.4f", restart + 1, restarts,
-                 history[0] if history else math.nan, final)
+        log.info(
+            "restart %d/%d: matching loss %.4f -> %.4f",
+            restart + 1,
+            restarts,
+            history[0] if history else math.nan,
+            final,
+        )
         restart_losses.append(final)
         if best is None or final < best["loss"]:
             best = {"loss": final, "delta": delta.detach().clone(), "history": history, "restart": restart}
-    return {"delta": best["delta"], "history": best["history"], "restart": best["restart"],
-            "restart_losses": restart_losses}
+    return {
+        "delta": best["delta"],
+        "history": best["history"],
+        "restart": best["restart"],
+        "restart_losses": restart_losses,
+    }
 
 
 @register
 class GradientMatching(Attack):
     type_name = "gradient_matching"
     params = {
-        "eps": Param("number", "l-inf bound in 1/255 pixel units (16 in the papers)", default=16, exclusive_minimum=0,
-                     maximum=255),
-        "budget": Param("number", "share of the training set poisoned (0.01 in the papers)", default=0.01,
-                        exclusive_minimum=0, maximum=1),
+        "eps": Param(
+            "number",
+            "l-inf bound in 1/255 pixel units (16 in the papers)",
+            default=16,
+            exclusive_minimum=0,
+            maximum=255,
+        ),
+        "budget": Param(
+            "number",
+            "share of the training set poisoned (0.01 in the papers)",
+            default=0.01,
+            exclusive_minimum=0,
+            maximum=1,
+        ),
         "iterations": Param("integer", "signed-Adam steps per restart (250 in the papers)", default=250, minimum=1),
-        "restarts": Param("integer", "restarts; the lowest final matching loss is kept (8 in the papers)",
-                          default=8, minimum=1),
-        "lr": Param("number", "signed-Adam step as a fraction of eps (Geiping et al.'s tau: 0.1)", default=0.1,
-                    exclusive_minimum=0),
-        "batch_size": Param("integer", "poisons per crafting step (Geiping et al.'s pbatch: 512)", default=512,
-                            minimum=1),
-        "augment": Param("boolean", "differentiable shift/flip while crafting, as the victim's recipe",
-                         default=True),
-        "adaptive": Param("boolean", "craft against a model trained under the victim's defense, through it",
-                          default=False),
+        "restarts": Param(
+            "integer", "restarts; the lowest final matching loss is kept (8 in the papers)", default=8, minimum=1
+        ),
+        "lr": Param(
+            "number",
+            "signed-Adam step as a fraction of eps (Geiping et al.'s tau: 0.1)",
+            default=0.1,
+            exclusive_minimum=0,
+        ),
+        "batch_size": Param(
+            "integer", "poisons per crafting step (Geiping et al.'s pbatch: 512)", default=512, minimum=1
+        ),
+        "augment": Param("boolean", "differentiable shift/flip while crafting, as the victim's recipe", default=True),
+        "adaptive": Param(
+            "boolean", "craft against a model trained under the victim's defense, through it", default=False
+        ),
         "control": Param("boolean", "poison nothing (the clean control)", default=False),
     }
 
@@ -161,19 +199,30 @@ class GradientMatching(Attack):
         targeted attack and by the control)."""
         n_poison = budget_count(self.budget, len(dataset.train_labels))
         if n_poison < 1:
-            raise ConfigError(f"attacks.{self.name}.budget: {self.budget} x {len(dataset.train_labels)} rounds to "
-                              "no poison at all")
+            raise ConfigError(
+                f"attacks.{self.name}.budget: {self.budget} x {len(dataset.train_labels)} rounds to no poison at all"
+            )
         draw = draws.targeted(dataset, seed, n_poison, f"attacks.{self.name}.budget")
-        return {"target_class": draw["target_class"], "target_index": draw["target_index"],
-                "intended_class": draw["goal_class"], "indices": draw["indices"]}
+        return {
+            "target_class": draw["target_class"],
+            "target_index": draw["target_index"],
+            "intended_class": draw["goal_class"],
+            "indices": draw["indices"],
+        }
 
     def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
         draw = self.draw(dataset, seed)
         target_image = dataset.test_images[draw["target_index"]][None]
         indices = draw["indices"]
-        info = {"target_class": draw["target_class"], "intended_class": draw["intended_class"],
-                "target_index": draw["target_index"], "attack": self.name, "type": self.type_name, "seed": seed,
-                "adaptive": self.spec["adaptive"]}
+        info = {
+            "target_class": draw["target_class"],
+            "intended_class": draw["intended_class"],
+            "target_index": draw["target_index"],
+            "attack": self.name,
+            "type": self.type_name,
+            "seed": seed,
+            "adaptive": self.spec["adaptive"],
+        }
         if self.control:
             indices = indices[:0]
             info.update(n_poisons=0)
@@ -182,15 +231,29 @@ class GradientMatching(Attack):
             if context is None:
                 raise ConfigError(f"attacks.{self.name}: gradient matching needs a crafting model")
             recipe = context.recipe
-            result = brew(context, dataset.train_images[indices].float() / 255, dataset.train_labels[indices],
-                          target_image.float() / 255, draw["intended_class"], eps=self.eps / 255,
-                          iterations=self.iterations, restarts=self.restarts, lr=self.lr, batch_size=self.batch_size,
-                          shift=recipe.crop_pad if (self.augment and recipe) else 0,
-                          flip=bool(self.augment and recipe and recipe.flip), seed=seed)
+            result = brew(
+                context,
+                dataset.train_images[indices].float() / 255,
+                dataset.train_labels[indices],
+                target_image.float() / 255,
+                draw["intended_class"],
+                eps=self.eps / 255,
+                iterations=self.iterations,
+                restarts=self.restarts,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                shift=recipe.crop_pad if (self.augment and recipe) else 0,
+                flip=bool(self.augment and recipe and recipe.flip),
+                seed=seed,
+            )
             poisons = quantize_delta(dataset.train_images[indices], result["delta"], self.eps)
-            info.update(n_poisons=len(indices), matching_loss_first=result["history"][0],
-                        matching_loss=result["history"][-1], kept_restart=result["restart"],
-                        restart_losses=result["restart_losses"])
+            info.update(
+                n_poisons=len(indices),
+                matching_loss_first=result["history"][0],
+                matching_loss=result["history"][-1],
+                kept_restart=result["restart"],
+                restart_losses=result["restart_losses"],
+            )
         return {
             "train_indices": indices,
             "train_images": poisons,

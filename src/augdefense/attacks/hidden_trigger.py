@@ -58,8 +58,17 @@ def greedy_assignment(dist: torch.Tensor) -> torch.Tensor:
     return pairs
 
 
-def hidden_trigger(features: FeatureFn, images: torch.Tensor, patched_sources: torch.Tensor, eps: float, *,
-                   lr: float = 0.001, iterations: int = 5000, decay: float = 0.95, decay_every: int = 2000) -> dict:
+def hidden_trigger(
+    features: FeatureFn,
+    images: torch.Tensor,
+    patched_sources: torch.Tensor,
+    eps: float,
+    *,
+    lr: float = 0.001,
+    iterations: int = 5000,
+    decay: float = 0.95,
+    decay_every: int = 2000,
+) -> dict:
     """Craft hidden-trigger poisons for float images in [0, 1]: ``images`` [N,C,H,W] (clean
     target-class images, the poisons' bases), ``patched_sources`` [M,C,H,W] (M >= N, source-class
     images with the trigger pasted), ``eps`` in [0, 1] units. ``features`` maps images in [0, 1]
@@ -128,8 +137,15 @@ class TriggerBackdoor(Attack):
         self.patch_size = self.spec["patch_size"]
 
     @abstractmethod
-    def poison(self, dataset, seed: int, context: CraftingContext, draw: dict, indices: torch.Tensor,
-               place: np.random.Generator) -> tuple[torch.Tensor, dict]:
+    def poison(
+        self,
+        dataset,
+        seed: int,
+        context: CraftingContext,
+        draw: dict,
+        indices: torch.Tensor,
+        place: np.random.Generator,
+    ) -> tuple[torch.Tensor, dict]:
         """The uint8 poisons of the training images ``indices`` and the attack's own ``info``
         entries; ``place`` is the [seed, 1] stream, just past the draw of ``indices``."""
 
@@ -139,8 +155,9 @@ class TriggerBackdoor(Attack):
         drawn = draws.backdoor(dataset, seed, self.patch_size, f"attacks.{self.name}.patch_size")
         draw = {"target_class": drawn["target_class"], "source_class": drawn["victim_class"], "patch": drawn["patch"]}
         pool = torch.nonzero(dataset.train_labels == draw["target_class"]).flatten().numpy()
-        draws.check_pool(f"attacks.{self.name}.n_poisons", self.n_poisons, len(pool),
-                         f"target class {draw['target_class']}")
+        draws.check_pool(
+            f"attacks.{self.name}.n_poisons", self.n_poisons, len(pool), f"target class {draw['target_class']}"
+        )
         place = np.random.default_rng([seed, 1])
         indices = torch.from_numpy(np.sort(place.choice(pool, self.n_poisons, replace=False))).long()
         poisons, info = self.poison(dataset, seed, context, draw, indices, place)
@@ -150,9 +167,17 @@ class TriggerBackdoor(Attack):
             "train_labels": dataset.train_labels[indices].clone(),
             **patched_test_set(dataset, draw, np.random.default_rng([seed, 3])),
             "patch": draw["patch"],
-            "info": {"target_class": draw["target_class"], "source_class": draw["source_class"],
-                     "victim_class": draw["source_class"], "n_poisons": len(indices), "patch_size": self.patch_size,
-                     **info, "attack": self.name, "type": self.type_name, "seed": seed},
+            "info": {
+                "target_class": draw["target_class"],
+                "source_class": draw["source_class"],
+                "victim_class": draw["source_class"],
+                "n_poisons": len(indices),
+                "patch_size": self.patch_size,
+                **info,
+                "attack": self.name,
+                "type": self.type_name,
+                "seed": seed,
+            },
         }
 
 
@@ -165,8 +190,12 @@ class HiddenTrigger(TriggerBackdoor):
     params = {
         **TriggerBackdoor.params,
         "iterations": Param("integer", "gradient steps (5000 in the benchmark)", default=5000, minimum=1),
-        "lr": Param("number", "gradient step size in [0, 1] pixel units (0.001 in the benchmark)", default=0.001,
-                    exclusive_minimum=0),
+        "lr": Param(
+            "number",
+            "gradient step size in [0, 1] pixel units (0.001 in the benchmark)",
+            default=0.001,
+            exclusive_minimum=0,
+        ),
     }
 
     def __init__(self, spec, name=""):
@@ -178,8 +207,9 @@ class HiddenTrigger(TriggerBackdoor):
         # Patched sources for crafting: as many random source-class training images as poisons,
         # trigger at random locations ([seed, 2]).
         source_pool = torch.nonzero(dataset.train_labels == draw["source_class"]).flatten().numpy()
-        draws.check_pool(f"attacks.{self.name}.n_poisons", self.n_poisons, len(source_pool),
-                         f"source class {draw['source_class']}")
+        draws.check_pool(
+            f"attacks.{self.name}.n_poisons", self.n_poisons, len(source_pool), f"source class {draw['source_class']}"
+        )
         crafting = np.random.default_rng([seed, 2])
         source_idx = torch.from_numpy(np.sort(crafting.choice(source_pool, self.n_poisons, replace=False))).long()
         rows, cols = trigger_locations(crafting, dataset, self.patch_size, self.n_poisons)
@@ -189,9 +219,16 @@ class HiddenTrigger(TriggerBackdoor):
         clean = dataset.train_images[indices]
         context.normalizer.to(device)
         with frozen(context.model):
-            result = hidden_trigger(context.features, (clean.float() / 255).to(device),
-                                    (patched_sources.float() / 255).to(device), self.eps / 255,
-                                    lr=self.lr, iterations=self.iterations)
+            result = hidden_trigger(
+                context.features,
+                (clean.float() / 255).to(device),
+                (patched_sources.float() / 255).to(device),
+                self.eps / 255,
+                lr=self.lr,
+                iterations=self.iterations,
+            )
         log.info("hidden trigger: feature loss %.4f -> %.4f", result["history"][0], result["final_loss"])
         return quantize(clean, result["poisons"], self.eps), {
-            "feature_loss_first": result["history"][0], "feature_loss": result["final_loss"]}
+            "feature_loss_first": result["history"][0],
+            "feature_loss": result["final_loss"],
+        }

@@ -25,7 +25,7 @@ def paste(images: torch.Tensor, patch: torch.Tensor, rows: np.ndarray, cols: np.
     out = images.clone()
     p = patch.shape[-1]
     for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
-        out[i, :, r:r + p, c:c + p] = patch
+        out[i, :, r : r + p, c : c + p] = patch
     return out
 
 
@@ -34,8 +34,9 @@ class PatchBackdoor(Attack):
     type_name = "patch"
     params = {
         "patch_size": Param("integer", "patch side in pixels (4 in the papers)", default=4, minimum=1),
-        "fraction": Param("number", "share of the target class's training images patched", default=0.1,
-                          exclusive_minimum=0, maximum=1),
+        "fraction": Param(
+            "number", "share of the target class's training images patched", default=0.1, exclusive_minimum=0, maximum=1
+        ),
         "control": Param("boolean", "poison nothing (the clean control)", default=False),
     }
 
@@ -76,6 +77,12 @@ class PatchBackdoor(Attack):
             "eval_goals": torch.full((len(victim_idx),), target, dtype=torch.long),
             "clean_exclude": torch.zeros(0, dtype=torch.long),
             "patch": patch,
-            "info": {"target_class": target, "victim_class": victim, "n_poisons": n_poison,
-                     "attack": self.name, "type": self.type_name, "seed": seed},
+            "info": {
+                "target_class": target,
+                "victim_class": victim,
+                "n_poisons": n_poison,
+                "attack": self.name,
+                "type": self.type_name,
+                "seed": seed,
+            },
         }

@@ -21,6 +21,4 @@ def build(spec: dict, num_classes: int, name: str = "", seed: int = 0) -> Defens
 
 
 # Importing the implementations registers them.
-from augdefense.defenses import mixing  # noqa: E402,F401
-from augdefense.defenses import filters  # noqa: E402,F401
-from augdefense.defenses import dpsgd  # noqa: E402,F401
+from augdefense.defenses import dpsgd, filters, mixing  # noqa: E402,F401

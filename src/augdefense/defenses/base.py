@@ -8,7 +8,8 @@ is how noise composes with any mixing augmentation (DP-InstaHide = k-way mixup +
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ class Defense:
     # The type's own config keys (the common ones below apply to every type that trains).
     params: ClassVar[dict[str, Param]] = {}
     common_params: ClassVar[dict[str, Param]] = {
-        "laplace": Param("number", "Laplacian input noise added after the augmentation, scale in 1/255 units",
-                         default=0, minimum=0),
+        "laplace": Param(
+            "number", "Laplacian input noise added after the augmentation, scale in 1/255 units", default=0, minimum=0
+        ),
         # DP-InstaHide releases x + Laplace noise as is (Theorem 2 is about that release); clipping
         # to the valid range is post-processing, which keeps the guarantee, so it is an option.
         "laplace_clip": Param("boolean", "clip noised images to [0, 1]", default=False),
@@ -79,8 +81,9 @@ class Defense:
     def check_model(self, model: torch.nn.Module, where: str = "model") -> None:
         """Raise ConfigError before training if the defense cannot train this model."""
 
-    def wrap_training(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, n_train: int,
-                      batch_size: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def wrap_training(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, n_train: int, batch_size: int
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The model to call and the optimizer to step (per-sample DP-SGD wraps both)."""
         return model, optimizer
 
@@ -99,8 +102,10 @@ class Defense:
         if k is None or k > n_train:
             return {"theorem2_epsilon": None}
         sigma = privacy.sigma_from_noise(self.laplace, image_shape)
-        return {"theorem2_epsilon": privacy.mixup_laplace_epsilon(k, sigma, n_train, n_train * epochs),
-                "theorem2_sigma": sigma}
+        return {
+            "theorem2_epsilon": privacy.mixup_laplace_epsilon(k, sigma, n_train, n_train * epochs),
+            "theorem2_sigma": sigma,
+        }
 
     # -- helpers ------------------------------------------------------------------------------
     def generators(self) -> list[np.random.Generator]:

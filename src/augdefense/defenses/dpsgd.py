@@ -25,10 +25,12 @@ from augdefense.params import Param
 class BatchDPSGD(Defense):
     type_name = "dpsgd_batch"
     params = {
-        "clip": Param("number", "bound on the mini-batch gradient's norm (1 in the papers)", default=1.0,
-                      exclusive_minimum=0),
-        "noise": Param("number", "noise std as a multiple of clip (1e-4 to 1e-2 in the papers)", default=1e-3,
-                       minimum=0),
+        "clip": Param(
+            "number", "bound on the mini-batch gradient's norm (1 in the papers)", default=1.0, exclusive_minimum=0
+        ),
+        "noise": Param(
+            "number", "noise std as a multiple of clip (1e-4 to 1e-2 in the papers)", default=1e-3, minimum=0
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
@@ -56,8 +58,13 @@ class OpacusDPSGD(Defense):
     params = {
         "clip": Param("number", "bound on each per-sample gradient's norm", default=1.0, exclusive_minimum=0),
         "noise_multiplier": Param("number", "noise std as a multiple of clip", default=1.0, minimum=0),
-        "delta": Param("number", "the delta the accountant's epsilon is reported at", default=1e-5,
-                       exclusive_minimum=0, exclusive_maximum=1),
+        "delta": Param(
+            "number",
+            "the delta the accountant's epsilon is reported at",
+            default=1e-5,
+            exclusive_minimum=0,
+            exclusive_maximum=1,
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
@@ -69,8 +76,10 @@ class OpacusDPSGD(Defense):
     def check_model(self, model, where="model"):
         batch_norms = [n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         if batch_norms:
-            raise ConfigError(f"defenses.{self.name}: per-sample DP-SGD cannot train a model with BatchNorm "
-                              f"({batch_norms[0]}, ...); set {where}.norm: group")
+            raise ConfigError(
+                f"defenses.{self.name}: per-sample DP-SGD cannot train a model with BatchNorm "
+                f"({batch_norms[0]}, ...); set {where}.norm: group"
+            )
 
     def wrap_training(self, model, optimizer, n_train, batch_size):
         from opacus import GradSampleModule
@@ -78,8 +87,9 @@ class OpacusDPSGD(Defense):
 
         self.check_model(model)
         wrapped = GradSampleModule(model)
-        dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip,
-                                   expected_batch_size=batch_size)
+        dp_optimizer = DPOptimizer(
+            optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip, expected_batch_size=batch_size
+        )
         return wrapped, dp_optimizer
 
     def privacy_record(self, n_train, image_shape, epochs, batch_size):

@@ -39,8 +39,7 @@ class FilterDefense(Defense, metaclass=ABCMeta):
         super().__init__(spec, num_classes, name, seed)
         self.seed = int(seed)
 
-    def sanitize(self, features: torch.Tensor, labels: torch.Tensor,
-                 expected_poisons: dict[int, int]) -> dict:
+    def sanitize(self, features: torch.Tensor, labels: torch.Tensor, expected_poisons: dict[int, int]) -> dict:
         """features: float [N, D] (CPU); labels: int64 [N]; expected_poisons: class -> number of
         poisons the defender assumes in that class (the attack's budget).
         Returns {"removed": int64 sorted unique indices, "scores": float [N] (higher = more
@@ -50,9 +49,11 @@ class FilterDefense(Defense, metaclass=ABCMeta):
         expected = {int(c): int(n) for c, n in (expected_poisons or {}).items()}
         removed, scores, new_labels = self._filter(feats, labs, expected)
         removed = torch.unique(torch.as_tensor(removed, dtype=torch.int64))  # sorted, unique
-        return {"removed": removed,
-                "scores": torch.as_tensor(scores, dtype=torch.float32),
-                "labels": torch.as_tensor(new_labels, dtype=torch.int64)}
+        return {
+            "removed": removed,
+            "scores": torch.as_tensor(scores, dtype=torch.float32),
+            "labels": torch.as_tensor(new_labels, dtype=torch.int64),
+        }
 
     @abstractmethod
     def _filter(self, feats: np.ndarray, labels: np.ndarray, expected: dict[int, int]):
@@ -87,10 +88,19 @@ class SpectralSignatures(FilterDefense):
 
     type_name = "spectral_signatures"
     params = {
-        "multiplier": Param("number", "remove multiplier x the expected poisons per class (Tran et al.: 1.5)",
-                            default=1.5, exclusive_minimum=0),
-        "expected_fraction": Param("number", "assume this poison share in every class instead of the budget",
-                                   default=OPTIONAL, exclusive_minimum=0, maximum=1),
+        "multiplier": Param(
+            "number",
+            "remove multiplier x the expected poisons per class (Tran et al.: 1.5)",
+            default=1.5,
+            exclusive_minimum=0,
+        ),
+        "expected_fraction": Param(
+            "number",
+            "assume this poison share in every class instead of the budget",
+            default=OPTIONAL,
+            exclusive_minimum=0,
+            maximum=1,
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
@@ -137,10 +147,19 @@ class ActivationClustering(FilterDefense):
     params = {
         "n_components": Param("integer", "dimensions the features are reduced to", default=10, minimum=1),
         "reduction": Param("string", "FastICA (Chen et al.) or PCA", default="ica", enum=("ica", "pca")),
-        "removal": Param("string", "'size': the smaller cluster when small enough; 'always': in every class",
-                         default="size", enum=("size", "always")),
-        "size_threshold": Param("number", "largest share of a class removed in 'size' mode", default=0.35,
-                                exclusive_minimum=0, exclusive_maximum=1),
+        "removal": Param(
+            "string",
+            "'size': the smaller cluster when small enough; 'always': in every class",
+            default="size",
+            enum=("size", "always"),
+        ),
+        "size_threshold": Param(
+            "number",
+            "largest share of a class removed in 'size' mode",
+            default=0.35,
+            exclusive_minimum=0,
+            exclusive_maximum=1,
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
@@ -163,7 +182,7 @@ class ActivationClustering(FilterDefense):
     def _filter(self, feats, labels, expected):
         scores = np.full(len(labels), np.nan)
         removed = []
-        for c, idx in self._class_indices(labels).items():
+        for idx in self._class_indices(labels).values():
             x = feats[idx]
             if len(idx) < 2 or np.ptp(x, axis=0).max() == 0:
                 continue
@@ -198,12 +217,15 @@ class DeepKNN(FilterDefense):
 
     type_name = "deep_knn"
     params = {
-        "k": Param(any_of=(Param("integer", minimum=1), Param(enum=("auto",))), default="auto",
-                   doc="neighbours; 'auto' = k_factor x the expected number of poisons"),
-        "k_factor": Param("number", "k = k_factor x expected poisons when k is 'auto'", default=2.0,
-                          exclusive_minimum=0),
-        "mode": Param("string", "remove flagged samples or relabel them", default="remove",
-                      enum=("remove", "relabel")),
+        "k": Param(
+            any_of=(Param("integer", minimum=1), Param(enum=("auto",))),
+            default="auto",
+            doc="neighbours; 'auto' = k_factor x the expected number of poisons",
+        ),
+        "k_factor": Param(
+            "number", "k = k_factor x expected poisons when k is 'auto'", default=2.0, exclusive_minimum=0
+        ),
+        "mode": Param("string", "remove flagged samples or relabel them", default="remove", enum=("remove", "relabel")),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):

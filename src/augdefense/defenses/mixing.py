@@ -27,8 +27,9 @@ class Mixup(Defense):
     params = {
         "k": Param("integer", "mixture width (images mixed into one)", default=2, minimum=1),
         "alpha": Param("number", "Dirichlet concentration of the mixing weights", default=1.0, exclusive_minimum=0),
-        "weights": Param("string", "'equal': 1/k each (DP-InstaHide's Theorem 2)", default="dirichlet",
-                         enum=("dirichlet", "equal")),
+        "weights": Param(
+            "string", "'equal': 1/k each (DP-InstaHide's Theorem 2)", default="dirichlet", enum=("dirichlet", "equal")
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
@@ -48,8 +49,7 @@ class Mixup(Defense):
     def mix(self, x, y, epoch):
         lam = self.draw_weights()
         b = x.shape[0]
-        perms = [torch.arange(b, device=x.device)] + [
-            torch.randperm(b, device=x.device) for _ in range(self.k - 1)]
+        perms = [torch.arange(b, device=x.device)] + [torch.randperm(b, device=x.device) for _ in range(self.k - 1)]
         one_hot = self.one_hot(y)
         mixed_x = sum(float(w) * x[p] for w, p in zip(lam, perms))
         mixed_y = sum(float(w) * one_hot[p] for w, p in zip(lam, perms))
@@ -64,10 +64,12 @@ class CutMix(Defense):
 
     type_name = "cutmix"
     params = {
-        "alpha": Param("number", "Beta(alpha, alpha) of the kept area (Yun et al.: 1)", default=1.0,
-                       exclusive_minimum=0),
-        "p": Param("number", "probability a batch is mixed (Yun et al.'s cutmix_prob: 0.5)", default=0.5,
-                   minimum=0, maximum=1),
+        "alpha": Param(
+            "number", "Beta(alpha, alpha) of the kept area (Yun et al.: 1)", default=1.0, exclusive_minimum=0
+        ),
+        "p": Param(
+            "number", "probability a batch is mixed (Yun et al.'s cutmix_prob: 0.5)", default=0.5, minimum=0, maximum=1
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
@@ -91,8 +93,11 @@ class Cutout(Defense):
     samples area and aspect ratio and keeps the box inside the image, so it is not this."""
 
     type_name = "cutout"
-    params = {"size": Param("integer", "side of the square in pixels (DeVries & Taylor: 16 on CIFAR-10)",
-                            default=16, minimum=1)}
+    params = {
+        "size": Param(
+            "integer", "side of the square in pixels (DeVries & Taylor: 16 on CIFAR-10)", default=16, minimum=1
+        )
+    }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
@@ -120,10 +125,14 @@ class MaxUp(Defense):
     type_name = "maxup"
     params = {
         "m": Param("integer", "augmented draws per image", default=4, minimum=1),
-        "start_epoch": Param("integer", "epochs of plain training first (the papers' late start: 5)", default=5,
-                             minimum=0),
-        "inner": Param(ref="defense", doc="the augmentation drawn m times (cutout in the papers)",
-                       default={"type": "cutout", "size": 16}),
+        "start_epoch": Param(
+            "integer", "epochs of plain training first (the papers' late start: 5)", default=5, minimum=0
+        ),
+        "inner": Param(
+            ref="defense",
+            doc="the augmentation drawn m times (cutout in the papers)",
+            default={"type": "cutout", "size": 16},
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):

@@ -10,9 +10,20 @@ from augdefense.errors import ConfigError
 log = logging.getLogger("augdefense")
 
 
-def craft_poison(*, data: str, attack_name: str, attack: dict, seed: int, out: str, crafting_model: str | None = None,
-                 defense_name: str = "none", defense: dict | None = None, recipe: dict | None = None,
-                 runtime: dict | None = None, threads: int = 1) -> None:
+def craft_poison(
+    *,
+    data: str,
+    attack_name: str,
+    attack: dict,
+    seed: int,
+    out: str,
+    crafting_model: str | None = None,
+    defense_name: str = "none",
+    defense: dict | None = None,
+    recipe: dict | None = None,
+    runtime: dict | None = None,
+    threads: int = 1,
+) -> None:
     """Craft one attack's poison; an optimisation-based attack crafts against ``crafting_model``
     (and, when adaptive, through the defense it was trained under)."""
     import torch
@@ -29,14 +40,17 @@ def craft_poison(*, data: str, attack_name: str, attack: dict, seed: int, out: s
         poison = built.craft(dataset, seed)
     else:
         if crafting_model is None:
-            raise ConfigError(f"attacks.{attack_name}: type '{built.type_name}' crafts against a trained model "
-                              "(input 'crafting_model')")
+            raise ConfigError(
+                f"attacks.{attack_name}: type '{built.type_name}' crafts against a trained model "
+                "(input 'crafting_model')"
+            )
         recipe_ = Recipe.from_spec(recipe or {}, f"recipe of attack '{attack_name}'")
         runtime_ = Runtime.from_spec(runtime or {})
         adaptive_defense = None
         if built.spec.get("adaptive", False):
-            adaptive_defense = defenses.build(defense or {"type": "none"}, dataset.num_classes, name=defense_name,
-                                              seed=seed)
+            adaptive_defense = defenses.build(
+                defense or {"type": "none"}, dataset.num_classes, name=defense_name, seed=seed
+            )
         model = models.load(crafting_model, dataset)
         finetune = None
         if recipe_.transfer:  # craft inside the victim's fine-tuning split, against the pretrained extractor

@@ -9,8 +9,18 @@ from augdefense.errors import ConfigError
 log = logging.getLogger("augdefense")
 
 
-def sanitize(*, data: str, poison: str, feature_model: str, defense_name: str, defense: dict, runtime: dict,
-             seed: int, out: str, threads: int = 1) -> dict:
+def sanitize(
+    *,
+    data: str,
+    poison: str,
+    feature_model: str,
+    defense_name: str,
+    defense: dict,
+    runtime: dict,
+    seed: int,
+    out: str,
+    threads: int = 1,
+) -> dict:
     """Run a filter defense on the penultimate-layer features of the poisoned training set; write
     what it removes and relabels, and how many of the poisons it caught."""
     import torch
@@ -36,9 +46,12 @@ def sanitize(*, data: str, poison: str, feature_model: str, defense_name: str, d
         model.eval().to(device)
         normalizer.to(device)
         batch = runtime_.eval_batch_size
-        features = torch.cat([
-            model.features(normalizer(images[i:i + batch].to(device).float().div_(255))).float().cpu()
-            for i in range(0, len(images), batch)])
+        features = torch.cat(
+            [
+                model.features(normalizer(images[i : i + batch].to(device).float().div_(255))).float().cpu()
+                for i in range(0, len(images), batch)
+            ]
+        )
     expected = torch.bincount(artifact["train_labels"], minlength=dataset.num_classes)
     result = built.sanitize(features, labels, {c: int(n) for c, n in enumerate(expected.tolist())})
     removed = result["removed"].tolist()
@@ -46,14 +59,25 @@ def sanitize(*, data: str, poison: str, feature_model: str, defense_name: str, d
     positions = set(poisons.positions_in_training_set(artifact).tolist())
     caught = len(positions & set(removed))
     record = {
-        "attack": artifact["info"].get("attack"), "defense": defense_name, "seed": seed,
-        "removed": removed, "relabeled": [[i, int(result["labels"][i])] for i in relabeled],
-        "n_removed": len(removed), "n_relabeled": len(relabeled), "n_poisons": len(positions),
+        "attack": artifact["info"].get("attack"),
+        "defense": defense_name,
+        "seed": seed,
+        "removed": removed,
+        "relabeled": [[i, int(result["labels"][i])] for i in relabeled],
+        "n_removed": len(removed),
+        "n_relabeled": len(relabeled),
+        "n_poisons": len(positions),
         "n_poisons_removed": caught,
         "filter_precision": caught / len(removed) if removed else None,
         "filter_recall": caught / len(positions) if positions else None,
     }
     write_json(out, record)
-    log.info("%s removed %d (%d of %d poisons), relabelled %d", defense_name, len(removed), caught, len(positions),
-             len(relabeled))
+    log.info(
+        "%s removed %d (%d of %d poisons), relabelled %d",
+        defense_name,
+        len(removed),
+        caught,
+        len(positions),
+        len(relabeled),
+    )
     return record

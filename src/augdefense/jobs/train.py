@@ -49,7 +49,7 @@ class TrainingRun:
     extractor: dict | None = None  # pretrained weights the model starts from (transfer learning)
 
     @classmethod
-    def prepare(cls, job: TrainingJob) -> "TrainingRun":
+    def prepare(cls, job: TrainingJob) -> TrainingRun:
         from augdefense import data, defenses, models, poisons
         from augdefense.training import Recipe, Runtime
 
@@ -57,8 +57,9 @@ class TrainingRun:
         runtime = Runtime.from_spec(job.runtime)
         dataset = data.load(job.data)
         defense = defenses.build(job.defense, dataset.num_classes, name=job.defense_name, seed=job.seed)
-        defense.check_model(models.build(job.model, dataset.image_shape[0], dataset.num_classes,
-                                         dataset.image_shape[-1]))
+        defense.check_model(
+            models.build(job.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
+        )
         if job.poison is None:
             poison = poisons.none(dataset.image_shape)
         else:
@@ -79,10 +80,21 @@ class TrainingRun:
 
         job = self.job
         subset = None if train_indices is None else hashlib.sha256(train_indices.numpy().tobytes()).hexdigest()
-        return json.dumps({"data": sha256(job.data), "poison": sha256(job.poison) if job.poison else None,
-                           "extractor": sha256(job.extractor) if job.extractor else None, "defense": job.defense,
-                           "recipe": job.recipe, "model": job.model, "runtime": job.runtime, "seed": job.seed,
-                           "threads": job.threads, "train_indices": subset}, sort_keys=True)
+        return json.dumps(
+            {
+                "data": sha256(job.data),
+                "poison": sha256(job.poison) if job.poison else None,
+                "extractor": sha256(job.extractor) if job.extractor else None,
+                "defense": job.defense,
+                "recipe": job.recipe,
+                "model": job.model,
+                "runtime": job.runtime,
+                "seed": job.seed,
+                "threads": job.threads,
+                "train_indices": subset,
+            },
+            sort_keys=True,
+        )
 
     def training_set(self, sanitized: dict | None = None, train_indices=None):
         """The poisoned training set (restricted to ``train_indices`` of the full set when given),
@@ -113,32 +125,60 @@ class TrainingRun:
         job, rt = self.job, self.runtime
         torch.set_num_threads(job.threads)
         seed_everything(job.seed, rt.deterministic)
-        model = models.build(job.model, self.dataset.image_shape[0], self.dataset.num_classes,
-                             self.dataset.image_shape[-1])
+        model = models.build(
+            job.model, self.dataset.image_shape[0], self.dataset.num_classes, self.dataset.image_shape[-1]
+        )
         if self.extractor is not None:
             from augdefense.training import start_from_extractor
 
             start_from_extractor(model, self.extractor, self.recipe.last_layer_only)
         images, labels = self.training_set(sanitized, train_indices)
         normalizer = Normalizer(self.dataset.mean, self.dataset.std)
-        checkpointer = Checkpointer(Path(job.checkpoint) if job.checkpoint else None, rt.checkpoint_every,
-                                    self.fingerprint(train_indices))
+        checkpointer = Checkpointer(
+            Path(job.checkpoint) if job.checkpoint else None, rt.checkpoint_every, self.fingerprint(train_indices)
+        )
         keep = torch.ones(len(self.dataset.test_labels), dtype=torch.bool)
         keep[self.poison["clean_exclude"]] = False
         with gpu.acquire(rt.device) as slot:
             device = torch.device(slot.device)
-            log.info("defense %s, seed %d on %s (%d threads), %d training images", self.defense.describe(), job.seed,
-                     device, job.threads, len(labels))
+            log.info(
+                "defense %s, seed %d on %s (%d threads), %d training images",
+                self.defense.describe(),
+                job.seed,
+                device,
+                job.threads,
+                len(labels),
+            )
             start = time.perf_counter()
-            history = train(model, images, labels, self.defense, self.recipe, normalizer, device, job.seed,
-                            amp=rt.amp, checkpointer=checkpointer, compile_model=rt.compile)
+            history = train(
+                model,
+                images,
+                labels,
+                self.defense,
+                self.recipe,
+                normalizer,
+                device,
+                job.seed,
+                amp=rt.amp,
+                checkpointer=checkpointer,
+                compile_model=rt.compile,
+            )
             seconds = time.perf_counter() - start
             clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
             attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-        return {"model": model.cpu(), "history": history, "n_train": len(labels), "clean_probs": clean, "clean_labels":
-                self.dataset.test_labels[keep], "eval_probs": attack, "seconds": seconds, "device": str(device),
-                "device_name": name, "checkpointer": checkpointer}
+        return {
+            "model": model.cpu(),
+            "history": history,
+            "n_train": len(labels),
+            "clean_probs": clean,
+            "clean_labels": self.dataset.test_labels[keep],
+            "eval_probs": attack,
+            "seconds": seconds,
+            "device": str(device),
+            "device_name": name,
+            "checkpointer": checkpointer,
+        }
 
 
 def train_victim(job: TrainingJob, *, attack: str, out: str, sanitized: str | None = None) -> dict:
@@ -149,22 +189,30 @@ def train_victim(job: TrainingJob, *, attack: str, out: str, sanitized: str | No
     run = TrainingRun.prepare(job)
     record = _check_sanitized(read_json(sanitized), sanitized, run) if sanitized else None
     if getattr(run.defense, "is_filter", False) and record is None:
-        raise ConfigError(f"defense '{job.defense_name}' is a filter: it needs the sanitize step's output "
-                          "(input 'sanitized')")
+        raise ConfigError(
+            f"defense '{job.defense_name}' is a filter: it needs the sanitize step's output (input 'sanitized')"
+        )
     result = run.fit(record)
     info = run.poison["info"]
     metrics = {
-        "attack": attack, "defense": job.defense_name, "seed": job.seed,
+        "attack": attack,
+        "defense": job.defense_name,
+        "seed": job.seed,
         **run_metrics(result["clean_probs"], result["clean_labels"], result["eval_probs"], run.poison["eval_goals"]),
         **{k: v for k, v in info.items() if k not in ("attack", "seed", "type")},
-        "attack_type": info.get("type"), "defense_type": run.defense.type_name,
-        "epochs": run.recipe.epochs, "final_train_loss": result["history"][-1]["loss"],
-        "train_seconds": round(result["seconds"], 2), "device": result["device"], "device_name": result["device_name"],
+        "attack_type": info.get("type"),
+        "defense_type": run.defense.type_name,
+        "epochs": run.recipe.epochs,
+        "final_train_loss": result["history"][-1]["loss"],
+        "train_seconds": round(result["seconds"], 2),
+        "device": result["device"],
+        "device_name": result["device_name"],
     }
     if record is not None:
         metrics.update({k: record[k] for k in ("n_removed", "n_relabeled", "filter_precision", "filter_recall")})
-    metrics.update(run.defense.privacy_record(result["n_train"], run.dataset.image_shape, run.recipe.epochs,
-                                              run.recipe.batch_size))
+    metrics.update(
+        run.defense.privacy_record(result["n_train"], run.dataset.image_shape, run.recipe.epochs, run.recipe.batch_size)
+    )
     write_json(out, metrics)
     result["checkpointer"].clear()
     log.info("%s", metrics)
@@ -177,8 +225,9 @@ def train_feature_model(job: TrainingJob, *, out: str) -> None:
 
     run = TrainingRun.prepare(job)
     result = run.fit()
-    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": job.model,
-                       "fingerprint": run.fingerprint()})
+    save_tensors(
+        out, {"state_dict": result["model"].state_dict(), "model": job.model, "fingerprint": run.fingerprint()}
+    )
     result["checkpointer"].clear()
     log.info("feature model seed %d -> %s", job.seed, out)
 
@@ -191,15 +240,22 @@ def train_crafting_model(job: TrainingJob, *, out: str) -> None:
 
     run = TrainingRun.prepare(replace(job, seed=crafting_seed(job.seed)))
     if getattr(run.defense, "is_filter", False):
-        raise ConfigError(f"defense '{job.defense_name}' is a filter: an adaptive attack has no training-time "
-                          "defense to adapt to")
+        raise ConfigError(
+            f"defense '{job.defense_name}' is a filter: an adaptive attack has no training-time defense to adapt to"
+        )
     result = run.fit()
     clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
-    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": job.model,
-                       "fingerprint": run.fingerprint(), "clean_acc": clean_acc})
+    save_tensors(
+        out,
+        {
+            "state_dict": result["model"].state_dict(),
+            "model": job.model,
+            "fingerprint": run.fingerprint(),
+            "clean_acc": clean_acc,
+        },
+    )
     result["checkpointer"].clear()
-    log.info("crafting model under %s, seed %d (clean accuracy %.4f) -> %s", job.defense_name, job.seed, clean_acc,
-             out)
+    log.info("crafting model under %s, seed %d (clean accuracy %.4f) -> %s", job.defense_name, job.seed, clean_acc, out)
 
 
 def pretrain_extractor(job: TrainingJob, *, pretrain_share: float, out: str) -> None:
@@ -216,8 +272,16 @@ def pretrain_extractor(job: TrainingJob, *, pretrain_share: float, out: str) -> 
     pretrain, _ = data.transfer_split(run.dataset.train_labels, pretrain_share)
     result = run.fit(train_indices=pretrain)
     clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
-    save_tensors(out, {"state_dict": result["model"].state_dict(), "model": job.model, "clean_acc": clean_acc,
-                       "pretrain_indices": pretrain.to(torch.long), "fingerprint": run.fingerprint(pretrain)})
+    save_tensors(
+        out,
+        {
+            "state_dict": result["model"].state_dict(),
+            "model": job.model,
+            "clean_acc": clean_acc,
+            "pretrain_indices": pretrain.to(torch.long),
+            "fingerprint": run.fingerprint(pretrain),
+        },
+    )
     result["checkpointer"].clear()
     log.info("extractor: %d pretraining images, clean accuracy %.4f -> %s", len(pretrain), clean_acc, out)
 
