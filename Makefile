@@ -7,7 +7,7 @@ SNAKEMAKE := PATH="$(BIN):$$PATH" $(BIN)/snakemake
 # The config `make demo` and `make report` use; `make report CONFIG=config.yaml` after a paper-scale run.
 CONFIG ?= presets/quick.yaml
 
-.PHONY: setup demo test test-slurm lint schema report archive check bench clean
+.PHONY: setup demo test test-slurm lint schema report archive check bench gpu-check estimate clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,17 @@ archive: setup
 
 check: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense check-manifest results/provenance/manifest.tsv
+
+# On a bare GPU node (torch and friends, no snakemake, no opacus): no venv, nothing installed, the
+# package straight from this checkout. GPUCHECK_ARGS=--tiny runs it at toy size (on the CPU too).
+GPUCHECK_OUT ?= results/gpucheck
+gpu-check:
+	PYTHONPATH=src $(PYTHON) -m augdefense.gpucheck $(GPUCHECK_OUT) $(GPUCHECK_ARGS)
+
+# Job counts and device-hours of the paper-scale config (priced by a GPU check when one ran here) and the demo.
+estimate: setup
+	$(BIN)/python -m augdefense.estimate config.yaml $(if $(wildcard $(GPUCHECK_OUT)/gpucheck.json),--costs $(GPUCHECK_OUT)/gpucheck.json)
+	$(BIN)/python -m augdefense.estimate presets/quick.yaml
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'  # IBM ART, for the crafting comparison

@@ -59,3 +59,9 @@ def job_process(function: str, job, **popen) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         **popen,
     )
+
+
+@pytest.fixture(scope="session")
+def paper_dry_run(tmp_path_factory) -> str:
+    """`snakemake -n` of config.yaml (2 840 victims: a dozen seconds), shared by the tests that read it."""
+    return snakemake("-n", cwd=tmp_path_factory.mktemp("paper_dry_run")).stdout

@@ -11,18 +11,18 @@ from augdefense import gpu
 HOLD = """
 import sys, time
 from augdefense import gpu
-slot = gpu.acquire(device_count={count}, lock_dir=sys.argv[1], poll_seconds=0.05)
+slot = gpu.acquire(device_count={count}, lock_dir=sys.argv[1], poll_seconds=0.05, jobs_per_device={per})
 print(slot.device, flush=True)
 time.sleep(float(sys.argv[2]))
 """
 
 
-def _spawn(lock_dir, count, hold_seconds):
+def _spawn(lock_dir, count, hold_seconds, per=1):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("SLURM_JOB_ID", None)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return subprocess.Popen(
-        [sys.executable, "-c", HOLD.format(count=count), str(lock_dir), str(hold_seconds)],
+        [sys.executable, "-c", HOLD.format(count=count, per=per), str(lock_dir), str(hold_seconds)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -69,3 +69,23 @@ def test_cpu_when_no_gpu_and_scheduler_steps_aside(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     slot = gpu.acquire(device_count=1, lock_dir=tmp_path)
     assert slot.device == "cuda:0" and slot.lock_file is None
+
+
+def test_jobs_per_device_share_a_gpu_spread_over_devices_first(tmp_path):
+    """runtime.jobs_per_gpu = 2 on two devices: four concurrent jobs, two on each device; a fifth waits."""
+    procs = [_spawn(tmp_path, 2, 3, per=2) for _ in range(4)]
+    devices = [p.stdout.readline().strip() for p in procs]
+    assert sorted(devices) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    try:
+        gpu.acquire(device_count=2, lock_dir=tmp_path, poll_seconds=0.05, timeout_seconds=0.3, jobs_per_device=2)
+        raise AssertionError("every slot should be taken")
+    except TimeoutError:
+        pass
+    for p in procs:
+        p.wait(timeout=30)
+    first = _spawn(tmp_path, 2, 1, per=2)
+    second = _spawn(tmp_path, 2, 1, per=2)
+    # Jobs fill each device's first slot before any second one.
+    assert sorted([first.stdout.readline().strip(), second.stdout.readline().strip()]) == ["cuda:0", "cuda:1"]
+    first.wait(timeout=30)
+    second.wait(timeout=30)

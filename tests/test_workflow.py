@@ -39,13 +39,12 @@ def test_lint(tmp_path):
     assert "Congratulations" in result.stdout + result.stderr
 
 
-def test_paper_config_schedules_one_victim_per_cell_and_seed(tmp_path):
-    result = snakemake("-n", cwd=tmp_path)
+def test_paper_config_schedules_one_victim_per_cell_and_seed(paper_dry_run):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    counts = job_counts(result.stdout)
+    counts = job_counts(paper_dry_run)
     assert config["seeds"] == 20 and config["data"]["source"] == "cifar10"
     assert counts["train_victim"] == len(grid.cells(config)) * 20
-    runs = set(scheduled_outputs(result.stdout, "train_victim"))
+    runs = set(scheduled_outputs(paper_dry_run, "train_victim"))
     expected = {f"results/runs/{a}/{d}/{s}.json" for a, d, s in grid.victim_runs(config)}
     assert runs == expected
     # Non-adaptive poisons are crafted once per (attack, seed), not per defense; adaptive ones once

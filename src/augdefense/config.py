@@ -228,6 +228,77 @@ def crafting_slot(config: dict, attack: str, defense: str) -> str:
     return defense if config["attacks"][attack].get("adaptive", False) else NO_DEFENSE_SLOT
 
 
+# -- the workflow's files: the rules' paths, written once (the Snakefile and the estimate use them) --------------
+
+
+def recipe_of(config: dict, attack: str) -> dict:
+    return config["recipes"][config["attacks"][attack]["recipe"]]
+
+
+def extractor_path(config: dict, attack: str) -> str | None:
+    """A transfer recipe's pretrained feature extractor: one per (pretraining recipe, share), shared by
+    every seed and by every transfer recipe that pretrains alike (last-layer and end-to-end fine-tuning)."""
+    transfer = recipe_of(config, attack).get("transfer")
+    if transfer is None:
+        return None
+    return f"results/extractors/{transfer['pretrain_recipe']}/share{transfer['pretrain_share']!r}.pt"
+
+
+def crafting_model_path(config: dict, attack: str, slot: str, seed) -> str | None:
+    """The model an optimisation-based attack crafts against: a clean-trained model shared by every
+    attack with the same recipe (and, when adaptive, the same defense); in the transfer setting, the
+    pretrained extractor; none for the patch attack and the controls."""
+    spec = config["attacks"][attack]
+    if not needs_crafting_model(spec):
+        return None
+    return extractor_path(config, attack) or f"results/crafting_models/{spec['recipe']}/{slot}/{seed}.pt"
+
+
+def poison_path(config: dict, attack: str, defense: str, seed) -> str:
+    return f"results/poisons/{attack}/{crafting_slot(config, attack, defense)}/{seed}.pt"
+
+
+def sanitized_path(config: dict, attack: str, defense: str, seed) -> str | None:
+    """Filter defenses train on what their sanitize step kept; other defenses need no such input."""
+    return f"results/sanitize/{attack}/{defense}/{seed}.json" if is_filter(config["defenses"][defense]) else None
+
+
+def feature_model_path(config: dict, attack: str, defense: str, seed) -> str:
+    return f"results/feature_models/{attack}/{crafting_slot(config, attack, defense)}/{seed}.pt"
+
+
+def victim_path(attack: str, defense: str, seed) -> str:
+    return f"results/runs/{attack}/{defense}/{seed}.json"
+
+
+def compute_jobs(config: dict) -> dict[str, list[str]]:
+    """The compute jobs the workflow runs for ``config``, by rule, each named by its output (a file
+    shared by several victims is one job)."""
+    jobs: dict[str, set[str]] = {
+        r: set()
+        for r in (
+            "pretrain_extractor",
+            "train_crafting_model",
+            "craft_poison",
+            "train_feature_model",
+            "sanitize",
+            "train_victim",
+        )
+    }
+    for attack, defense, seed in victim_runs(config):
+        jobs["train_victim"].add(victim_path(attack, defense, seed))
+        jobs["craft_poison"].add(poison_path(config, attack, defense, seed))
+        model = crafting_model_path(config, attack, crafting_slot(config, attack, defense), seed)
+        if model and model.startswith("results/crafting_models/"):
+            jobs["train_crafting_model"].add(model)
+        if extractor_path(config, attack):
+            jobs["pretrain_extractor"].add(extractor_path(config, attack))
+        if sanitized_path(config, attack, defense, seed):
+            jobs["sanitize"].add(sanitized_path(config, attack, defense, seed))
+            jobs["train_feature_model"].add(feature_model_path(config, attack, defense, seed))
+    return {rule: sorted(files) for rule, files in jobs.items()}
+
+
 def canonical(obj: Any) -> Any:
     """``obj`` with every mapping's keys sorted, recursively: a rule's params hold config slices in
     this form, because Snakemake's params trigger compares repr() and a slice must not rerun jobs

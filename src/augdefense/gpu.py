@@ -61,8 +61,11 @@ def acquire(
     lock_dir: str | Path | None = None,
     poll_seconds: float = 2.0,
     timeout_seconds: float | None = None,
+    jobs_per_device: int = 1,
 ) -> DeviceSlot:
-    """Return a slot on a free GPU (or the CPU when none exists or ``preference == 'cpu'``).
+    """Return a slot on a free GPU (or the CPU when none exists or ``preference == 'cpu'``). Each
+    device has ``jobs_per_device`` slots (``runtime.jobs_per_gpu``); jobs fill every device's first
+    slot before any second one.
 
     ``device_count`` overrides the CUDA device count (tests use fake counts).
     """
@@ -81,9 +84,10 @@ def acquire(
     lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
+    slots = [(index, name, k) for k in range(jobs_per_device) for index, name in enumerate(names)]
     while True:
-        for index, name in enumerate(names):
-            path = lock_dir / f"gpu-{name}.lock"
+        for index, name, k in slots:
+            path = lock_dir / f"gpu-{name}.{k}.lock"
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -94,5 +98,5 @@ def acquire(
             os.write(fd, f"{os.getpid()}\n".encode())
             return DeviceSlot(f"cuda:{index}", path, fd)
         if timeout_seconds is not None and time.monotonic() - start > timeout_seconds:
-            raise TimeoutError(f"no free GPU slot among {count} in {lock_dir} after {timeout_seconds} s")
+            raise TimeoutError(f"no free GPU slot among {len(slots)} in {lock_dir} after {timeout_seconds} s")
         time.sleep(poll_seconds)

@@ -35,6 +35,15 @@ def _norm(kind: str, channels: int, groups: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(min(groups, channels), channels)
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over the spatial dimensions, [N, C, H, W] -> [N, C]. nn.AdaptiveAvgPool2d(1) computes the
+    same (bit for bit on the CPU), but its CUDA backward has no deterministic implementation, so
+    ``runtime.deterministic: true`` could not train with it on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -67,12 +76,12 @@ class ResNetCifar(nn.Module):
             layers += [BasicBlock(cin, cout, stride, norm), BasicBlock(cout, cout, 1, norm)]
             cin = cout
         self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.linear = nn.Linear(cin, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(torch.relu(self.bn1(self.conv1(x))))
-        return self.pool(out).flatten(1)
+        return self.pool(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.features(x))
@@ -90,7 +99,7 @@ class ConvNet(nn.Module):
         for cout in (2 * width, 4 * width):
             blocks += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(), nn.MaxPool2d(2)]
             cin = cout
-        self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(*blocks, GlobalAvgPool())
         self.linear = nn.Linear(cin, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,6 +147,9 @@ def _resnet18_imagenet(num_classes: int, norm) -> nn.Module:
         def features(self, x: torch.Tensor) -> torch.Tensor:
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return torch.flatten(self.avgpool(x), 1)
+            return x.mean(dim=(2, 3))  # as GlobalAvgPool: deterministic on CUDA
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.features(x))
 
     return ResNetImageNet(TVBlock, [2, 2, 2, 2], num_classes=num_classes, norm_layer=norm)

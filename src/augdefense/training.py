@@ -75,6 +75,9 @@ RUNTIME_PARAMS = {
     "checkpoint_every": Param("integer", "epochs between resumable checkpoints", default=5, minimum=1),
     # Opt-in: compilation costs minutes up front and pays off on long GPU runs.
     "compile": Param("boolean", "torch.compile the training forward pass", default=False),
+    "jobs_per_gpu": Param(
+        "integer", "concurrent local jobs sharing one GPU (run with --resources gpu=GPUs x this)", default=1, minimum=1
+    ),
 }
 
 
@@ -110,18 +113,21 @@ class Runtime:
     eval_batch_size: int
     checkpoint_every: int
     compile: bool
+    jobs_per_gpu: int
 
     @classmethod
     def from_spec(cls, spec: dict) -> Runtime:
         return cls(**complete(spec, RUNTIME_PARAMS, "runtime"))
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int, deterministic: bool = False, warn_only: bool = False) -> None:
+    """Seed torch and numpy; with ``deterministic``, PyTorch's deterministic algorithms (an op with
+    none raises, or with ``warn_only`` warns and runs its usual kernel)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
         torch.backends.cudnn.benchmark = False
 
 

@@ -52,7 +52,7 @@ def train_runtime(wildcards, attempt):
 
 
 def attack_recipe(attack):
-    return config["recipes"][config["attacks"][attack]["recipe"]]
+    return grid.recipe_of(config, attack)
 
 
 def slot_defense(slot):
@@ -65,38 +65,25 @@ def checkpoint(*parts):
     return lambda w: os.path.join("scratch", "checkpoints", *(w[p] for p in parts)) + ".pt"
 
 
+# The workflow's paths (config.py writes them once; [] where a job has no such input).
 def extractor_path(attack):
-    """A transfer recipe's pretrained feature extractor: one per (pretraining recipe, share), shared by
-    every seed and by every transfer recipe that pretrains alike (last-layer and end-to-end fine-tuning)."""
-    transfer = attack_recipe(attack).get("transfer")
-    if transfer is None:
-        return []
-    return f"results/extractors/{transfer['pretrain_recipe']}/share{transfer['pretrain_share']!r}.pt"
+    return grid.extractor_path(config, attack) or []
 
 
 def crafting_model_path(attack, slot, seed):
-    """The clean-trained model an optimisation-based attack crafts against, shared by every attack
-    with the same recipe (and, when adaptive, the same defense); in the transfer setting, the
-    pretrained extractor; the patch attack needs none."""
-    spec = config["attacks"][attack]
-    if not grid.needs_crafting_model(spec):
-        return []
-    return extractor_path(attack) or f"results/crafting_models/{spec['recipe']}/{slot}/{seed}.pt"
+    return grid.crafting_model_path(config, attack, slot, seed) or []
 
 
 def poison_path(attack, defense, seed):
-    return f"results/poisons/{attack}/{grid.crafting_slot(config, attack, defense)}/{seed}.pt"
+    return grid.poison_path(config, attack, defense, seed)
 
 
 def sanitized_path(attack, defense, seed):
-    """Filter defenses train on what their sanitize step kept; other defenses need no such input."""
-    if grid.is_filter(config["defenses"][defense]):
-        return f"results/sanitize/{attack}/{defense}/{seed}.json"
-    return []
+    return grid.sanitized_path(config, attack, defense, seed) or []
 
 
 def feature_model_path(attack, defense, seed):
-    return f"results/feature_models/{attack}/{grid.crafting_slot(config, attack, defense)}/{seed}.pt"
+    return grid.feature_model_path(config, attack, defense, seed)
 
 
 def _workflow_outputs():
@@ -104,15 +91,8 @@ def _workflow_outputs():
     files = {PREPARED_DATA, "results/metrics.csv", "results/paper_comparison.csv", "results/paper_comparison.md",
              "results/figures/illustrations.png", "results/figures/illustrations.pdf",
              "results/figures/figure4a.png", "results/figures/figure4a.pdf", "results/figures/figure4a.csv"}
-    for attack, defense, seed in grid.victim_runs(config):
-        files |= {f"results/runs/{attack}/{defense}/{seed}.json", poison_path(attack, defense, seed)}
-        slot = grid.crafting_slot(config, attack, defense)
-        if crafting_model_path(attack, slot, seed):
-            files.add(crafting_model_path(attack, slot, seed))
-        if extractor_path(attack):
-            files.add(extractor_path(attack))
-        if grid.is_filter(config["defenses"][defense]):
-            files |= {sanitized_path(attack, defense, seed), feature_model_path(attack, defense, seed)}
+    for outputs in grid.compute_jobs(config).values():
+        files |= set(outputs)
     for table in config["experiments"]:
         files |= {f"results/tables/{table}.{ext}" for ext in ("csv", "md")}
         files |= {f"results/figures/{table}.{ext}" for ext in ("png", "pdf")}

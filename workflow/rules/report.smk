@@ -1,6 +1,6 @@
 rule collect_metrics:
     input:
-        runs=[f"results/runs/{a}/{d}/{s}.json" for a, d, s in grid.victim_runs(config)],
+        runs=[grid.victim_path(a, d, s) for a, d, s in grid.victim_runs(config)],
         code=code("augdefense.tables"),
     output:
         out=report("results/metrics.csv", category="Per-run metrics", caption="../report/metrics.rst"),

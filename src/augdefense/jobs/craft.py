@@ -57,9 +57,10 @@ def craft_poison(
             _, finetune = datasets.transfer_split(dataset.train_labels, recipe_.transfer["pretrain_share"])
             dataset = datasets.subset(dataset, finetune)
         torch.set_num_threads(threads)
-        seed_everything(seed, runtime_.deterministic)
+        # Crafting's differentiable shift (grid_sample) has no deterministic CUDA backward: warn, not fail.
+        seed_everything(seed, runtime_.deterministic, warn_only=True)
         normalizer = Normalizer(dataset.mean, dataset.std)
-        with gpu.acquire(runtime_.device) as slot:
+        with gpu.acquire(runtime_.device, jobs_per_device=runtime_.jobs_per_gpu) as slot:
             device = torch.device(slot.device)
             model.eval().to(device)
             for p in model.parameters():

@@ -41,7 +41,7 @@ def sanitize(
     images, labels = poisons.training_set(dataset, artifact)
     torch.set_num_threads(threads)
     normalizer = Normalizer(dataset.mean, dataset.std)
-    with gpu.acquire(runtime_.device) as slot, torch.inference_mode():
+    with gpu.acquire(runtime_.device, jobs_per_device=runtime_.jobs_per_gpu) as slot, torch.inference_mode():
         device = torch.device(slot.device)
         model.eval().to(device)
         normalizer.to(device)

@@ -139,7 +139,7 @@ class TrainingRun:
         )
         keep = torch.ones(len(self.dataset.test_labels), dtype=torch.bool)
         keep[self.poison["clean_exclude"]] = False
-        with gpu.acquire(rt.device) as slot:
+        with gpu.acquire(rt.device, jobs_per_device=rt.jobs_per_gpu) as slot:
             device = torch.device(slot.device)
             log.info(
                 "defense %s, seed %d on %s (%d threads), %d training images",
