@@ -7,7 +7,7 @@ SNAKEMAKE := PATH="$(BIN):$$PATH" $(BIN)/snakemake
 # The config `make demo` and `make report` use; `make report CONFIG=config.yaml` after a paper-scale run.
 CONFIG ?= presets/quick.yaml
 
-.PHONY: setup demo test test-slurm lint schema report archive check bench gpu-check estimate clean
+.PHONY: setup demo test test-slurm lint schema report archive check bench gpu-check estimate mutation clean
 
 setup: $(STAMP)
 
@@ -64,5 +64,13 @@ bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'  # IBM ART, for the crafting comparison
 	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense.bench
 
+# Mutation testing of the pure modules ([tool.mutmut] in pyproject.toml); one torch thread per test
+# process (forked workers and OpenMP's thread pool do not mix). Not part of `make test`.
+mutation: setup
+	$(BIN)/python -m pip install --quiet -e '.[test,mutation]'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	$(BIN)/python tests/mutation_scores.py
+
 clean:
-	rm -rf results logs benchmarks scratch .snakemake
+	rm -rf results logs benchmarks scratch .snakemake mutants

@@ -65,3 +65,18 @@ def job_process(function: str, job, **popen) -> subprocess.Popen:
 def paper_dry_run(tmp_path_factory) -> str:
     """`snakemake -n` of config.yaml (2 840 victims: a dozen seconds), shared by the tests that read it."""
     return snakemake("-n", cwd=tmp_path_factory.mktemp("paper_dry_run")).stdout
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, checkpoint: Path, timeout: float = 300) -> None:
+    """SIGKILL a training process once it has written its first checkpoint, a little into the next epoch."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpoint.exists(), "no checkpoint was written"
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL

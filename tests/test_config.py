@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import yaml
 
 from augdefense import config as grid
 from augdefense.errors import ConfigError
@@ -74,7 +75,11 @@ def test_filter_on_a_fully_poisoned_class_is_refused_unless_excluded(config):
     assert ("patch100", "ss") not in grid.cells(config) and ("patch10", "ss") in grid.cells(config)
     refused = copy.deepcopy(config)
     del refused["experiments"]["table1"]["exclude"]
-    with pytest.raises(ConfigError, match="defense 'ss' cannot apply to attack 'patch100'"):
+    with pytest.raises(
+        ConfigError,
+        match="defense 'ss' cannot apply to attack 'patch100': every training image of "
+        "the target class is poisoned, so no clean image is left to tell apart; list",
+    ):
         grid.check_config(refused)
 
 
@@ -89,3 +94,148 @@ def test_filter_types_match_the_registry():
 
     registered = {name for name, cls in defenses.REGISTRY.items() if getattr(cls, "is_filter", False)}
     assert registered == set(grid.FILTER_TYPES)
+
+
+DIGITS = SourceFacts(train_class_sizes=(142, 146, 142, 146, 145, 145, 145, 143, 139, 144), image_shape=(1, 8, 8))
+
+
+def _refused(config, message, facts=DIGITS):
+    with pytest.raises(ConfigError, match=message):
+        grid.check_config(config, facts)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda c: c["attacks"]["wb"].update(budget=0.2),
+            r"^attacks\.wb\.budget: 0\.2 x 1437 = 287 poisons of one class, but the smallest class of the training set "
+            r"has 139 images \(the intended class is drawn at random per seed\)$",
+        ),
+        (
+            lambda c: c["attacks"]["wb"].update(budget=0.0003),
+            r"^attacks\.wb\.budget: 0\.0003 x 1437 training images rounds to no poison at all$",
+        ),
+        (
+            lambda c: c["attacks"]["fc"].update(n_poisons=70),
+            r"^attacks\.fc\.n_poisons: 70 poisons of one class, but the smallest class of the fine-tuning split has 69 "
+            r"images \(classes are drawn at random per seed\)$",
+        ),
+        (
+            lambda c: c["attacks"]["patch10"].update(fraction=0.003),
+            r"^attacks\.patch10\.fraction: 0\.003 of the smallest class \(139 images\) rounds to no poison at all$",
+        ),
+        (lambda c: c["attacks"]["htbd"].update(patch_size=9), r"^attacks\.htbd\.patch_size: 9 exceeds the 8x8 images$"),
+    ],
+)
+def test_what_the_data_cannot_hold_is_refused_naming_the_key(config, edit, message):
+    edit(config)
+    _refused(config, message)
+
+
+def test_feasibility_limits_are_exact(config):
+    """The largest counts that fit pass: 139 images in the smallest class (69 of them in the
+    fine-tuning half), a trigger as large as the image; controls poison nothing and always fit."""
+    config["attacks"]["wb"]["budget"] = 139 / 1437
+    config["attacks"]["fc"]["n_poisons"] = 69
+    config["attacks"]["htbd"]["patch_size"] = 8
+    config["attacks"]["wb_control"]["budget"] = 0.9
+    grid.check_config(config, DIGITS)
+    config["attacks"]["wb"]["budget"] = 140 / 1437
+    _refused(config, r"^attacks\.wb\.budget: .* = 140 poisons")
+    config["attacks"]["wb"]["budget"] = 0.5 / 1437 + 1e-9  # rounds to exactly one poison: allowed
+    config["attacks"]["patch10"]["fraction"] = 0.5 / 139 + 1e-9
+    grid.check_config(config, DIGITS)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["attacks"].update({"a/b": c["attacks"]["patch10"]}), r"^'a/b': attack and defense names"),
+        (lambda c: c["defenses"].update({".x": {"type": "none"}}), r"^'\.x': attack and defense names"),
+        (
+            lambda c: c["experiments"]["table1"].update(exclude=[{"attack": "patch10", "defense": "ac"}]),
+            r"^experiments\.table1\.exclude: \{'attack': 'patch10', 'defense': 'ac'\} does not name one of the "
+            r"experiment's attacks and one of its defenses$",
+        ),
+        (
+            lambda c: c["experiments"]["table1"].update(exclude=[{"attack": "wb", "defense": "ss"}]),
+            r"^experiments\.table1\.exclude: ",
+        ),
+        (
+            lambda c: c["recipes"]["transfer"]["transfer"].update(pretrain_recipe="transfer_e2e"),
+            r"^recipes\.transfer\.transfer\.pretrain_recipe: 'transfer_e2e' must name a recipe without 'transfer'",
+        ),
+        (
+            lambda c: c["recipes"]["transfer"]["transfer"].update(pretrain_recipe="missing"),
+            r"^recipes\.transfer\.transfer\.pretrain_recipe: 'missing' must name a recipe",
+        ),
+        (
+            lambda c: c["attacks"]["wb_adapt"].update(recipe="transfer"),
+            r"^attacks\.wb_adapt\.adaptive: adaptive crafting trains a model under the victim's defense; a transfer "
+            r"recipe crafts against the shared pretrained extractor$",
+        ),
+    ],
+)
+def test_what_cannot_work_is_refused_naming_the_key(config, edit, message):
+    edit(config)
+    _refused(config, message)
+
+
+def test_a_control_attack_is_allowed_as_control(config):
+    assert config["attacks"]["wb_control"]["control"] is True
+    grid.check_config(config, DIGITS)  # table2's control is wb_control
+
+
+def test_the_workflow_paths_and_jobs_of_the_tiny_preset(config):
+    assert grid.crafting_seed(3) == 1_000_003
+    assert (
+        grid.needs_crafting_model(config["attacks"]["wb"])
+        and not grid.needs_crafting_model(config["attacks"]["wb_control"])
+        and not grid.needs_crafting_model(config["attacks"]["patch10"])
+    )
+    assert grid.extractor_path(config, "fc") == "results/extractors/pretrain/share0.5.pt"
+    assert grid.extractor_path(config, "wb") is None
+    assert grid.crafting_model_path(config, "wb", "none", 1) == "results/crafting_models/targeted/none/1.pt"
+    assert grid.crafting_model_path(config, "fc", "none", 1) == "results/extractors/pretrain/share0.5.pt"
+    assert grid.crafting_model_path(config, "patch10", "none", 1) is None
+    assert grid.poison_path(config, "wb_adapt", "mixup", 0) == "results/poisons/wb_adapt/mixup/0.pt"
+    assert grid.poison_path(config, "wb", "mixup", 0) == "results/poisons/wb/none/0.pt"
+    assert grid.sanitized_path(config, "patch10", "ss", 1) == "results/sanitize/patch10/ss/1.json"
+    assert grid.sanitized_path(config, "patch10", "mixup", 1) is None
+    assert grid.feature_model_path(config, "patch10", "ss", 1) == "results/feature_models/patch10/none/1.pt"
+    assert grid.recipe_of(config, "fc") is config["recipes"]["transfer"]
+    jobs = grid.compute_jobs(config)
+    assert {rule: len(paths) for rule, paths in jobs.items()} == {
+        "pretrain_extractor": 1,
+        "train_crafting_model": 4,
+        "craft_poison": 18,
+        "train_feature_model": 6,
+        "sanitize": 6,
+        "train_victim": 36,
+    }
+    assert jobs["train_crafting_model"] == [
+        f"results/crafting_models/targeted/{slot}/{s}.pt" for slot in ("mixup", "none") for s in (0, 1)
+    ]
+    assert jobs["pretrain_extractor"] == ["results/extractors/pretrain/share0.5.pt"]
+    adaptive = [p for p in jobs["craft_poison"] if "wb_adapt" in p]
+    assert adaptive == [f"results/poisons/wb_adapt/mixup/{s}.pt" for s in (0, 1)]
+    assert "results/sanitize/patch10/ss/0.json" in jobs["sanitize"]
+    assert "results/feature_models/fc/none/1.pt" in jobs["train_feature_model"]
+    assert "results/runs/wb_control/mixup/1.json" in jobs["train_victim"]
+
+
+def test_canonical_sorts_every_mapping_and_keeps_lists_in_order():
+    value = grid.canonical({"b": 1, "a": {"d": [3, {"z": 1, "y": 2}], "c": (1, 2)}})
+    assert list(value) == ["a", "b"] and list(value["a"]) == ["c", "d"]
+    assert value["a"]["d"] == [3, {"y": 2, "z": 1}] and list(value["a"]["d"][1]) == ["y", "z"]
+    assert value["a"]["c"] == [1, 2] and repr(value) == repr(grid.canonical(value))
+
+
+def test_load_names_the_file_and_the_schema_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    config = yaml.safe_load((REPO / "presets" / "tiny.yaml").read_text())
+    config["defenses"]["mixup"]["k"] = 0
+    bad.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=rf"(?s)^{bad}: .*0 is less than the minimum of 1.*\['mixup'\]\['k'\]"):
+        grid.load(bad)

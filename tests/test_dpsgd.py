@@ -102,7 +102,11 @@ def test_opacus_reports_an_epsilon_that_falls_as_noise_rises(tmp_path, digits8):
 def test_opacus_refuses_batchnorm_before_training(tmp_path, digits8):
     from augdefense.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="model.norm: group"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^defenses\.dp: per-sample DP-SGD cannot train a model with BatchNorm .*"
+        r"set model\.norm: group$",
+    ):
         _opacus_run(tmp_path, digits8, 1.0, norm="batch")
 
 
@@ -118,3 +122,50 @@ def test_laplace_runs_record_theorem2_epsilon():
     dirichlet = defenses.build({"type": "mixup", "k": 4, "laplace": 8}, 10).privacy_record(1000, (1, 8, 8), 2, 100)
     assert dirichlet == {"theorem2_epsilon": None}  # the theorem covers equal weights only
     assert defenses.build({"type": "mixup", "k": 4}, 10).privacy_record(1000, (1, 8, 8), 2, 100) == {}
+
+
+# Every defense type with Laplacian noise on: the Theorem 2 releases it makes, or None where the
+# theorem (equal-weight k-way mixup, or plain noise) does not cover its augmentation.
+N, EPOCHS, SHAPE = 1000, 6, (1, 8, 8)
+THEOREM2_CASES = {
+    "none": ({"type": "none"}, [(1, N * EPOCHS)]),
+    "mixup equal": ({"type": "mixup", "k": 4, "weights": "equal"}, [(4, N * EPOCHS)]),
+    "mixup k=1": ({"type": "mixup", "k": 1}, [(1, N * EPOCHS)]),
+    "mixup dirichlet": ({"type": "mixup", "k": 4}, None),
+    "cutmix": ({"type": "cutmix"}, None),
+    "cutout": ({"type": "cutout", "size": 4}, None),
+    "maxup over cutout": ({"type": "maxup", "m": 3, "start_epoch": 2}, None),
+    # m noised draws of every image per epoch after the start, plain noise before: 2 + 4 x 3 releases.
+    "maxup over none": (
+        {"type": "maxup", "m": 3, "start_epoch": 2, "inner": {"type": "none"}},
+        [(1, N * 2), (1, N * 4 * 3)],
+    ),
+    "maxup over equal mixup": (
+        {"type": "maxup", "m": 3, "start_epoch": 2, "inner": {"type": "mixup", "k": 2, "weights": "equal"}},
+        [(1, N * 2), (2, N * 4 * 3)],
+    ),
+    "maxup over a noised inner": ({"type": "maxup", "inner": {"type": "none", "laplace": 4}}, None),
+    "dpsgd_batch": ({"type": "dpsgd_batch"}, [(1, N * EPOCHS)]),
+    "dpsgd_opacus": ({"type": "dpsgd_opacus"}, [(1, N * EPOCHS)]),
+    "spectral_signatures": ({"type": "spectral_signatures"}, [(1, N * EPOCHS)]),
+    "activation_clustering": ({"type": "activation_clustering"}, [(1, N * EPOCHS)]),
+    "deep_knn": ({"type": "deep_knn"}, [(1, N * EPOCHS)]),
+}
+
+
+def test_the_cases_cover_every_registered_defense_type():
+    assert {spec["type"] for spec, _ in THEOREM2_CASES.values()} == set(defenses.REGISTRY)
+
+
+@pytest.mark.parametrize("case", sorted(THEOREM2_CASES))
+def test_theorem2_epsilon_for_every_defense_type(case):
+    from augdefense import privacy
+
+    spec, releases = THEOREM2_CASES[case]
+    record = defenses.build({**spec, "laplace": 8}, 10).privacy_record(N, SHAPE, EPOCHS, 100)
+    if releases is None:
+        assert record["theorem2_epsilon"] is None
+        return
+    sigma = privacy.sigma_from_noise(8, SHAPE)
+    expected = sum(privacy.mixup_laplace_epsilon(k, sigma, N, t) for k, t in releases)
+    assert record["theorem2_epsilon"] == pytest.approx(expected, rel=1e-12)

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from augdefense.errors import DataError
 from augdefense.io import sha256, write_json
 from augdefense.jobs.craft import craft_poison
 from augdefense.runner import JobSpec
-from conftest import job_process
+from conftest import job_process, kill_after_checkpoint
 
 RECIPE = {"epochs": 8, "milestones": [4, 6], "batch_size": 64, "crop_pad": 1, "flip": False}
 MODEL = {"arch": "convnet", "width": 16}
@@ -39,7 +40,7 @@ def files(tmp_path_factory):
     return root
 
 
-def train(files, out, checkpoint, poison=None, defense=DEFENSE):
+def train(files, out, checkpoint, poison=None, defense=DEFENSE, seed=3):
     """A train_victim job in its own process."""
     job = JobSpec(
         rule="train_victim",
@@ -52,61 +53,104 @@ def train(files, out, checkpoint, poison=None, defense=DEFENSE):
             "recipe": RECIPE,
             "model": MODEL,
             "runtime": RUNTIME,
-            "seed": 3,
+            "seed": seed,
             "checkpoint": str(checkpoint),
         },
     )
     return job_process("augdefense.jobs.train:train_victim", job)
 
 
-def test_killed_training_resumes_to_identical_metrics(files, tmp_path):
-    reference = train(files, tmp_path / "ref.json", tmp_path / "ref.ckpt")
-    _, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err
-    assert not (tmp_path / "ref.ckpt").exists()  # cleared once the metrics are written
-
-    out, ckpt = tmp_path / "run.json", tmp_path / "run.ckpt"
-    victim = train(files, out, ckpt)
-    deadline = time.monotonic() + 300
-    while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert ckpt.exists(), "no checkpoint was written"
-    time.sleep(0.2)  # into the next epoch
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=30)
-    assert victim.returncode == -signal.SIGKILL
-    assert not out.exists()  # a killed job leaves no finished-looking output
-
-    resumed = train(files, out, ckpt)
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert "resuming from" in err
-    a, b = json.loads((tmp_path / "ref.json").read_text()), json.loads(out.read_text())
-    for record in (a, b):
-        record.pop("train_seconds")
-    assert a == b
-
-
-def test_checkpoint_of_another_run_is_ignored(files, tmp_path):
-    ckpt = tmp_path / "stale.ckpt"
-    torch.save({"fingerprint": "something else", "epoch": 3, "model": {}}, ckpt)
-    proc = train(files, tmp_path / "o.json", ckpt)
+def finished(proc) -> str:
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert "belongs to another run" in err
+    return err
 
 
-def test_same_seed_gives_byte_identical_poison(files, tmp_path):
-    spec = {"type": "patch", "recipe": "r", "patch_size": 4, "fraction": 0.1}
+def without_timing(path) -> dict:
+    record = json.loads(path.read_text())
+    record.pop("train_seconds")
+    return record
+
+
+@pytest.fixture(scope="module")
+def killed_seed3(files, tmp_path_factory):
+    """A seed-3 training killed with SIGKILL once it has written a checkpoint: the run's output
+    (absent), its checkpoint, and a copy of that real, half-done checkpoint."""
+    root = tmp_path_factory.mktemp("killed")
+    out, ckpt = root / "run.json", root / "run.ckpt"
+    kill_after_checkpoint(train(files, out, ckpt), ckpt)
+    shutil.copy(ckpt, root / "seed3.ckpt")
+    return out, ckpt, root / "seed3.ckpt"
+
+
+def test_killed_training_resumes_to_identical_metrics(files, killed_seed3, tmp_path):
+    out, ckpt, _ = killed_seed3
+    assert not out.exists()  # a killed job leaves no finished-looking output
+    finished(train(files, tmp_path / "ref.json", tmp_path / "ref.ckpt"))
+    assert not (tmp_path / "ref.ckpt").exists()  # cleared once the metrics are written
+    assert "resuming from" in finished(train(files, out, ckpt))
+    assert without_timing(tmp_path / "ref.json") == without_timing(out)
+
+
+def test_checkpoint_of_another_run_is_ignored(files, killed_seed3, tmp_path):
+    """The real half-done checkpoint of the seed-3 run, offered to a seed-4 run: ignored, and the
+    seed-4 run ends exactly as one that never saw it."""
+    _, _, seed3 = killed_seed3
+    stale = tmp_path / "stale.ckpt"
+    shutil.copy(seed3, stale)
+    err = finished(train(files, tmp_path / "o.json", stale, seed=4))
+    assert "belongs to another run" in err and "resuming from" not in err
+    finished(train(files, tmp_path / "fresh.json", tmp_path / "fresh.ckpt", seed=4))
+    assert without_timing(tmp_path / "o.json") == without_timing(tmp_path / "fresh.json")
+
+
+@pytest.fixture(scope="module")
+def crafting_model(files, tmp_path_factory):
+    from augdefense.jobs.train import TrainingJob, train_crafting_model
+
+    path = tmp_path_factory.mktemp("crafting") / "model.pt"
+    job = TrainingJob(
+        data=files / "data.pt", model=MODEL, runtime=RUNTIME, seed=0, recipe={**RECIPE, "epochs": 1, "milestones": []}
+    )
+    train_crafting_model(job, out=path)
+    return path
+
+
+ATTACKS = {
+    "patch": {"type": "patch", "patch_size": 4},
+    "gradient_matching": {"type": "gradient_matching", "eps": 16, "budget": 0.01, "iterations": 3, "restarts": 2},
+    "feature_collision": {"type": "feature_collision", "n_poisons": 5, "iterations": 5},
+    "convex_polytope": {"type": "convex_polytope", "n_poisons": 5, "iterations": 5},
+    "hidden_trigger": {"type": "hidden_trigger", "n_poisons": 5, "iterations": 5, "patch_size": 4},
+    "clean_label_backdoor": {"type": "clean_label_backdoor", "n_poisons": 5, "steps": 3, "patch_size": 4},
+}
+
+
+def test_every_attack_type_is_in_the_byte_identity_test():
+    from augdefense import attacks
+
+    assert set(ATTACKS) == set(attacks.REGISTRY)
+
+
+@pytest.mark.parametrize("kind", sorted(ATTACKS))
+def test_same_seed_gives_byte_identical_poison(kind, files, crafting_model, tmp_path):
+    """Two crafting jobs (two processes) of one attack and seed write the same bytes."""
+    spec = {**ATTACKS[kind], "recipe": "r"}
+    model = None if kind == "patch" else str(crafting_model)
     for name in ("a.pt", "b.pt"):
         job = JobSpec(
             rule="craft_poison",
-            inputs={"data": str(files / "data.pt")},
+            inputs={"data": str(files / "data.pt"), "crafting_model": model},
             outputs={"out": str(tmp_path / name)},
-            params={"attack_name": "p", "attack": spec, "seed": 7},
+            params={
+                "attack_name": kind,
+                "attack": spec,
+                "seed": 7,
+                "runtime": RUNTIME,
+                "recipe": RECIPE if model else None,
+            },
         )
-        proc = job_process("augdefense.jobs.craft:craft_poison", job)
-        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        finished(job_process("augdefense.jobs.craft:craft_poison", job))
     assert sha256(tmp_path / "a.pt") == sha256(tmp_path / "b.pt")
 
 
@@ -173,7 +217,8 @@ def test_cifar_batches_become_uint8_tensors(tmp_path, monkeypatch):
 
 
 def test_workflow_resumes_a_killed_job(tmp_path):
-    """Kill a running `snakemake` (and its job) with SIGKILL, rerun it: the job resumes from its checkpoint."""
+    """Kill a running `snakemake` (and its job) with SIGKILL and rerun it: the job resumes from its
+    checkpoint and ends with the record of a run that was never interrupted."""
     import yaml
 
     from conftest import REPO, snakemake
@@ -188,7 +233,11 @@ def test_workflow_resumes_a_killed_job(tmp_path):
     config["seeds"] = 1
     config_file = tmp_path / "resume.yaml"
     config_file.write_text(yaml.safe_dump(config))
+    target = "results/runs/patch100/none/0.json"  # the one job that matters, not the tables after it
 
+    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    for folder in (killed, fresh):
+        folder.mkdir()
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     cmd = [
@@ -196,26 +245,51 @@ def test_workflow_resumes_a_killed_job(tmp_path):
         "--snakefile",
         str(REPO / "Snakefile"),
         "-d",
-        str(tmp_path),
+        str(killed),
         "--cores",
         "1",
+        target,
         "--configfile",
         str(config_file),
     ]
     run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = tmp_path / "scratch" / "checkpoints" / "patch100" / "none" / "0.pt"
+    ckpt = killed / "scratch" / "checkpoints" / "patch100" / "none" / "0.pt"
     deadline = time.monotonic() + 300
     while not ckpt.exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert ckpt.exists(), "the job wrote no checkpoint"
     os.killpg(run.pid, signal.SIGKILL)  # snakemake and the job it started
     run.wait(timeout=30)
-    assert not (tmp_path / "results" / "runs" / "patch100" / "none" / "0.json").exists()
+    assert not (killed / target).exists()
 
-    snakemake("--unlock", "--configfile", str(config_file), cwd=tmp_path)
-    snakemake("--cores", "1", "--rerun-incomplete", "--configfile", str(config_file), cwd=tmp_path)
-    log = (tmp_path / "logs" / "train_victim" / "patch100" / "none" / "0.log").read_text()
-    assert "resuming from" in log
-    record = json.loads((tmp_path / "results" / "runs" / "patch100" / "none" / "0.json").read_text())
-    assert 0 <= record["poison_success"] <= 1
+    snakemake("--unlock", "--configfile", str(config_file), cwd=killed)
+    snakemake("--cores", "1", "--rerun-incomplete", target, "--configfile", str(config_file), cwd=killed)
+    assert "resuming from" in (killed / "logs" / "train_victim" / "patch100" / "none" / "0.log").read_text()
     assert not ckpt.exists()
+    snakemake("--cores", "1", target, "--configfile", str(config_file), cwd=fresh)
+    assert without_timing(killed / target) == without_timing(fresh / target)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """A job that dies while writing (inside the atomic writer) or whose final rename fails leaves
+    the previous file untouched and no temporary beside it."""
+    from augdefense import io
+
+    target = tmp_path / "record.json"
+    write_json(target, {"old": 1})
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError, match="died mid-write"):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text('{"new": ')
+            raise RuntimeError("died mid-write")
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+    def refuse(*args):
+        raise OSError("disk full at rename")
+
+    monkeypatch.setattr(io.os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        write_json(target, {"new": 2})
+    with pytest.raises(OSError, match="disk full"):
+        io.save_tensors(tmp_path / "new.pt", {"x": torch.zeros(3)})
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]

@@ -157,7 +157,7 @@ def test_frozen_sets_eval_and_no_grad_inside():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("key,value", [("eps", 0), ("eps", 300), ("n_poisons", 0), ("n_poisons", 2.5)])
 def test_invalid_common_keys_are_refused(kind, key, value):
-    with pytest.raises(ConfigError, match=rf"attacks\.{kind}\.{key}: .* must be "):
+    with pytest.raises(ConfigError, match=rf"^attacks\.{kind}\.{key}: .+ is invalid; must be "):
         attacks.build({"type": kind, "recipe": "r", key: value}, kind)
 
 
@@ -177,13 +177,13 @@ def test_invalid_common_keys_are_refused(kind, key, value):
     ],
 )
 def test_invalid_specific_keys_are_refused(kind, key, value):
-    with pytest.raises(ConfigError, match=rf"attacks\.{kind}\.{key}"):
+    with pytest.raises(ConfigError, match=rf"^attacks\.{kind}\.{key}: .+ is invalid; must be "):
         attacks.build({"type": kind, "recipe": "r", key: value}, kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_too_many_poisons_is_refused(kind, digits8, context):
-    with pytest.raises(ConfigError, match="n_poisons"):
+    with pytest.raises(ConfigError, match=rf"^attacks\.{kind}\.n_poisons: 500 poisons, but \w+ class \d has only"):
         craft(kind, digits8, context, n_poisons=500)
 
 

@@ -4,10 +4,8 @@ gpu-check --tiny`` (AUGDEFENSE_GPU_TESTS_ON_CPU=1), which runs them on the CPU s
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -145,6 +143,7 @@ def test_killed_and_resumed_training_ends_like_an_uninterrupted_one(device, tmp_
     from augdefense.gpucheck import synthetic
     from augdefense.io import save_tensors
     from augdefense.jobs.craft import craft_poison
+    from conftest import kill_after_checkpoint
 
     save_tensors(tmp_path / "data.pt", synthetic((3, 32, 32), 640).to_dict())
     craft_poison(
@@ -157,14 +156,7 @@ def test_killed_and_resumed_training_ends_like_an_uninterrupted_one(device, tmp_
     reference = _train_job(tmp_path, device, tmp_path / "ref.json", tmp_path / "ref.ckpt")
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
     out, ckpt = tmp_path / "run.json", tmp_path / "run.ckpt"
-    victim = _train_job(tmp_path, device, out, ckpt)
-    deadline = time.monotonic() + 300
-    while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert ckpt.exists(), "no checkpoint was written"
-    time.sleep(0.2)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=30)
+    kill_after_checkpoint(_train_job(tmp_path, device, out, ckpt), ckpt)
     resumed = _train_job(tmp_path, device, out, ckpt)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err

@@ -129,6 +129,42 @@ def test_adaptive_crafting_goes_through_the_defense(digits8):
     assert mixed["info"]["adaptive"] is True
 
 
+def test_adaptive_poisons_match_better_through_the_defense_than_plain_ones(digits8, trained_context):
+    """Both crafts start from the same seeded point and move away from it; measured through the
+    defense (4-way mixup, the same mixing draws for both), the adaptive poison's matching loss is
+    the lower one: it optimised exactly that."""
+    from augdefense.attacks.gradient_matching import initial_delta, matching_loss, target_gradient
+
+    ctx = trained_context
+    idx = torch.nonzero(digits8.train_labels == 3).flatten()[:24]
+    images, labels = digits8.train_images[idx].float() / 255, digits8.train_labels[idx]
+    target_image = digits8.test_images[torch.nonzero(digits8.test_labels == 5).flatten()[:1]].float() / 255
+    spec, eps = {"type": "mixup", "k": 4}, 16 / 255
+
+    def crafted(defense):
+        context = CraftingContext(ctx.model, ctx.normalizer, ctx.device, defense, ctx.recipe)
+        return brew(context, images, labels, target_image, 3, eps=eps, iterations=30, restarts=1, seed=7)["delta"]
+
+    plain, adaptive = crafted(None), crafted(defenses.build(spec, 10, seed=0))
+    start = initial_delta(images, eps, torch.Generator().manual_seed(7))
+    for delta in (plain, adaptive):
+        assert (delta - start).abs().mean() > eps / 4  # moved from the seeded start
+        assert delta.abs().max() <= eps + 1e-6
+
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    target = target_gradient(ctx, params, target_image, 3)
+
+    def through_defense(delta) -> float:
+        losses = []
+        for draw in range(8):  # the same mixing draws for both poisons
+            torch.manual_seed(draw)
+            context = CraftingContext(ctx.model, ctx.normalizer, ctx.device, defenses.build(spec, 10, seed=draw))
+            losses.append(float(matching_loss(context, params, images + delta, labels, target)))
+        return sum(losses) / len(losses)
+
+    assert through_defense(adaptive) < through_defense(plain)
+
+
 def test_dpsgd_crafting_gradients_clip_and_noise_like_training():
     grads = (torch.full((10,), 3.0, requires_grad=True), torch.full((5,), 4.0))
     clipped = defenses.build({"type": "dpsgd_batch", "clip": 1.0, "noise": 0.0}, 10).crafting_gradients(grads)
@@ -153,16 +189,23 @@ def test_quantize_stays_inside_a_fractional_ball_and_the_pixel_range():
 
 
 @pytest.mark.parametrize(
-    "overrides, key",
-    [({"eps": 0}, "eps"), ({"budget": 1.5}, "budget"), ({"restarts": 0}, "restarts"), ({"sigma": 1}, "sigma")],
+    "overrides, message",
+    [
+        ({"eps": 0}, r"^attacks\.wb\.eps: 0 is invalid; must be a number > 0 and <= 255$"),
+        ({"budget": 1.5}, r"^attacks\.wb\.budget: 1\.5 is invalid; must be a number > 0 and <= 1$"),
+        ({"restarts": 0}, r"^attacks\.wb\.restarts: 0 is invalid; must be an integer >= 1$"),
+        ({"sigma": 1}, r"^attacks\.wb: unknown key\(s\) \['sigma'\] for type 'gradient_matching'"),
+    ],
 )
-def test_bad_parameters_are_named(overrides, key):
-    with pytest.raises(ConfigError, match=key):
+def test_bad_parameters_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
         attacks.build({**SPEC, **overrides}, "wb")
 
 
 def test_a_budget_larger_than_the_intended_class_is_refused(digits8):
-    with pytest.raises(ConfigError, match="budget"):
+    with pytest.raises(
+        ConfigError, match=r"^attacks\.wb\.budget: 718 poisons, but goal class \d has only 1[34]\d training"
+    ):
         craft(digits8, budget=0.5)
 
 

@@ -80,12 +80,38 @@ def test_control_poisons_nothing_but_keeps_the_draw(digits8):
 def test_fraction_outside_unit_interval_is_refused(fraction):
     from augdefense.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="attacks.patch.fraction"):
+    with pytest.raises(ConfigError, match=r"^attacks\.patch\.fraction: .+ is invalid; must be a number > 0 and <= 1$"):
         attacks.build({**SPEC, "fraction": fraction}, "patch")
 
 
 def test_patch_larger_than_image_is_refused(digits8):
     from augdefense.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="patch_size"):
+    with pytest.raises(ConfigError, match=r"^attacks\.patch\.patch_size: 9 exceeds the 8x8 images$"):
         craft(digits8, patch_size=9)
+
+
+def _digest(poison) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in ("train_indices", "train_images", "eval_images", "eval_goals", "patch"):
+        digest.update(poison[key].numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def test_a_seed_draws_the_same_patch_poison_bytes(digits8):
+    """The draws (pair, trigger, poisoned images and their placements, test placements) of seed 0,
+    pinned: a change in how the attack consumes its random streams fails here. Update deliberately."""
+    poison = attacks.build({**SPEC, "patch_size": 3, "fraction": 0.5}, "patch").craft(digits8, 0)
+    assert _digest(poison) == "b366c2a887c6"
+    assert poison["clean_exclude"].tolist() == []  # every clean test image counts towards accuracy
+    assert poison["info"] == {
+        "target_class": poison["info"]["target_class"],
+        "victim_class": poison["info"]["victim_class"],
+        "n_poisons": 72,
+        "attack": "patch",
+        "type": "patch",
+        "seed": 0,
+    }
+    assert poison["eval_labels"].dtype == poison["eval_goals"].dtype == torch.long

@@ -64,3 +64,41 @@ def test_figure4a_table(tmp_path):
         assert group.epsilon_unit_diameter.is_monotonic_decreasing
         assert (group.epsilon_unit_diameter <= group.bound_unit_diameter * (1 + 1e-12)).all()
         assert (group.epsilon_cifar_diameter > group.epsilon_unit_diameter).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((0, 0.1, 10, 1), r"^k must be an integer >= 1, got 0$"),
+        ((1.5, 0.1, 10, 1), r"^k must be an integer >= 1, got 1\.5$"),
+        ((4, 0.1, 3, 1), r"^n must be an integer >= k = 4, got 3$"),
+        ((1, 0.0, 10, 1), r"^sigma must be > 0, got 0\.0$"),
+        ((1, 0.1, 10, -1), r"^T must be >= 0, got -1$"),
+    ],
+)
+def test_bad_arguments_are_named(args, message):
+    with pytest.raises(ValueError, match=message):
+        privacy.mixup_laplace_epsilon(*args)
+
+
+def test_terms_when_every_group_holds_the_point_and_past_the_overflow_guard():
+    assert privacy.mixup_laplace_terms(5, 0.1, 5) == (2.0, 2.0)  # k = n: both terms are 1 / (k sigma)
+    for k, sigma, n in ((1, 1 / 705, 1000), (2, 1 / 1404, 50), (1, 1 / 699.5, 10)):
+        x, share = 1 / (k * sigma), k / n
+        a, b = privacy.mixup_laplace_terms(k, sigma, n)
+        assert a == pytest.approx(math.log(1 - share + share * math.exp(x)), rel=1e-12)
+        assert b == pytest.approx(-math.log(1 - share + share * math.exp(-x)), rel=1e-12) and b > 0
+
+
+def test_poison_ceiling_edges_and_the_delta_slack():
+    assert privacy.poison_success_ceiling(0.0, 0.0, 5, 0.3) == 0.3  # no privacy loss: nothing gained
+    assert privacy.poison_success_ceiling(0.5, 0.0, 5, 1.0) == 1.0
+    assert privacy.poison_success_ceiling(0.5, 0.0, 5, 0.0) == pytest.approx(1 - math.exp(-2.5))
+    with pytest.raises(ValueError, match=r"^clean_success must be in \[0, 1\], got 1\.5$"):
+        privacy.poison_success_ceiling(0.5, 0.0, 5, 1.5)
+    assert privacy.poison_success_ceiling(1.0, 0.0, 701, 0.0) == 1.0  # l * eps past 700: vacuous
+    eps, delta, n, clean = 0.1, 1e-3, 3, 0.2
+    slack = delta / math.expm1(eps)
+    expected = 1 - (math.exp(-n * eps) * (1 - clean + slack) - slack)
+    assert privacy.poison_success_ceiling(eps, delta, n, clean) == pytest.approx(expected, rel=1e-12)
+    assert privacy.poison_success_ceiling(eps, 0.0, n, clean) == pytest.approx(1 - math.exp(-n * eps) * 0.8)

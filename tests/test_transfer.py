@@ -91,3 +91,41 @@ def test_transfer_poisons_live_in_the_finetuning_split_and_the_victim_trains_the
     assert record["n_poisons"] == 4 and 0 <= record["clean_acc"] <= 1
     saved = torch.load(extractor, weights_only=True)
     assert torch.equal(saved["pretrain_indices"], pretrain)
+
+
+def test_split_sizes_are_exact(digits8):
+    """Per class, round(share x class size) images pretrain (Python's round: half to even) and the
+    rest fine-tune; on digits' 1437 training images at share 0.5 that is 718 and 719."""
+    from augdefense import sources
+
+    labels = digits8.train_labels
+    sizes = torch.bincount(labels).tolist()
+    assert sizes == [142, 146, 142, 146, 145, 145, 145, 143, 139, 144]
+    pretrain, finetune = data.transfer_split(labels, 0.5)
+    per_class = [int((labels[pretrain] == c).sum()) for c in range(10)]
+    assert per_class == [sources.pretrain_count(n, 0.5) for n in sizes] == [71, 73, 71, 73, 72, 72, 72, 72, 70, 72]
+    assert (len(pretrain), len(finetune)) == (718, 719)
+
+
+def test_a_transfer_victim_trains_on_the_finetuning_split_only_and_finds_its_poisons(digits8, tmp_path):
+    """The training set of a transfer poison is the fine-tuning split with the poisons in place, and
+    the filters' position mapping points at the poisons themselves."""
+    from augdefense import poisons
+
+    _, finetune = data.transfer_split(digits8.train_labels, 0.5)
+    chosen = finetune[torch.tensor([3, 50, 400])]
+    artifact = {
+        **poisons.none(digits8.image_shape),
+        "train_indices": chosen,
+        "train_images": torch.full((3, *digits8.image_shape), 7, dtype=torch.uint8),
+        "train_labels": digits8.train_labels[chosen],
+        "train_subset": finetune,
+    }
+    images, labels = poisons.training_set(digits8, artifact)
+    assert len(images) == len(finetune) == 719
+    clean = digits8.train_images[finetune]
+    changed = torch.nonzero((images != clean).flatten(1).any(1)).flatten()
+    positions = poisons.positions_in_training_set(artifact)
+    assert positions.tolist() == [3, 50, 400] and set(changed.tolist()) <= set(positions.tolist())
+    assert torch.equal(images[positions], artifact["train_images"])
+    assert torch.equal(labels, digits8.train_labels[finetune])

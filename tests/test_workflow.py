@@ -199,12 +199,24 @@ def _wrong_type(c):
     c["defenses"]["mixup"]["k"] = "four"
 
 
+def _zero_width(c):
+    c["defenses"]["mixup"]["k"] = 0
+
+
+def _probability_above_one(c):
+    c["defenses"]["cutmix"]["p"] = 1.5
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
         (_set_typo, "'propability' was unexpected"),
         (_add_undefined, "experiments.table1.defenses: 'mixup8' is not defined"),
-        (_wrong_type, "'four'"),
+        (_wrong_type, "'four' is not of type 'integer'"),
+        (_zero_width, "0 is less than the minimum of 1"),
+        (_zero_width, "On instance['defenses']['mixup']['k']"),
+        (_probability_above_one, "1.5 is greater than the maximum of 1"),
+        (_probability_above_one, "On instance['defenses']['cutmix']['p']"),
     ],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, edit, message):

@@ -165,8 +165,11 @@ def build(spec: dict) -> Dataset:
     x_train, y_train, x_test, y_test, classes = LOADERS[spec["source"]](spec)
     size = spec.get("image_size")
     x_train, x_test = _resize(x_train, size), _resize(x_test, size)
-    pixels = x_train.float().div(255).transpose(0, 1).reshape(x_train.shape[1], -1)
-    return Dataset(x_train.contiguous(), y_train, x_test.contiguous(), y_test, classes, pixels.mean(1), pixels.std(1))
+    # In float64: a float32 sum's rounding depends on how many threads split it, and these
+    # statistics normalise every image the models see.
+    pixels = x_train.double().div(255).transpose(0, 1).reshape(x_train.shape[1], -1)
+    mean, std = pixels.mean(1).float(), pixels.std(1).float()
+    return Dataset(x_train.contiguous(), y_train, x_test.contiguous(), y_test, classes, mean, std)
 
 
 def prepare(*, spec: dict, out: str | Path) -> Dataset:

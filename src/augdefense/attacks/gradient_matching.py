@@ -60,6 +60,36 @@ def _flat_cosine_loss(grads: list[torch.Tensor], target: list[torch.Tensor], tar
     return 1 - dot / (norm * target_norm + 1e-12)
 
 
+def target_gradient(context: CraftingContext, params: list, target_image: torch.Tensor, intended: int):
+    """The gradient of the target's loss under the intended label (what the poisons' gradient must
+    match), and its norm."""
+    device = context.device
+    target_loss = F.cross_entropy(context.logits(target_image.to(device)), torch.tensor([intended], device=device))
+    grad = [g.detach() for g in torch.autograd.grad(target_loss, params)]
+    return grad, torch.sqrt(sum(g.pow(2).sum() for g in grad))
+
+
+def matching_loss(context: CraftingContext, params: list, x: torch.Tensor, y: torch.Tensor, target: tuple):
+    """1 - cosine between the poisons' parameter gradient and the target's (``target_gradient``),
+    differentiable in ``x``; through the crafting defense's loss and gradient hooks when it has one
+    (adaptive crafting)."""
+    defense = context.defense
+    if defense is None:
+        poison_loss = F.cross_entropy(context.logits(x), y)
+    else:
+        poison_loss = defense.loss(context.logits, x, y, epoch=10**6)  # late epoch: MaxUp's warm-up is over
+    grads = torch.autograd.grad(poison_loss, params, create_graph=True)
+    if defense is not None:
+        grads = defense.crafting_gradients(grads)
+    return _flat_cosine_loss(grads, *target)
+
+
+def initial_delta(images: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+    """A restart's random start in the eps-ball, kept in the valid pixel range."""
+    delta = ((torch.rand(images.shape, generator=generator) * 2 - 1) * eps).to(images.device)
+    return (images + delta).clamp_(0, 1) - images
+
+
 def brew(
     context: CraftingContext,
     images: torch.Tensor,
@@ -84,21 +114,12 @@ def brew(
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     images, labels = images.to(device), labels.to(device)
-    target_loss = F.cross_entropy(context.logits(target_image.to(device)), torch.tensor([intended], device=device))
-    target_grad = [g.detach() for g in torch.autograd.grad(target_loss, params)]
-    target_norm = torch.sqrt(sum(g.pow(2).sum() for g in target_grad))
-    defense = context.defense
+    target = target_gradient(context, params, target_image, intended)
     generator = torch.Generator().manual_seed(seed)
-
-    def poison_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if defense is None:
-            return F.cross_entropy(context.logits(x), y)
-        return defense.loss(context.logits, x, y, epoch=10**6)  # late epoch: MaxUp's warm-up is over
 
     best, restart_losses = None, []
     for restart in range(restarts):
-        delta = ((torch.rand(images.shape, generator=generator) * 2 - 1) * eps).to(device)
-        delta = (images + delta).clamp_(0, 1) - images
+        delta = initial_delta(images, eps, generator)
         delta.requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=lr * eps)
         milestones = [int(iterations // 2.667), int(iterations // 1.6), int(iterations // 1.142)]
@@ -112,10 +133,7 @@ def brew(
                 x = images[sl] + delta[sl]
                 if shift or flip:
                     x = differentiable_shift_flip(x, shift, flip, generator)
-                grads = torch.autograd.grad(poison_loss(x, labels[sl]), params, create_graph=True)
-                if defense is not None:
-                    grads = defense.crafting_gradients(grads)
-                loss = _flat_cosine_loss(grads, target_grad, target_norm)
+                loss = matching_loss(context, params, x, labels[sl], target)
                 (delta_grad,) = torch.autograd.grad(loss, delta)
                 delta.grad += delta_grad
                 total += float(loss.detach()) * len(images[sl])

@@ -89,23 +89,29 @@ class Defense:
 
     def theorem2_k(self) -> int | None:
         """Mixture width for DP-InstaHide's Theorem 2, or None where the theorem does not cover the
-        augmentation (only equal-weight k-way mixup and plain noise, k = 1, are covered)."""
-        return 1 if type(self).mix is Defense.mix else None
+        augmentation: it covers equal-weight k-way mixup and plain noise (k = 1) only, so a defense
+        that changes the batch or the loss otherwise (CutMix, cutout, Dirichlet mixup) has none."""
+        return 1 if type(self).mix is Defense.mix and type(self).loss is Defense.loss else None
+
+    def noisy_releases(self, n_train: int, epochs: int) -> list[tuple[int, int]] | None:
+        """The run's noised releases as (mixture width k, number released) pairs, for Theorem 2; None
+        where the theorem does not cover them. One release per training image and epoch here."""
+        k = self.theorem2_k()
+        return None if k is None else [(k, n_train * epochs)]
 
     def privacy_record(self, n_train: int, image_shape: tuple[int, ...], epochs: int, batch_size: int) -> dict:
-        """Privacy figures for the run's metrics: Theorem 2's epsilon when Laplacian noise is on."""
+        """Privacy figures for the run's metrics: Theorem 2's epsilon when Laplacian noise is on (the
+        releases composed: epsilon adds up over them), None where the theorem gives no guarantee."""
         if self.laplace <= 0:
             return {}
         from augdefense import privacy
 
-        k = self.theorem2_k()
-        if k is None or k > n_train:
+        releases = self.noisy_releases(n_train, epochs)
+        if releases is None or any(k > n_train for k, _ in releases):
             return {"theorem2_epsilon": None}
         sigma = privacy.sigma_from_noise(self.laplace, image_shape)
-        return {
-            "theorem2_epsilon": privacy.mixup_laplace_epsilon(k, sigma, n_train, n_train * epochs),
-            "theorem2_sigma": sigma,
-        }
+        epsilon = sum(privacy.mixup_laplace_epsilon(k, sigma, n_train, t) for k, t in releases if t)
+        return {"theorem2_epsilon": epsilon, "theorem2_sigma": sigma}
 
     # -- helpers ------------------------------------------------------------------------------
     def generators(self) -> list[np.random.Generator]:

@@ -144,6 +144,18 @@ class MaxUp(Defense):
     def generators(self):
         return [self.rng, *self.inner.generators()]
 
+    def theorem2_k(self):
+        """The inner augmentation's width when Theorem 2 covers it and it adds no noise of its own."""
+        return self.inner.theorem2_k() if self.inner.laplace == 0 else None
+
+    def noisy_releases(self, n_train, epochs):
+        """Plain noised images before ``start_epoch``, then m noised draws of each image per epoch."""
+        k = self.theorem2_k()
+        if k is None:
+            return None
+        plain = min(self.start_epoch, epochs)
+        return [(1, n_train * plain), (k, n_train * (epochs - plain) * self.m)]
+
     def loss(self, forward: Forward, x, y, epoch):
         if epoch < self.start_epoch:
             return super().loss(forward, x, y, epoch)

@@ -1,0 +1,134 @@
+"""Plant, one at a time, each defect a promise of the README's "Guarantees" guards against, in a copy
+of this checkout, and check that the promise's test then fails:
+
+    .venv/bin/python tests/planted_defects.py
+
+Exits 1 naming any defect its test misses. Not part of `make test` (it reruns tests per defect)."""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1]
+DEFECTS = [
+    (
+        "resume loses the shuffle state",
+        "src/augdefense/training.py",
+        '        shuffle.set_state(resumed["rng_shuffle"])\n',
+        "        pass\n",
+        "tests/test_faults.py::test_killed_training_resumes_to_identical_metrics",
+    ),
+    (
+        "another run's checkpoint is resumed",
+        "src/augdefense/training.py",
+        'if state["fingerprint"] != self.fingerprint:',
+        "if False:",
+        "tests/test_faults.py::test_checkpoint_of_another_run_is_ignored",
+    ),
+    (
+        "writes go straight to the target",
+        "src/augdefense/io.py",
+        '    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)\n'
+        "    os.close(fd)\n    tmp_path = Path(tmp)\n",
+        "    tmp_path = path\n",
+        "tests/test_faults.py::test_a_failed_write_leaves_the_old_file_and_no_temporary",
+    ),
+    (
+        "a timing in the poison artifact",
+        "src/augdefense/jobs/craft.py",
+        '            log.info("crafting took %.1f s", time.perf_counter() - start)\n',
+        '            poison["info"]["craft_seconds"] = time.perf_counter() - start\n',
+        "tests/test_faults.py::test_same_seed_gives_byte_identical_poison",
+    ),
+    (
+        "inputs not checked against their producer",
+        "src/augdefense/runner.py",
+        "        if recorded != digests[file]:",
+        "        if False:",
+        "tests/test_workflow.py::test_a_corrupted_input_is_refused_naming_it",
+    ),
+    (
+        "a NaN loss is not caught",
+        "src/augdefense/training.py",
+        "            if not math.isfinite(value):",
+        "            if False:",
+        "tests/test_training.py::test_divergence_stops_with_epoch_step_and_defense",
+    ),
+    (
+        "a range check dropped",
+        "src/augdefense/defenses/mixing.py",
+        '"k": Param("integer", "mixture width (images mixed into one)", default=2, minimum=1)',
+        '"k": Param("integer", "mixture width (images mixed into one)", default=2)',
+        "tests/test_mixing.py::test_bad_defense_entries_name_the_key "
+        "tests/test_declarations.py::test_committed_schema_is_the_generated_one",
+    ),
+    (
+        "GPU slots not locked",
+        "src/augdefense/gpu.py",
+        "                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+        "                pass\n",
+        "tests/test_gpu.py::test_concurrent_jobs_get_distinct_devices",
+    ),
+    (
+        "MaxUp's m releases not counted",
+        "src/augdefense/defenses/mixing.py",
+        "(k, n_train * (epochs - plain) * self.m)",
+        "(k, n_train * (epochs - plain))",
+        "tests/test_dpsgd.py::test_theorem2_epsilon_for_every_defense_type",
+    ),
+    (
+        "cutout gets a Theorem 2 epsilon",
+        "src/augdefense/defenses/base.py",
+        "return 1 if type(self).mix is Defense.mix and type(self).loss is Defense.loss else None",
+        "return 1",
+        "tests/test_dpsgd.py::test_theorem2_epsilon_for_every_defense_type",
+    ),
+    (
+        "a corrupt artifact loads silently",
+        "src/augdefense/io.py",
+        '        raise ArtifactError(f"{path}: truncated or corrupted ({type(exc).__name__}: {exc})") from None',
+        "        return {}",
+        "tests/test_data.py::test_truncated_artifact_names_the_file",
+    ),
+    (
+        "an impossible budget passes the dry run",
+        "src/augdefense/config.py",
+        "        if n > smallest:",
+        "        if False:",
+        "tests/test_workflow.py::test_an_impossible_budget_is_refused_at_dry_run",
+    ),
+]
+IGNORE = shutil.ignore_patterns(
+    ".venv", "results", "resources", ".snakemake", "scratch", "logs", "benchmarks", "mutants", ".git"
+)
+
+
+def main() -> int:
+    missed = []
+    for name, file, old, new, tests in DEFECTS:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "tree"
+            shutil.copytree(SRC, copy, ignore=IGNORE)
+            target = copy / file
+            text = target.read_text()
+            if old not in text:
+                raise SystemExit(f"{name}: the code to plant it in changed ({file}); update this script")
+            target.write_text(text.replace(old, new, 1))
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+                cwd=copy,
+                capture_output=True,
+                text=True,
+            )
+        caught = done.returncode != 0
+        if not caught:
+            missed.append(name)
+        print(f"{'caught' if caught else 'MISSED'}: {name} ({tests})", flush=True)
+    print("every planted defect was caught" if not missed else f"missed: {missed}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
