@@ -61,7 +61,7 @@ def build(spec: dict, seed: int = 0):
     return defenses.build(spec, C, name="f", seed=seed)
 
 
-EXPECTED = {0: N_POISON}
+BUDGET = N_POISON  # the poisons the defender assumes, not where they are
 
 
 # -- common output contract -----------------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_output_contract(spec):
     filt = build(spec)
     assert getattr(filt, "is_filter", False) is True
     assert isinstance(filt, filters.FilterDefense)
-    out = filt.sanitize(feats, labels, EXPECTED)
+    out = filt.sanitize(feats, labels, BUDGET)
     n = len(labels)
     removed = out["removed"]
     assert removed.dtype == torch.int64 and removed.ndim == 1
@@ -105,9 +105,9 @@ def test_mixing_defenses_are_not_filters():
 def test_bad_inputs_are_rejected():
     filt = build({"type": "spectral_signatures"})
     with pytest.raises(ValueError, match="features"):
-        filt.sanitize(torch.zeros(10), torch.zeros(10, dtype=torch.long), {})
+        filt.sanitize(torch.zeros(10), torch.zeros(10, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="labels"):
-        filt.sanitize(torch.zeros(10, 4), torch.zeros(9, dtype=torch.long), {})
+        filt.sanitize(torch.zeros(10, 4), torch.zeros(9, dtype=torch.long), 0)
 
 
 # -- spectral signatures --------------------------------------------------------------------------
@@ -115,10 +115,12 @@ def test_bad_inputs_are_rejected():
 
 def test_spectral_signatures_finds_planted_poisons():
     feats, labels, planted = shifted_poisons()
-    out = build({"type": "spectral_signatures"}).sanitize(feats, labels, EXPECTED)
+    out = build({"type": "spectral_signatures"}).sanitize(feats, labels, BUDGET)
     precision, recall = precision_recall(out["removed"], planted)
     assert recall >= 0.9
-    assert precision >= 0.6  # 30 planted among 1.5 x 30 = 45 removed: at best 2/3
+    # 1.5 x the budget leaves every class, since the defender does not know which is poisoned
+    assert np.bincount(labels.numpy()[out["removed"].numpy()], minlength=C).tolist() == [45, 45, 45]
+    assert precision >= 0.9 * N_POISON / (3 * 45)
     # planted samples score above the clean ones of their class
     scores = out["scores"].numpy()
     clean0 = np.flatnonzero(labels.numpy() == 0)[:PER_CLASS]
@@ -126,27 +128,26 @@ def test_spectral_signatures_finds_planted_poisons():
     assert not np.isnan(scores).any()  # scored in every class
 
 
-def test_spectral_signatures_budget_per_class():
+def test_spectral_signatures_removes_the_same_share_of_the_budget_from_every_class():
+    """Geiping et al.'s rule: int(multiplier x budget) from each class, capped at its size - 1."""
     feats, labels, _ = shifted_poisons()
     labels_np = labels.numpy()
-    out = build({"type": "spectral_signatures"}).sanitize(feats, labels, {0: 30, 1: 0, 2: 7})
-    per_class = np.bincount(labels_np[out["removed"].numpy()], minlength=C)
-    assert per_class.tolist() == [45, 0, 10]  # floor(1.5 x expected); nothing where 0 expected
 
-    out = build({"type": "spectral_signatures", "multiplier": 1}).sanitize(feats, labels, {2: 12})
-    assert np.bincount(labels_np[out["removed"].numpy()], minlength=C).tolist() == [0, 0, 12]
+    def per_class(spec, budget):
+        out = build(spec).sanitize(feats, labels, budget)
+        return np.bincount(labels_np[out["removed"].numpy()], minlength=C).tolist()
 
-    out = build({"type": "spectral_signatures"}).sanitize(feats, labels, {1: 10_000})  # capped
-    assert np.bincount(labels_np[out["removed"].numpy()], minlength=C).tolist() == [0, PER_CLASS, 0]
-
-    out = build({"type": "spectral_signatures"}).sanitize(feats, labels, {})
-    assert len(out["removed"]) == 0
+    assert per_class({"type": "spectral_signatures"}, 7) == [10, 10, 10]  # floor(1.5 x 7)
+    assert per_class({"type": "spectral_signatures", "multiplier": 1}, 12) == [12, 12, 12]
+    capped = [PER_CLASS + N_POISON - 1, PER_CLASS - 1, PER_CLASS - 1]
+    assert per_class({"type": "spectral_signatures"}, 10_000) == capped
+    assert per_class({"type": "spectral_signatures"}, 0) == [0, 0, 0]
 
 
 def test_spectral_signatures_expected_fraction_overrides_budget():
     feats, labels, planted = shifted_poisons()
     filt = build({"type": "spectral_signatures", "expected_fraction": 0.1})
-    out = filt.sanitize(feats, labels, {})  # ignored: every class assumes 10% poisons
+    out = filt.sanitize(feats, labels, 999)  # ignored: every class assumes 10% poisons
     per_class = np.bincount(labels.numpy()[out["removed"].numpy()], minlength=C)
     # class 0 holds 330 samples: round(33) poisons -> floor(49.5) = 49; the others round(30) -> 45
     assert per_class.tolist() == [49, 45, 45]
@@ -155,11 +156,10 @@ def test_spectral_signatures_expected_fraction_overrides_budget():
 
 def test_spectral_signatures_removes_the_top_scores():
     feats, labels, _ = shifted_poisons(seed=3)
-    out = build({"type": "spectral_signatures"}).sanitize(feats, labels, {1: 20})
+    out = build({"type": "spectral_signatures"}).sanitize(feats, labels, 20)
     scores = out["scores"].numpy()
-    class1 = np.flatnonzero(labels.numpy() == 1)
-    top = class1[np.argsort(-scores[class1])[:30]]
-    assert sorted(top.tolist()) == out["removed"].tolist()
+    top = [c[np.argsort(-scores[c])[:30]] for c in (np.flatnonzero(labels.numpy() == k) for k in range(C))]
+    assert sorted(np.concatenate(top).tolist()) == out["removed"].tolist()
 
 
 # -- activation clustering ------------------------------------------------------------------------
@@ -168,16 +168,21 @@ def test_spectral_signatures_removes_the_top_scores():
 @pytest.mark.parametrize("reduction", ["ica", "pca"])
 def test_activation_clustering_finds_planted_cluster(reduction):
     feats, labels, planted = shifted_poisons()
-    out = build({"type": "activation_clustering", "reduction": reduction}).sanitize(feats, labels, EXPECTED)
+    spec = {"type": "activation_clustering", "reduction": reduction, "removal": "size"}  # Chen et al.'s
+    out = build(spec).sanitize(feats, labels, BUDGET)
     precision, recall = precision_recall(out["removed"], planted)
     assert recall >= 0.9 and precision >= 0.9
     # "size" mode: the clean classes split about evenly, so neither loses anything
     assert set(labels.numpy()[out["removed"].numpy()].tolist()) == {0}
 
 
-def test_activation_clustering_always_removes_a_cluster_everywhere():
+@pytest.mark.parametrize("reduction", ["none", "ica"])
+def test_activation_clustering_always_removes_a_cluster_everywhere(reduction):
+    """Geiping et al.'s defaults (raw features, the smaller cluster of every class), and with ICA."""
     feats, labels, planted = shifted_poisons()
-    out = build({"type": "activation_clustering", "removal": "always"}).sanitize(feats, labels, EXPECTED)
+    filt = build({"type": "activation_clustering", "reduction": reduction})
+    assert filt.removal == "always" and build({"type": "activation_clustering"}).reduction == "none"
+    out = filt.sanitize(feats, labels, BUDGET)
     removed_labels = labels.numpy()[out["removed"].numpy()]
     per_class = np.bincount(removed_labels, minlength=C)
     assert (per_class > 0).all()
@@ -189,7 +194,8 @@ def test_activation_clustering_always_removes_a_cluster_everywhere():
 def test_activation_clustering_size_threshold():
     feats, labels, planted = shifted_poisons()
     # the planted cluster is 30/330 = 9% of class 0: a 5% threshold lets it stay
-    out = build({"type": "activation_clustering", "size_threshold": 0.05}).sanitize(feats, labels, EXPECTED)
+    spec = {"type": "activation_clustering", "removal": "size", "size_threshold": 0.05, "reduction": "ica"}
+    out = build(spec).sanitize(feats, labels, BUDGET)
     assert len(out["removed"]) == 0
     # scores still rank the planted samples as suspicious
     scores = out["scores"].numpy()
@@ -201,7 +207,7 @@ def test_activation_clustering_handles_small_classes():
     feats = torch.tensor(rng.standard_normal((1 + 3 + 40, 16)), dtype=torch.float32)
     feats[4:] = 0.0  # class 2: 40 identical samples
     labels = torch.tensor([0] + [1] * 3 + [2] * 40)
-    out = build({"type": "activation_clustering", "removal": "always"}).sanitize(feats, labels, {})
+    out = build({"type": "activation_clustering", "reduction": "ica"}).sanitize(feats, labels, 0)
     scores = out["scores"]
     assert torch.isnan(scores[0])  # a single sample is not clustered
     assert not torch.isnan(scores[1:4]).any()  # 3 samples < 10 components: reduced to 2 dims
@@ -211,8 +217,8 @@ def test_activation_clustering_handles_small_classes():
 
 def test_activation_clustering_is_deterministic_given_seed():
     feats, labels, _ = shifted_poisons()
-    a = build({"type": "activation_clustering", "removal": "always"}, seed=5).sanitize(feats, labels, {})
-    b = build({"type": "activation_clustering", "removal": "always"}, seed=5).sanitize(feats, labels, {})
+    a = build({"type": "activation_clustering", "reduction": "ica"}, seed=5).sanitize(feats, labels, 0)
+    b = build({"type": "activation_clustering", "reduction": "ica"}, seed=5).sanitize(feats, labels, 0)
     assert torch.equal(a["removed"], b["removed"])
 
 
@@ -222,8 +228,8 @@ def test_activation_clustering_is_deterministic_given_seed():
 def test_deep_knn_removes_colliding_poisons():
     feats, labels, planted = colliding_poisons()
     filt = build({"type": "deep_knn"})
-    assert filt.resolve_k(len(labels), EXPECTED) == 2 * N_POISON  # k = 2 x expected poisons
-    out = filt.sanitize(feats, labels, EXPECTED)
+    assert filt.resolve_k(len(labels), BUDGET) == 2 * N_POISON  # k = 2 x expected poisons
+    out = filt.sanitize(feats, labels, BUDGET)
     precision, recall = precision_recall(out["removed"], planted)
     assert recall >= 0.9 and precision >= 0.9
     assert torch.equal(out["labels"], labels)
@@ -239,17 +245,17 @@ def test_deep_knn_k_must_outnumber_clustered_poisons():
     feats[planted] = feats[PER_CLASS + 7] + 0.05 * torch.tensor(
         rng.standard_normal((N_POISON, DIM)), dtype=torch.float32
     )
-    small = build({"type": "deep_knn", "k": 5}).sanitize(feats, labels, EXPECTED)
+    small = build({"type": "deep_knn", "k": 5}).sanitize(feats, labels, BUDGET)
     assert precision_recall(small["removed"], planted)[1] == 0.0
-    auto = build({"type": "deep_knn"}).sanitize(feats, labels, EXPECTED)
+    auto = build({"type": "deep_knn"}).sanitize(feats, labels, BUDGET)
     precision, recall = precision_recall(auto["removed"], planted)
     assert precision >= 0.9 and recall >= 0.9
 
 
 def test_deep_knn_relabel_mode():
     feats, labels, planted = colliding_poisons()
-    removed = build({"type": "deep_knn"}).sanitize(feats, labels, EXPECTED)["removed"]
-    out = build({"type": "deep_knn", "mode": "relabel"}).sanitize(feats, labels, EXPECTED)
+    removed = build({"type": "deep_knn"}).sanitize(feats, labels, BUDGET)["removed"]
+    out = build({"type": "deep_knn", "mode": "relabel"}).sanitize(feats, labels, BUDGET)
     assert len(out["removed"]) == 0
     changed = torch.nonzero(out["labels"] != labels).flatten()
     assert torch.equal(changed, removed)  # the same samples, relabelled instead of removed
@@ -265,7 +271,7 @@ def test_deep_knn_excludes_the_sample_itself_even_with_duplicates():
     b = rng.standard_normal((20, 8)) + 20.0
     feats = torch.tensor(np.concatenate([a, b, a[:1]]), dtype=torch.float32)  # sample 40 duplicates 0
     labels = torch.tensor([0] * 20 + [1] * 20 + [1])
-    out = build({"type": "deep_knn", "k": 1}).sanitize(feats, labels, {})
+    out = build({"type": "deep_knn", "k": 1}).sanitize(feats, labels, 0)
     # each one's nearest other sample is its twin, of the other label
     assert out["removed"].tolist() == [0, 40]
     assert out["scores"][0] == 1.0 and out["scores"][40] == 1.0 and out["scores"][1] == 0.0
@@ -275,8 +281,8 @@ def test_deep_knn_queries_in_chunks(monkeypatch):
     feats, labels, _ = colliding_poisons()
     n = len(labels)
     monkeypatch.setattr(filters, "QUERY_CHUNK", 10**9)
-    whole = build({"type": "deep_knn"}).sanitize(feats, labels, EXPECTED)
-    whole_relabel = build({"type": "deep_knn", "mode": "relabel"}).sanitize(feats, labels, EXPECTED)
+    whole = build({"type": "deep_knn"}).sanitize(feats, labels, BUDGET)
+    whole_relabel = build({"type": "deep_knn", "mode": "relabel"}).sanitize(feats, labels, BUDGET)
 
     rows = []
     original = NearestNeighbors.kneighbors
@@ -287,10 +293,10 @@ def test_deep_knn_queries_in_chunks(monkeypatch):
 
     monkeypatch.setattr(NearestNeighbors, "kneighbors", recording)
     monkeypatch.setattr(filters, "QUERY_CHUNK", 64)
-    chunked = build({"type": "deep_knn"}).sanitize(feats, labels, EXPECTED)
+    chunked = build({"type": "deep_knn"}).sanitize(feats, labels, BUDGET)
     assert rows and max(rows) <= 64
     assert len(rows) == -(-n // 64) and sum(rows) == n  # every row queried once
-    chunked_relabel = build({"type": "deep_knn", "mode": "relabel"}).sanitize(feats, labels, EXPECTED)
+    chunked_relabel = build({"type": "deep_knn", "mode": "relabel"}).sanitize(feats, labels, BUDGET)
     for a, b in [(whole, chunked), (whole_relabel, chunked_relabel)]:
         assert torch.equal(a["removed"], b["removed"])
         assert torch.equal(a["labels"], b["labels"])
@@ -299,10 +305,24 @@ def test_deep_knn_queries_in_chunks(monkeypatch):
 
 def test_deep_knn_k_is_capped_and_explicit():
     filt = build({"type": "deep_knn", "k": 7})
-    assert filt.resolve_k(100, {0: 500}) == 7
-    assert filt.resolve_k(5, {}) == 4
-    assert build({"type": "deep_knn"}).resolve_k(100, {}) == 1
-    assert build({"type": "deep_knn", "k_factor": 3}).resolve_k(1000, {0: 10, 4: 5}) == 45
+    assert filt.resolve_k(100, 500) == 7
+    assert filt.resolve_k(5, 0) == 4
+    assert build({"type": "deep_knn"}).resolve_k(100, 0) == 1
+    assert build({"type": "deep_knn", "k_factor": 3}).resolve_k(1000, 15) == 45
+    assert build({"type": "deep_knn", "k_factor": 1.5}).resolve_k(1000, 3) == 4  # int(4.5), as forest
+
+
+def test_deep_knn_majority_and_plurality_rules():
+    """A sample whose own label is the most common among its 10 neighbours but held by only 4 of
+    them: Geiping et al.'s majority rule removes it, Peri et al.'s plurality rule keeps it."""
+    rng = np.random.default_rng(0)
+    ring = rng.standard_normal((10, 4)) * 0.1
+    far = rng.standard_normal((30, 4)) + 50.0
+    feats = torch.tensor(np.concatenate([np.zeros((1, 4)), ring, far]), dtype=torch.float32)
+    labels = torch.tensor([0] + [0] * 4 + [1] * 3 + [2] * 3 + [0] * 10 + [1] * 10 + [2] * 10)
+    majority = build({"type": "deep_knn", "k": 10}).sanitize(feats, labels, 0)
+    plurality = build({"type": "deep_knn", "k": 10, "rule": "plurality"}).sanitize(feats, labels, 0)
+    assert 0 in majority["removed"].tolist() and 0 not in plurality["removed"].tolist()
 
 
 # -- configuration --------------------------------------------------------------------------------

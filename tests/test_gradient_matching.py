@@ -159,7 +159,7 @@ def test_adaptive_poisons_match_better_through_the_defense_than_plain_ones(digit
         for draw in range(8):  # the same mixing draws for both poisons
             torch.manual_seed(draw)
             context = CraftingContext(ctx.model, ctx.normalizer, ctx.device, defenses.build(spec, 10, seed=draw))
-            losses.append(float(matching_loss(context, params, images + delta, labels, target)))
+            losses.append(matching_loss(context, params, images + delta, labels, target).detach().item())
         return sum(losses) / len(losses)
 
     assert through_defense(adaptive) < through_defense(plain)
@@ -245,3 +245,34 @@ def test_every_augmentation_and_dp_defense_can_be_crafted_through(digits8, spec)
         restarts=1,
     )
     assert result["delta"].abs().max() > 0 and math.isfinite(result["history"][-1])
+
+
+def test_the_step_is_tau_in_normalised_units(digits8, trained_context):
+    """Geiping et al.'s signAdam "Rule 2": Adam's first step on a sign gradient moves every coordinate
+    by lr = tau x (batch / 512) in normalised units, i.e. tau x the channel's std in pixels (0.1 x
+    0.376 on digits, about 0.038, where the old step was 0.1 x eps). Three iterations put the decays
+    at 1, 1 and 2, so the later steps add at most 1.1% of the first."""
+    from augdefense.attacks.gradient_matching import initial_delta
+
+    ctx, eps = trained_context, 128 / 255
+    idx = torch.nonzero(digits8.train_labels == 3).flatten()[:16]
+    images = torch.full((16, 1, 8, 8), 0.5)  # mid-grey: no pixel-range clipping
+    start = initial_delta(images, eps, torch.Generator().manual_seed(4))
+    inside = start.abs() < eps - 0.1  # away from the ball's edge, where the projection would clip
+    std = float(digits8.std)
+    for batch, tau in ((512, 0.1), (256, 0.05)):
+        result = brew(ctx, images, digits8.train_labels[idx], digits8.test_images[:1].float() / 255, 3, eps=eps,
+                      iterations=3, restarts=1, seed=4, batch_size=batch)
+        moved = (result["delta"] - start).abs()[inside]
+        assert moved.max() <= tau * std * 1.012 and moved.median() >= tau * std * 0.988
+
+
+def test_restarts_start_from_a_clipped_gaussian():
+    from augdefense.attacks.gradient_matching import initial_delta
+
+    images = torch.zeros(20000, 1, 2, 2)
+    start = initial_delta(images, 0.1, torch.Generator().manual_seed(0))
+    at_edge = (start.abs() >= 0.1 - 1e-7).float().mean()
+    assert start.abs().max() <= 0.1 and abs(float(at_edge) - 0.3173) < 0.01  # P(|z| > 1) for z ~ N(0, 1)
+    uniform = initial_delta(images, 0.1, torch.Generator().manual_seed(0), init="uniform")
+    assert (uniform.abs() >= 0.1 - 1e-7).float().mean() < 0.01 and abs(float(uniform.abs().mean()) - 0.05) < 0.002

@@ -1,4 +1,4 @@
-"""Table and figure rendering on synthetic metrics: Wilson intervals, the control shift, the DP
+"""Table and figure rendering on synthetic metrics: intervals over seeds, the control shift, the DP
 ceiling, and the Figure 4b / 5 plot kinds."""
 
 import pandas as pd
@@ -46,8 +46,10 @@ def test_summary_pairs_each_run_with_its_control_and_bounds_dp_runs(tmp_path):
     # margins 1, 2, 3 against control -2: shift 4 with an interval around it from 3 pairs.
     assert first.goal_margin_shift == pytest.approx(4.0) and first.goal_margin_shift_n == 3
     assert first.goal_margin_shift_ci_low < 4.0 < first.goal_margin_shift_ci_high
-    assert first.poison_success_mean == pytest.approx(2 / 3) and first.poison_success_n == 3
-    assert 0 < first.poison_success_ci_low < 2 / 3 < first.poison_success_ci_high < 1
+    # One target per seed: the Wilson interval of 2 successes in 3 seeds.
+    assert first.poison_success_mean == pytest.approx(2 / 3) and first.poison_success_count == 3
+    assert (first.poison_success_ci_low, first.poison_success_ci_high) == pytest.approx((0.2077, 0.9385), abs=1e-4)
+    assert first.poison_success_ci_method == "wilson over seeds"
     assert first.dp_success_ceiling == pytest.approx(poison_success_ceiling(0.01, 0.0, 5, 0.0))
     md = tables.to_markdown(summary, "figure4b", ["wb_adapt"], defenses, control="wb_control")
     assert "DP ceiling" in md and "+4.00" in md
@@ -87,3 +89,33 @@ def test_the_papers_dp_sgd_is_flagged_as_carrying_no_guarantee(tmp_path):
     assert "no formal privacy guarantee" not in tables.to_markdown(
         summary, "table2", ["wb_adapt"], ["none"], control="wb_control"
     )
+
+
+def _backdoor_metrics(images_per_seed: int) -> pd.DataFrame:
+    """Three seeds of a backdoor cell whose per-seed success rates are 30%, 50% and 70%, each scored
+    on ``images_per_seed`` patched test images."""
+    return pd.DataFrame(
+        [
+            {
+                "attack": "patch10",
+                "defense": "none",
+                "seed": s,
+                "clean_acc": 0.9,
+                "n_clean": 300,
+                "poison_success": rate,
+                "n_eval": images_per_seed,
+            }
+            for s, rate in enumerate((0.3, 0.5, 0.7))
+        ]
+    )
+
+
+def test_more_test_images_per_seed_do_not_shrink_the_interval():
+    """The seed is the unit: quadrupling the images each seed is scored on leaves the interval (set by
+    the seed-to-seed spread) as wide as it was, where pooling images would have halved it."""
+    small = tables.summarize(_backdoor_metrics(100), "table1", ["patch10"], ["none"]).iloc[0]
+    large = tables.summarize(_backdoor_metrics(400), "table1", ["patch10"], ["none"]).iloc[0]
+    width = small.poison_success_ci_high - small.poison_success_ci_low
+    assert large.poison_success_ci_high - large.poison_success_ci_low == pytest.approx(width)
+    assert width > 0.9  # t(2) x 0.2 / sqrt(3) each side: a 3-seed interval is wide
+    assert small.poison_success_ci_method == "t over seeds"

@@ -103,6 +103,9 @@ def test_sanitized_training_set_excludes_exactly_the_removed(tiny_files):
     assert torch.equal(labels, expected[kept])
 
 
+PATCH10 = {"type": "patch", "recipe": "r", "patch_size": 10, "fraction": 0.1}
+
+
 @pytest.fixture(scope="module")
 def patched10(tmp_path_factory):
     """Digits at 16 px with 10% of the target class carrying a 10x10 trigger, and a feature model
@@ -111,8 +114,7 @@ def patched10(tmp_path_factory):
     checks the plumbing around them: the right features, budget and poison positions."""
     root = tmp_path_factory.mktemp("patched10")
     data.prepare(spec={"source": "digits", "image_size": 16}, out=root / "data.pt")
-    attack = {"type": "patch", "recipe": "r", "patch_size": 10, "fraction": 0.1}
-    craft_poison(data=root / "data.pt", attack_name="patch10", attack=attack, seed=3, out=root / "poison.pt")
+    craft_poison(data=root / "data.pt", attack_name="patch10", attack=PATCH10, seed=3, out=root / "poison.pt")
     job = TrainingJob(
         data=root / "data.pt",
         poison=root / "poison.pt",
@@ -130,6 +132,7 @@ def _sanitize(root, model, spec, out):
         data=root / "data.pt",
         poison=root / "poison.pt",
         feature_model=model,
+        attack=PATCH10,
         defense_name="f",
         defense=spec,
         runtime={"device": "cpu"},
@@ -156,9 +159,11 @@ def test_a_filtered_victim_trains_on_what_the_filter_kept(patched10, tmp_path):
     record = _sanitize(root, root / "fm.pt", spec, tmp_path / "s.json")
     victim_job = replace(job, defense_name="ss", defense=spec, recipe={**job.recipe, "epochs": 1})
     victim = train_victim(victim_job, attack="patch10", out=tmp_path / "v.json", sanitized=tmp_path / "s.json")
-    assert victim["n_removed"] == record["n_removed"] == 21 and victim["filter_recall"] == record["filter_recall"]
+    # int(1.5 x 14) = 21 from each of the 10 classes: the filter does not know which holds the poisons
+    assert victim["n_removed"] == record["n_removed"] == 210 and victim["filter_recall"] == record["filter_recall"]
+    assert record["budget_assumed"] == 14
     images, _ = TrainingRun.prepare(victim_job).training_set(record)
-    assert len(images) == 1437 - 21
+    assert len(images) == 1437 - 210
     (tmp_path / "fm_bad.pt").write_bytes((root / "fm.pt").read_bytes()[:500])
     with pytest.raises(ArtifactError, match=r"fm_bad\.pt: truncated or corrupted"):
         _sanitize(root, tmp_path / "fm_bad.pt", spec, tmp_path / "s2.json")

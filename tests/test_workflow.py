@@ -42,6 +42,7 @@ def test_lint(tmp_path):
 def test_paper_config_schedules_one_victim_per_cell_and_seed(paper_dry_run):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     counts = job_counts(paper_dry_run)
+    assert counts["render_claims"] == 1  # results/claims.md, every claim of config.yaml
     assert config["seeds"] == 20 and config["data"]["source"] == "cifar10"
     assert counts["train_victim"] == len(grid.cells(config)) * 20
     runs = set(scheduled_outputs(paper_dry_run, "train_victim"))
@@ -148,6 +149,11 @@ def test_end_to_end_tiny_run(tiny_run):
     for ext in ("png", "pdf"):
         assert (workdir / "results" / "figures" / f"table1.{ext}").stat().st_size > 1000
     assert "results/tables/table1.md" in result.stdout + result.stderr
+    claims = pd.read_csv(workdir / "results" / "claims.csv")
+    assert len(claims) == 3 and set(claims.verdict) <= {"holds", "contradicted", "inconclusive"}
+    assert (
+        claims.n_seeds.eq(2).all() and "| mixup does not lower it |" in (workdir / "results" / "claims.md").read_text()
+    )
 
 
 def test_nothing_to_do_after_a_complete_run(tiny_run):
@@ -175,6 +181,7 @@ def test_changing_one_defense_reruns_only_its_jobs(tiny_run):
         "render_tables": tables,
         "render_figures": tables,
         "compare_papers": 1,
+        "render_claims": 1,
         "resolved_config": 1,
         "provenance_manifest": 1,
         "all": 1,

@@ -68,6 +68,17 @@ def patched_count(fraction: float, class_size: int) -> int:
     return int(round(fraction * class_size))
 
 
+def assumed_poisons(attack: dict, n_train: int, num_classes: int) -> int:
+    """How many poisons a filter's defender assumes in a training set of ``n_train`` images: the
+    attack's budget, whether or not this run (a clean control) placed them, and not where (the
+    patch backdoor's share of one class is taken of an average class)."""
+    if attack["type"] == "gradient_matching":
+        return budget_count(attack["budget"], n_train)
+    if attack["type"] in COUNTED_ATTACK_TYPES:
+        return attack["n_poisons"]
+    return patched_count(attack["fraction"], n_train / num_classes)
+
+
 def seeds(config: dict) -> list[int]:
     value = config["seeds"]
     return list(range(value)) if isinstance(value, int) else list(value)
@@ -121,6 +132,8 @@ def check_config(config: dict, facts=None) -> None:
                 "defense; a transfer recipe crafts against the shared pretrained extractor"
             )
     for table, experiment in config["experiments"].items():
+        check_claims(table, experiment)
+    for table, experiment in config["experiments"].items():
         control = experiment.get("control")
         if control is not None and not attacks[control].get("control", False):
             raise ConfigError(
@@ -141,6 +154,21 @@ def check_config(config: dict, facts=None) -> None:
     used = {a for a, _ in cells(config)}
     for name in sorted(used):
         check_feasible(name, attacks[name], recipes[attacks[name]["recipe"]], facts)
+
+
+def check_claims(table: str, experiment: dict) -> None:
+    """A claim compares cells its experiment runs."""
+    cells = set(experiment_cells(experiment))
+    for i, claim in enumerate(experiment.get("claims", [])):
+        baselines = claim["baseline"] if isinstance(claim["baseline"], list) else [claim["baseline"]]
+        needed = [(claim["attack"], claim["defense"])]
+        needed += [(claim.get("baseline_attack", claim["attack"]), b) for b in baselines]
+        missing = [f"{a} / {d}" for a, d in needed if (a, d) not in cells]
+        if missing:
+            raise ConfigError(
+                f"experiments.{table}.claims[{i}]: cell(s) {missing} are not among the experiment's "
+                "cells (its attacks and control x its defenses, less its exclusions)"
+            )
 
 
 def check_feasible(name: str, attack: dict, recipe: dict, facts) -> None:

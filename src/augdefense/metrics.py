@@ -1,4 +1,4 @@
-"""Per-run metrics, Wilson intervals and aggregation over seeds."""
+"""Per-run metrics, and intervals and aggregates over seeds (the unit of replication)."""
 
 from __future__ import annotations
 
@@ -34,32 +34,59 @@ def goal_margin(probs: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
     return goal - others
 
 
-def paired_shift(poisoned, control) -> tuple[float, float, float, int]:
-    """Mean of poisoned - control over paired seeds with a 95% t-interval: (mean, low, high, n)."""
+def mean_interval(values) -> tuple[float, float, float, int]:
+    """Mean of per-seed values with a 95% t-interval over seeds (scipy's t): (mean, low, high, n).
+    The seed is the unit of replication: one value per seed, however many images each one scored."""
     import numpy as np
     from scipy import stats
 
-    diff = np.asarray(poisoned, dtype=float) - np.asarray(control, dtype=float)
-    diff = diff[np.isfinite(diff)]
-    n = len(diff)
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    n = len(values)
     if n == 0:
         return (math.nan, math.nan, math.nan, 0)
-    mean = float(diff.mean())
+    mean = float(values.mean())
     if n == 1:
         return (mean, math.nan, math.nan, 1)
-    half = float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n))
-    return (mean, mean - half, mean + half, n)
+    if values.std() == 0:  # every seed agrees: the t-interval has zero width
+        return (mean, mean, mean, n)
+    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(values))
+    return (mean, float(low), float(high), n)
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion."""
+def paired_shift(poisoned, control) -> tuple[float, float, float, int]:
+    """Mean of poisoned - control over paired seeds with a 95% t-interval: (mean, low, high, n)."""
+    import numpy as np
+
+    return mean_interval(np.asarray(poisoned, dtype=float) - np.asarray(control, dtype=float))
+
+
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (scipy's binomtest)."""
     if n == 0:
         return (math.nan, math.nan)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    from scipy import stats
+
+    ci = stats.binomtest(int(successes), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def seed_interval(rates, trials) -> tuple[float, float, str]:
+    """95% interval of a success rate over seeds (the unit of replication: the images of one seed
+    share one model and one draw). Where every seed is one trial (a targeted attack's one target),
+    the Wilson interval of the successes over seeds; otherwise the t-interval of the per-seed
+    rates, clipped to [0, 1]. Returns (low, high, method)."""
+    import numpy as np
+
+    rates, trials = np.asarray(rates, dtype=float), np.asarray(trials)
+    keep = np.isfinite(rates)
+    rates, trials = rates[keep], trials[keep]
+    if len(rates) and (trials == 1).all():
+        return (*wilson_interval(int(rates.sum()), len(rates)), "wilson over seeds")
+    _, low, high, _ = mean_interval(rates)
+    if math.isnan(low):
+        return (low, high, "t over seeds")
+    return (max(0.0, low), min(1.0, high), "t over seeds")
 
 
 def aggregate(frame, by: list[str], columns: list[str]):

@@ -189,6 +189,8 @@ def complete(spec: dict, fields: dict[str, Param], where: str, allowed: tuple[st
             raise ConfigError(f"{path}: {out[key]!r} is invalid; must be {param.rule()}")
         if param.fields is not None:
             out[key] = complete(out[key], param.fields, path)
+        elif param.items is not None and param.items.fields is not None:
+            out[key] = [complete(v, param.items.fields, f"{path}[{i}]") for i, v in enumerate(out[key])]
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 
+from augdefense.claims import CLAIM_PARAMS
 from augdefense.params import OPTIONAL, Param, object_schema
 
 HEADER = (
@@ -39,6 +40,12 @@ EXPERIMENT_PARAMS = {
         "cells not run (shown as 'not applicable' in the table)",
         default=OPTIONAL,
         items=Param("object", fields={"attack": Param("string"), "defense": Param("string")}),
+    ),
+    "claims": Param(
+        "array",
+        "the papers' claims this experiment tests (results/claims.md)",
+        default=OPTIONAL,
+        items=Param("object", fields=CLAIM_PARAMS),
     ),
 }
 THREADS = Param("integer", "CPU threads per compute job", default=1, minimum=1)

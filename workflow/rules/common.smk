@@ -89,6 +89,7 @@ def feature_model_path(attack, defense, seed):
 def _workflow_outputs():
     """Every file the workflow produces (the manifest hashes them, and their sidecars)."""
     files = {PREPARED_DATA, "results/metrics.csv", "results/paper_comparison.csv", "results/paper_comparison.md",
+             "results/claims.csv", "results/claims.md",
              "results/figures/illustrations.png", "results/figures/illustrations.pdf",
              "results/figures/figure4a.png", "results/figures/figure4a.pdf", "results/figures/figure4a.csv"}
     for outputs in grid.compute_jobs(config).values():

@@ -105,6 +105,24 @@ rule compare_papers:
         "../scripts/compare_papers.py"
 
 
+rule render_claims:
+    input:
+        metrics="results/metrics.csv",
+        code=code("augdefense.claims"),
+    output:
+        csv=report("results/claims.csv", category="Claims", caption="../report/claims.rst"),
+        md="results/claims.md",
+    params:
+        experiments=spec(config["experiments"]),
+        scale=SCALE,
+    log:
+        "logs/render_claims.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/render_claims.py"
+
+
 rule resolved_config:
     input:
         code=code("augdefense.provenance"),

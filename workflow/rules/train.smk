@@ -67,6 +67,7 @@ rule sanitize:
     output:
         out="results/sanitize/{attack}/{defense}/{seed}.json",
     params:
+        attack=lambda w: spec(config["attacks"][w.attack]),
         defense_name=lambda w: w.defense,
         defense=lambda w: spec(config["defenses"][w.defense]),
         runtime=RUNTIME,

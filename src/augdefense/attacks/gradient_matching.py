@@ -8,10 +8,15 @@ the intended class as poisons (labels unchanged). Each poison gets a perturbatio
     1 - cos( grad_theta L(f(aug(x + delta)), y),  grad_theta L(f(target), intended) )
 
 over all parameters of a crafting model trained on clean data, so that training on the poisons
-pushes the model the way training on the mislabelled target would. As in Geiping et al.'s code:
-signed gradients fed to Adam (lr = ``lr`` x eps), step decay x0.1 at 3/8, 5/8 and 7/8 of the
-iterations, projection onto the eps-ball and the valid pixel range after every step,
-differentiable shift (+ flip) augmentation, R restarts keeping the lowest final matching loss.
+pushes the model the way training on the mislabelled target would. As in Geiping et al.'s code
+(JonasGeiping/data-poisoning, ``forest/witchcoven/witch_base.py``: ``_initialize_brew``,
+``_run_trial``; ``forest/data/kettle_base.py``: ``initialize_poison``): delta lives in normalised
+units (pixels / the channel's std); its start is randn x eps, clipped to the ball; the sign of each
+full pass's gradient goes to Adam with lr tau x (batch / 512) ("Rule 2", tau = ``lr`` = 0.1 in
+normalised units, i.e. a pixel step of 0.1 x the channel's std, about 0.4 eps at eps = 16/255 on
+CIFAR-10); the step decays x0.1 at 3/8, 5/8 and 7/8 of the iterations; after every step delta is
+projected onto the eps-ball and the valid pixel range; a differentiable shift (+ flip) augments
+the poisons; of R restarts, the one with the lowest matching loss in its last pass is kept.
 
 Adaptive (``adaptive: true``): the crafting model was trained under the victim's defense, and the
 poison loss goes through that defense's own ``loss`` hook (its mixing, noise, MaxUp) and its
@@ -39,7 +44,9 @@ log = logging.getLogger("augdefense.attacks")
 
 def differentiable_shift_flip(x: torch.Tensor, shift: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random sub-pixel translation of up to ``shift`` pixels (and horizontal flips), through
-    grid_sample so gradients reach the perturbation (Geiping et al.'s differentiable augmentation)."""
+    grid_sample so gradients reach the perturbation (Geiping et al.'s differentiable augmentation,
+    ``RandomTransform``). The border pads with zeros, as the victim's random crop does (black, in
+    these [0, 1] images; forest pads normalised images, i.e. with the mean colour)."""
     b, _, h, w = x.shape
     theta = torch.zeros(b, 2, 3, device=x.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
@@ -51,7 +58,7 @@ def differentiable_shift_flip(x: torch.Tensor, shift: int, flip: bool, generator
         theta[:, 0, 2] = offsets[:, 0] * 2 / w
         theta[:, 1, 2] = offsets[:, 1] * 2 / h
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _flat_cosine_loss(grads: list[torch.Tensor], target: list[torch.Tensor], target_norm: torch.Tensor) -> torch.Tensor:
@@ -84,10 +91,19 @@ def matching_loss(context: CraftingContext, params: list, x: torch.Tensor, y: to
     return _flat_cosine_loss(grads, *target)
 
 
-def initial_delta(images: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
-    """A restart's random start in the eps-ball, kept in the valid pixel range."""
-    delta = ((torch.rand(images.shape, generator=generator) * 2 - 1) * eps).to(images.device)
-    return (images + delta).clamp_(0, 1) - images
+INITS = ("randn", "uniform")
+
+
+def initial_delta(images: torch.Tensor, eps: float, generator: torch.Generator, init: str = "randn") -> torch.Tensor:
+    """A restart's random start in pixel units, inside the eps-ball: Geiping et al.'s randn x eps
+    clipped to the ball (``randn``), or uniform in the ball (``uniform``). Like theirs, not yet
+    projected into the pixel range (the first step's projection does that)."""
+    noise = (
+        torch.randn(images.shape, generator=generator)
+        if init == "randn"
+        else torch.rand(images.shape, generator=generator) * 2 - 1
+    )
+    return (noise * eps).clamp_(-eps, eps).to(images.device)
 
 
 def brew(
@@ -105,11 +121,13 @@ def brew(
     shift: int = 0,
     flip: bool = False,
     seed: int = 0,
+    init: str = "randn",
 ) -> dict:
-    """Craft perturbations for float ``images`` in [0, 1] (on any device); ``eps`` in [0, 1] units.
+    """Craft perturbations for float ``images`` in [0, 1] (on any device); ``eps`` in [0, 1] units;
+    ``lr`` is Geiping et al.'s tau, in normalised units (see the module's docstring).
 
-    Returns ``delta`` (of the restart with the lowest final loss), ``restart_losses`` (final loss
-    of each restart), ``history`` (mean matching loss per iteration of the kept restart)."""
+    Returns ``delta`` in pixel units (of the restart with the lowest final loss), ``restart_losses``
+    (final loss of each restart), ``history`` (mean matching loss per iteration of the kept restart)."""
     model, device = context.model, context.device
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,11 +135,14 @@ def brew(
     target = target_gradient(context, params, target_image, intended)
     generator = torch.Generator().manual_seed(seed)
 
+    std = context.normalizer.std.to(device)  # [1, C, 1, 1]: delta is optimised in normalised units
+    bound, floor, ceiling = eps / std, -images / std, (1 - images) / std
+
     best, restart_losses = None, []
     for restart in range(restarts):
-        delta = initial_delta(images, eps, generator)
+        delta = initial_delta(images, eps, generator, init) / std
         delta.requires_grad_(True)
-        optimizer = torch.optim.Adam([delta], lr=lr * eps)
+        optimizer = torch.optim.Adam([delta], lr=lr * batch_size / 512)
         milestones = [int(iterations // 2.667), int(iterations // 1.6), int(iterations // 1.142)]
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, 0.1)
         history = []
@@ -130,7 +151,7 @@ def brew(
             total = 0.0
             for begin in range(0, len(images), batch_size):
                 sl = slice(begin, begin + batch_size)
-                x = images[sl] + delta[sl]
+                x = images[sl] + delta[sl] * std
                 if shift or flip:
                     x = differentiable_shift_flip(x, shift, flip, generator)
                 loss = matching_loss(context, params, x, labels[sl], target)
@@ -141,8 +162,8 @@ def brew(
             optimizer.step()
             scheduler.step()
             with torch.no_grad():
-                delta.clamp_(-eps, eps)
-                delta.copy_((images + delta).clamp(0, 1) - images)
+                delta.copy_(torch.maximum(torch.minimum(delta, bound), -bound))
+                delta.copy_(torch.maximum(torch.minimum(delta, ceiling), floor))
             history.append(total / len(images))
         final = history[-1] if history else math.inf
         log.info(
@@ -154,7 +175,7 @@ def brew(
         )
         restart_losses.append(final)
         if best is None or final < best["loss"]:
-            best = {"loss": final, "delta": delta.detach().clone(), "history": history, "restart": restart}
+            best = {"loss": final, "delta": (delta.detach() * std).clone(), "history": history, "restart": restart}
     return {
         "delta": best["delta"],
         "history": best["history"],
@@ -187,7 +208,7 @@ class GradientMatching(Attack):
         ),
         "lr": Param(
             "number",
-            "signed-Adam step as a fraction of eps (Geiping et al.'s tau: 0.1)",
+            "signed-Adam step in normalised units (Geiping et al.'s tau: 0.1; a pixel step of tau x the channel's std)",
             default=0.1,
             exclusive_minimum=0,
         ),
@@ -199,6 +220,12 @@ class GradientMatching(Attack):
             "boolean", "craft against a model trained under the victim's defense, through it", default=False
         ),
         "control": Param("boolean", "poison nothing (the clean control)", default=False),
+        "init": Param(
+            "string",
+            "a restart's start: Geiping et al.'s randn x eps clipped to the ball, or uniform",
+            default="randn",
+            enum=INITS,
+        ),
     }
 
     def __init__(self, spec, name=""):
@@ -263,6 +290,7 @@ class GradientMatching(Attack):
                 shift=recipe.crop_pad if (self.augment and recipe) else 0,
                 flip=bool(self.augment and recipe and recipe.flip),
                 seed=seed,
+                init=self.spec["init"],
             )
             poisons = quantize_delta(dataset.train_images[indices], result["delta"], self.eps)
             info.update(

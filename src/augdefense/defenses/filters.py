@@ -7,9 +7,10 @@ The filters here are the middle step only; the plumbing asks ``getattr(defense, 
 and calls :meth:`FilterDefense.sanitize`. Training itself is the baseline's (``Defense.mix`` etc.
 are inherited unchanged, so ``laplace`` still composes).
 
-``expected_poisons`` (class -> number of poisons the defender assumes in that class) is the attack's
-budget, as in the re-implementation of these filters by Geiping et al. (``forest/filtering_defenses.py``
-in JonasGeiping/data-poisoning), which the augmentation papers compared against.
+A filter knows the attack's budget (``budget``: how many poisons the defender assumes in the whole
+training set), never which class holds them, as in Geiping et al.'s re-implementation of these
+filters (JonasGeiping/data-poisoning, ``forest/filtering_defenses.py``), which produced the papers'
+filter rows; each class's defaults follow that code, the original papers' variants are options.
 """
 
 from __future__ import annotations
@@ -39,15 +40,14 @@ class FilterDefense(Defense, metaclass=ABCMeta):
         super().__init__(spec, num_classes, name, seed)
         self.seed = int(seed)
 
-    def sanitize(self, features: torch.Tensor, labels: torch.Tensor, expected_poisons: dict[int, int]) -> dict:
-        """features: float [N, D] (CPU); labels: int64 [N]; expected_poisons: class -> number of
-        poisons the defender assumes in that class (the attack's budget).
+    def sanitize(self, features: torch.Tensor, labels: torch.Tensor, budget: int) -> dict:
+        """features: float [N, D] (CPU); labels: int64 [N]; budget: the number of poisons the
+        defender assumes in the whole training set (the attack's budget; not where they are).
         Returns {"removed": int64 sorted unique indices, "scores": float [N] (higher = more
         suspicious, nan where the filter gives none), "labels": int64 [N] (the labels to train on:
         equal to the input except in deep_knn relabel mode)}."""
         feats, labs = self._check_inputs(features, labels)
-        expected = {int(c): int(n) for c, n in (expected_poisons or {}).items()}
-        removed, scores, new_labels = self._filter(feats, labs, expected)
+        removed, scores, new_labels = self._filter(feats, labs, int(budget))
         removed = torch.unique(torch.as_tensor(removed, dtype=torch.int64))  # sorted, unique
         return {
             "removed": removed,
@@ -56,7 +56,7 @@ class FilterDefense(Defense, metaclass=ABCMeta):
         }
 
     @abstractmethod
-    def _filter(self, feats: np.ndarray, labels: np.ndarray, expected: dict[int, int]):
+    def _filter(self, feats: np.ndarray, labels: np.ndarray, budget: int):
         """Return (removed indices, scores [N], labels [N]) as numpy arrays."""
 
     @staticmethod
@@ -78,19 +78,19 @@ class FilterDefense(Defense, metaclass=ABCMeta):
 
 @register
 class SpectralSignatures(FilterDefense):
-    """Spectral signatures (Tran, Li & Madry, NeurIPS 2018, Alg. 1 and their code): per class,
-    centre the class's features, score each by its squared projection on the top right-singular
-    vector of the centred matrix, remove the ``multiplier x expected`` highest scores (the paper's
-    1.5 x epsilon overestimate, also the re-implementation's ``overestimation_factor=1.5``;
-    floor, as its ``int(...)``). With ``expected_fraction`` the defender assumes
-    ``round(expected_fraction x class size)`` poisons in every class instead. Never removes more
-    than a class holds; classes expecting 0 poisons lose nothing (their scores are still given)."""
+    """Spectral signatures (Tran, Li & Madry, NeurIPS 2018, Alg. 1): in every class, centre the
+    class's features, score each by its squared projection on the top right-singular vector of the
+    centred matrix, and remove the ``int(multiplier x budget)`` highest scores (capped at the class
+    size - 1) - from every class, since the defender does not know which one is poisoned: Geiping
+    et al.'s ``_SpectralSignaturesDefense`` (``overestimation_factor=1.5`` of the whole budget per
+    class). With ``expected_fraction`` the defender instead assumes ``round(expected_fraction x
+    class size)`` poisons in each class (Tran et al.'s epsilon per class)."""
 
     type_name = "spectral_signatures"
     params = {
         "multiplier": Param(
             "number",
-            "remove multiplier x the expected poisons per class (Tran et al.: 1.5)",
+            "remove int(multiplier x the budget) from every class (Tran et al.'s and forest's 1.5)",
             default=1.5,
             exclusive_minimum=0,
         ),
@@ -109,21 +109,21 @@ class SpectralSignatures(FilterDefense):
         fraction = self.spec.get("expected_fraction")
         self.expected_fraction = None if fraction is None else float(fraction)
 
-    def budget(self, class_size: int, expected: int) -> int:
-        """Number of samples removed from a class of ``class_size`` expecting ``expected`` poisons."""
-        if self.expected_fraction is not None:
-            expected = int(round(self.expected_fraction * class_size))
-        return max(0, min(class_size, int(self.multiplier * expected)))
+    def removals(self, class_size: int, budget: int) -> int:
+        """Number of samples removed from a class of ``class_size`` when the defender assumes
+        ``budget`` poisons in the training set."""
+        expected = budget if self.expected_fraction is None else int(round(self.expected_fraction * class_size))
+        return max(0, min(class_size - 1, int(self.multiplier * expected)))
 
-    def _filter(self, feats, labels, expected):
+    def _filter(self, feats, labels, budget):
         scores = np.full(len(labels), np.nan)
         removed = []
-        for c, idx in self._class_indices(labels).items():
+        for idx in self._class_indices(labels).values():
             centred = torch.from_numpy(feats[idx] - feats[idx].mean(0, keepdims=True))
             _, _, vh = torch.linalg.svd(centred, full_matrices=False)
             class_scores = (centred @ vh[0]).pow(2).numpy()
             scores[idx] = class_scores
-            n_remove = self.budget(len(idx), expected.get(c, 0))
+            n_remove = self.removals(len(idx), budget)
             if n_remove > 0:
                 # stable sort on -score: the highest scores, ties broken by index
                 removed.append(idx[np.argsort(-class_scores, kind="stable")[:n_remove]])
@@ -133,24 +133,27 @@ class SpectralSignatures(FilterDefense):
 
 @register
 class ActivationClustering(FilterDefense):
-    """Activation clustering (Chen et al. 2018, §4 and IBM ART's ActivationDefence): per class,
-    reduce the features to ``n_components`` (10) dimensions with FastICA (ART's max_iter=1000,
-    tol=0.005) or PCA, split them into 2 clusters with k-means, and flag the smaller cluster.
-    ``removal: size`` removes it only when its share of the class is <= ``size_threshold``
-    (0.35, Chen et al.'s relative-size analysis and ART's default); ``removal: always`` removes
-    it in every class (Geiping et al.'s re-implementation). A class with fewer samples than
-    components is reduced to (size - 1) dimensions; classes of < 2 samples, or whose samples are
-    all identical, are left alone (nan scores). Score: the share of its class outside a sample's
-    cluster (> 0.5 in the smaller cluster, higher for smaller clusters)."""
+    """Activation clustering: per class, split the features into 2 clusters with k-means and flag
+    the smaller cluster. Defaults follow Geiping et al.'s ``_ActivationClustering`` (the papers'
+    filter rows): k-means on the raw features (``reduction: none``) and the smaller cluster removed
+    in every class (``removal: always``). Chen et al. (2018, §4) and IBM ART's ActivationDefence
+    first reduce the features to ``n_components`` (10) dimensions with FastICA (``reduction: ica``;
+    ART's max_iter=1000, tol=0.005; or ``pca``) and remove the smaller cluster only when its share
+    of the class is <= ``size_threshold`` (``removal: size``, 0.35). A class with fewer samples
+    than components is reduced to (size - 1) dimensions; classes of < 2 samples, or whose samples
+    are all identical, are left alone (nan scores). It uses neither the budget nor the class.
+    Score: the share of its class outside a sample's cluster (> 0.5 in the smaller cluster)."""
 
     type_name = "activation_clustering"
     params = {
         "n_components": Param("integer", "dimensions the features are reduced to", default=10, minimum=1),
-        "reduction": Param("string", "FastICA (Chen et al.) or PCA", default="ica", enum=("ica", "pca")),
+        "reduction": Param(
+            "string", "none: raw features (forest); ica: FastICA (Chen et al.); pca", default="none",
+            enum=("none", "ica", "pca")),
         "removal": Param(
             "string",
-            "'size': the smaller cluster when small enough; 'always': in every class",
-            default="size",
+            "'always': the smaller cluster of every class (forest); 'size': only when small enough (Chen et al.)",
+            default="always",
             enum=("size", "always"),
         ),
         "size_threshold": Param(
@@ -170,6 +173,8 @@ class ActivationClustering(FilterDefense):
         self.size_threshold = float(self.spec["size_threshold"])
 
     def reduce(self, x: np.ndarray) -> np.ndarray:
+        if self.reduction == "none":
+            return x
         dims = max(1, min(self.n_components, x.shape[1], x.shape[0] - 1))
         if self.reduction == "pca":
             from sklearn.decomposition import PCA
@@ -179,7 +184,7 @@ class ActivationClustering(FilterDefense):
 
         return FastICA(n_components=dims, max_iter=1000, tol=0.005, random_state=self.seed).fit_transform(x)
 
-    def _filter(self, feats, labels, expected):
+    def _filter(self, feats, labels, budget):
         scores = np.full(len(labels), np.nan)
         removed = []
         for idx in self._class_indices(labels).values():
@@ -204,16 +209,16 @@ class ActivationClustering(FilterDefense):
 
 @register
 class DeepKNN(FilterDefense):
-    """Deep k-NN (Peri et al. 2019/2020, and their code neeharperi/DeepKNNDefense): a sample
-    whose label differs from the plurality label of its k nearest neighbours in feature space
-    (Euclidean, sklearn NearestNeighbors, the sample itself excluded) is removed (``mode:
-    remove``) or relabelled to that plurality (``mode: relabel``). A tie that includes the
-    sample's own label keeps it. ``k: auto`` (default) sets k = ``k_factor`` (2) x the total
-    expected number of poisons, so the poisons can never outvote their neighbours - the choice
-    of Geiping et al.'s re-implementation, which cites Peri et al. for the factor of 2 (Peri et
-    al. swept k from 1 to 500); an integer k overrides it. k is capped at N - 1. Neighbours are
-    queried QUERY_CHUNK rows at a time: memory is O(QUERY_CHUNK x k), never N x N. Score: the
-    fraction of a sample's neighbours whose label differs from its own."""
+    """Deep k-NN (Peri et al. 2019/2020): look at each sample's k nearest neighbours in feature
+    space (Euclidean, sklearn NearestNeighbors, the sample itself excluded). Defaults follow Geiping
+    et al.'s ``_DeepKNN`` (the papers' rows): ``rule: majority`` keeps a sample when at least half
+    of its neighbours share its label, and flagged samples are removed (``mode: remove``); Peri et
+    al.'s ``rule: plurality`` flags a sample whose label is not (tied for) the most common among its
+    neighbours, and their ``mode: relabel`` gives it that plurality label instead. ``k: auto``
+    (default) sets k = int(``k_factor`` (2) x the budget), so the poisons can never outvote their
+    neighbours; an integer k overrides it. k is capped at N - 1. Neighbours are queried QUERY_CHUNK
+    rows at a time: memory is O(QUERY_CHUNK x k), never N x N. Score: the fraction of a sample's
+    neighbours whose label differs from its own."""
 
     type_name = "deep_knn"
     params = {
@@ -226,6 +231,8 @@ class DeepKNN(FilterDefense):
             "number", "k = k_factor x expected poisons when k is 'auto'", default=2.0, exclusive_minimum=0
         ),
         "mode": Param("string", "remove flagged samples or relabel them", default="remove", enum=("remove", "relabel")),
+        "rule": Param("string", "majority: keep when >= half the neighbours agree (forest); plurality (Peri et al.)",
+                      default="majority", enum=("majority", "plurality")),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
@@ -233,17 +240,18 @@ class DeepKNN(FilterDefense):
         self.k = self.spec["k"]
         self.k_factor = float(self.spec["k_factor"])
         self.mode = self.spec["mode"]
+        self.rule = self.spec["rule"]
 
-    def resolve_k(self, n: int, expected: dict[int, int]) -> int:
-        k = self.k if self.k != "auto" else int(round(self.k_factor * sum(expected.values())))
+    def resolve_k(self, n: int, budget: int) -> int:
+        k = self.k if self.k != "auto" else int(self.k_factor * budget)
         return max(1, min(int(k), n - 1))
 
-    def _filter(self, feats, labels, expected):
+    def _filter(self, feats, labels, budget):
         n = len(labels)
         new_labels = labels.copy()
         if n < 2:
             return np.zeros(0, dtype=np.int64), np.full(n, np.nan), new_labels
-        k = self.resolve_k(n, expected)
+        k = self.resolve_k(n, budget)
         n_labels = max(self.num_classes, int(labels.max()) + 1)
         from sklearn.neighbors import NearestNeighbors
 
@@ -259,7 +267,10 @@ class DeepKNN(FilterDefense):
             counts = np.zeros((stop - start, n_labels), dtype=np.int64)
             np.add.at(counts, (np.arange(stop - start)[:, None], labels[neighbours]), 1)
             own_count = counts[np.arange(stop - start), own]
-            flagged[start:stop] = own_count < counts.max(1)
+            if self.rule == "majority":
+                flagged[start:stop] = 2 * own_count < k  # forest: keep when at least half agree
+            else:
+                flagged[start:stop] = own_count < counts.max(1)
             plurality[start:stop] = counts.argmax(1)  # ties: the lowest label
             scores[start:stop] = 1.0 - own_count / k
         if self.mode == "relabel":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from augdefense.config import assumed_poisons
 from augdefense.errors import ConfigError
 
 log = logging.getLogger("augdefense")
@@ -14,6 +15,7 @@ def sanitize(
     data: str,
     poison: str,
     feature_model: str,
+    attack: dict,
     defense_name: str,
     defense: dict,
     runtime: dict,
@@ -21,8 +23,9 @@ def sanitize(
     out: str,
     threads: int = 1,
 ) -> dict:
-    """Run a filter defense on the penultimate-layer features of the poisoned training set; write
-    what it removes and relabels, and how many of the poisons it caught."""
+    """Run a filter defense on the penultimate-layer features of the poisoned training set, telling
+    it the attack's budget (``config.assumed_poisons``), never where the poisons are; write what it
+    removes and relabels, and how many of the poisons it caught."""
     import torch
 
     from augdefense import data as datasets
@@ -52,8 +55,8 @@ def sanitize(
                 for i in range(0, len(images), batch)
             ]
         )
-    expected = torch.bincount(artifact["train_labels"], minlength=dataset.num_classes)
-    result = built.sanitize(features, labels, {c: int(n) for c, n in enumerate(expected.tolist())})
+    budget = assumed_poisons(attack, len(labels), dataset.num_classes)
+    result = built.sanitize(features, labels, budget)
     removed = result["removed"].tolist()
     relabeled = torch.nonzero(result["labels"] != labels).flatten().tolist()
     positions = set(poisons.positions_in_training_set(artifact).tolist())
@@ -68,6 +71,7 @@ def sanitize(
         "n_relabeled": len(relabeled),
         "n_poisons": len(positions),
         "n_poisons_removed": caught,
+        "budget_assumed": budget,
         "filter_precision": caught / len(removed) if removed else None,
         "filter_recall": caught / len(positions) if positions else None,
     }
