@@ -4,6 +4,7 @@ import math
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from augdefense import claims
 from augdefense.params import complete
@@ -66,9 +67,37 @@ def test_a_noisy_effect_is_inconclusive_with_the_seeds_it_would_need():
     metrics = _metrics([(0.1, 0.6), (0.7, 0.5), (0.2, 0.4)])  # effects -0.5, +0.2, -0.2
     result = claims.compare(metrics, _claim(), "none")
     assert result["verdict"] == "inconclusive"
-    sd = pd.Series([-0.5, 0.2, -0.2]).std()
-    assert result["seeds_needed"] == math.ceil((2 * sd / (0.5 / 3)) ** 2)
+    sd, mean = pd.Series([-0.5, 0.2, -0.2]).std(), 0.5 / 3
+    needed = result["seeds_needed"]
+    # the fewest seeds whose t-interval would clear zero: n works, n - 1 does not
+    assert stats.t.ppf(0.975, needed - 1) * sd / math.sqrt(needed) < mean
+    assert stats.t.ppf(0.975, needed - 2) * sd / math.sqrt(needed - 1) >= mean
     assert claims.compare(metrics, _claim(direction="higher"), "none")["seeds_needed"] is None
+
+
+def test_seeds_needed_is_never_below_what_already_failed():
+    """An inconclusive claim never says fewer seeds than it had would settle it."""
+    metrics = _metrics([(0.1, 0.6), (0.55, 0.5), (0.2, 0.4)])  # effects -0.5, +0.05, -0.2
+    result = claims.compare(metrics, _claim(), "none")
+    assert result["verdict"] == "inconclusive" and result["seeds_needed"] > 3
+
+
+def test_goal_margin_shift_subtracts_the_same_seed_control():
+    rows = []
+    for seed, (poisoned, control) in enumerate([(3.0, 1.0), (2.5, 0.0), (4.0, 1.5)]):
+        rows += [
+            {"attack": "wb", "defense": "mixup", "seed": seed, "goal_margin": poisoned - 1.5},
+            {"attack": "c", "defense": "mixup", "seed": seed, "goal_margin": control},
+            {"attack": "wb", "defense": "none", "seed": seed, "goal_margin": poisoned},
+            {"attack": "c", "defense": "none", "seed": seed, "goal_margin": control - 2.0},
+        ]
+    frame = pd.DataFrame(rows)
+    claim = _claim(attack="wb", defense="mixup", metric="goal_margin_shift")
+    result = claims.compare(frame, claim, "none", control="c")
+    # (poisoned - 1.5 - control) - (poisoned - (control - 2)) = -3.5 every seed
+    assert result["effect"] == pytest.approx(-3.5) and result["verdict"] == "holds"
+    raw = claims.compare(frame, _claim(attack="wb", defense="mixup", metric="goal_margin"), "none")
+    assert raw["effect"] == pytest.approx(-1.5)
 
 
 def test_seeds_are_paired_and_a_missing_seed_is_left_out():

@@ -118,7 +118,7 @@ def _refused(config, message, facts=DIGITS):
         ),
         (
             lambda c: c["attacks"]["fc"].update(n_poisons=70),
-            r"^attacks\.fc\.n_poisons: 70 poisons of one class, but the smallest class of the fine-tuning split has 69 "
+            r"^attacks\.fc\.n_poisons: 70 poisons of one class, but the smallest class of the fine-tuning set has 69 "
             r"images \(classes are drawn at random per seed\)$",
         ),
         (
@@ -225,6 +225,69 @@ def test_the_workflow_paths_and_jobs_of_the_tiny_preset(config):
     assert "results/runs/wb_control/mixup/1.json" in jobs["train_victim"]
 
 
+def _pretrain_elsewhere(config, finetune_size=None):
+    transfer = config["recipes"]["transfer"]["transfer"]
+    transfer["pretrain_data"] = {"source": "cifar100", "root": "resources"}
+    if finetune_size is not None:
+        transfer["finetune_size"] = finetune_size
+    config["experiments"]["table6"]["attacks"] = ["htbd"]
+
+
+def test_an_extractor_of_its_own_dataset_is_its_own_job_and_dataset(config):
+    _pretrain_elsewhere(config)
+    grid.check_config(config, DIGITS)
+    assert grid.extractor_path(config, "fc") == "results/extractors/pretrain/data-cifar100.pt"
+    assert grid.extractor_path(config, "htbd") == "results/extractors/pretrain/share0.5.pt"  # transfer_e2e
+    assert grid.pretraining(config, "pretrain", "data-cifar100") == {
+        "pretrain_data": {"source": "cifar100", "root": "resources"}
+    }
+    assert grid.pretraining(config, "pretrain", "share0.5") == {"pretrain_share": 0.5}
+    with pytest.raises(ConfigError, match=r"results/extractors/pretrain/share0\.3\.pt: no transfer recipe"):
+        grid.pretraining(config, "pretrain", "share0.3")
+    assert set(grid.datasets(config)) == {"digits", "cifar100"}
+    assert grid.prepared_data_path(config["data"]) == "resources/prepared/digits.pt"
+    assert sorted(grid.compute_jobs(config)["pretrain_extractor"]) == [
+        "results/extractors/pretrain/data-cifar100.pt",
+        "results/extractors/pretrain/share0.5.pt",
+    ]
+
+
+def test_finetune_size_bounds_the_poisons_per_class(config):
+    """200 images over 10 classes: 20 per class, so 20 poisons of one class fit and 21 do not."""
+    _pretrain_elsewhere(config, finetune_size=200)
+    config["attacks"]["fc"]["n_poisons"] = 20
+    grid.check_config(config, DIGITS)
+    config["attacks"]["fc"]["n_poisons"] = 21
+    _refused(
+        config,
+        r"^attacks\.fc\.n_poisons: 21 poisons of one class, but the smallest class of the fine-tuning set has 20",
+    )
+
+
+def test_clean_label_needs_a_crafting_recipe_when_the_extractor_pretrains_elsewhere(config):
+    config["recipes"]["transfer_e2e"]["transfer"]["pretrain_data"] = {"source": "cifar100"}
+    _refused(
+        config,
+        r"^attacks\.clbd\.crafting_recipe: required: its crafting needs a classifier over the victim's classes, "
+        r"and recipe 'transfer_e2e' pretrains its extractor on another dataset$",
+    )
+    config["attacks"]["clbd"]["crafting_recipe"] = "transfer"
+    _refused(config, r"^attacks\.clbd\.crafting_recipe: 'transfer' must name a recipe without 'transfer'")
+    config["attacks"]["clbd"]["crafting_recipe"] = "targeted"
+    grid.check_config(config, DIGITS)
+    assert grid.crafting_model_path(config, "clbd", "none", 1) == "results/crafting_models/targeted/none/1.pt"
+    assert "results/crafting_models/targeted/none/1.pt" in grid.compute_jobs(config)["train_crafting_model"]
+
+
+def test_two_datasets_under_one_name_are_refused(config):
+    config["recipes"]["transfer"]["transfer"]["pretrain_data"] = {"source": "digits", "split_seed": 3}
+    _refused(
+        config,
+        r"^recipes\.transfer\.transfer\.pretrain_data: differs from data but would be prepared under the same "
+        r"name 'digits'",
+    )
+
+
 def test_canonical_sorts_every_mapping_and_keeps_lists_in_order():
     value = grid.canonical({"b": 1, "a": {"d": [3, {"z": 1, "y": 2}], "c": (1, 2)}})
     assert list(value) == ["a", "b"] and list(value["a"]) == ["c", "d"]
@@ -239,3 +302,21 @@ def test_load_names_the_file_and_the_schema_error(tmp_path):
     bad.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=rf"(?s)^{bad}: .*0 is less than the minimum of 1.*\['mixup'\]\['k'\]"):
         grid.load(bad)
+
+
+def test_cifar_sources_are_known_before_any_download():
+    from augdefense import sources
+
+    assert sources.facts({"source": "cifar100"}) == SourceFacts((500,) * 100, (3, 32, 32))
+    assert sources.facts({"source": "cifar10", "image_size": 16}).image_shape == (3, 16, 16)
+    assert sources.dataset_name({"source": "cifar10", "image_size": 16}) == "cifar10-16px"
+
+
+def test_a_shift_claim_needs_the_experiments_control(config):
+    claim = dict(config["experiments"]["table1"]["claims"][0], metric="goal_margin_shift")
+    config["experiments"]["table1"]["claims"] = [claim]
+    _refused(
+        config,
+        r"^experiments\.table1\.claims\[0\]\.metric: goal_margin_shift compares with the clean control; "
+        r"the experiment has no 'control'$",
+    )

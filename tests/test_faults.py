@@ -196,23 +196,30 @@ def test_corrupted_cifar_archive_is_named(tmp_path):
         data.build({"source": "cifar10", "root": str(root)})
 
 
-def test_cifar_batches_become_uint8_tensors(tmp_path, monkeypatch):
-    """The conversion path on a small fake set of CIFAR-10 batch files (the real ones need a download)."""
-    from torchvision.datasets import CIFAR10
+@pytest.mark.parametrize("source", ["cifar10", "cifar100"])
+def test_cifar_batches_become_uint8_tensors(source, tmp_path, monkeypatch):
+    """The conversion path on a small fake set of CIFAR-10 / CIFAR-100 batch files (the real ones
+    need a download; CIFAR-100 pretrains the transfer setting's extractor)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
 
-    folder = tmp_path / "cifar" / CIFAR10.base_folder
+    kind, label_key, classes = (CIFAR10, "labels", 10) if source == "cifar10" else (CIFAR100, "fine_labels", 100)
+    folder = tmp_path / "cifar" / kind.base_folder
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name, _ in CIFAR10.train_list + CIFAR10.test_list:
-        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}
+    for name, _ in kind.train_list + kind.test_list:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), label_key: [0, 1, 2, classes - 1]}
         (folder / name).write_bytes(pickle.dumps(batch))
-    (folder / CIFAR10.meta["filename"]).write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
-    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)  # fake batches, fake md5s
+    names = {kind.meta["key"]: [f"c{i}" for i in range(classes)]}
+    (folder / kind.meta["filename"]).write_bytes(pickle.dumps(names))
+    monkeypatch.setattr(kind, "_check_integrity", lambda self: True)  # fake batches, fake md5s
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kw: True)
-    ds = data.build({"source": "cifar10", "root": str(tmp_path / "cifar")})
-    assert ds.train_images.shape == (20, 3, 32, 32) and ds.test_images.shape == (4, 3, 32, 32)
-    assert ds.train_images.dtype == torch.uint8 and ds.classes[9] == "c9"
-    first = np.frombuffer(pickle.loads((folder / "data_batch_1").read_bytes())["data"][0].tobytes(), np.uint8)
+    ds = data.build({"source": source, "root": str(tmp_path / "cifar")})
+    n_train = 4 * len(kind.train_list)
+    assert ds.train_images.shape == (n_train, 3, 32, 32) and ds.test_images.shape == (4, 3, 32, 32)
+    assert ds.train_images.dtype == torch.uint8 and len(ds.classes) == classes
+    assert ds.train_labels[:4].tolist() == [0, 1, 2, classes - 1]
+    first_batch = kind.train_list[0][0]
+    first = np.frombuffer(pickle.loads((folder / first_batch).read_bytes())["data"][0].tobytes(), np.uint8)
     assert torch.equal(ds.train_images[0], torch.from_numpy(first.reshape(3, 32, 32).copy()))
 
 

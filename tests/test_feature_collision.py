@@ -5,6 +5,7 @@ the poison. A tiny random 2-conv net on 8x8 digits keeps every test fast."""
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from augdefense.attacks.clean_label import pgd_perturb
 from augdefense.attacks.convex_polytope import convex_polytope, simplex_least_squares, simplex_projection
 from augdefense.attacks.feature_collision import feature_collision, frozen, quantize
 from augdefense.attacks.hidden_trigger import greedy_assignment, hidden_trigger
+from augdefense.attacks.patch import paste
 from augdefense.errors import ConfigError
 
 
@@ -168,6 +170,7 @@ def test_invalid_common_keys_are_refused(kind, key, value):
         ("feature_collision", "watermark", 1.0),
         ("feature_collision", "step_size", 0),
         ("feature_collision", "iterations", 0),
+        ("feature_collision", "update", "l2"),
         ("convex_polytope", "lr", 0),
         ("convex_polytope", "iterations", True),
         ("hidden_trigger", "patch_size", 0),
@@ -219,13 +222,14 @@ def _images(dataset, cls, n, split="train"):
     return images[labels == cls][:n].float() / 255
 
 
-def test_feature_collision_distance_falls(digits8, context):
+@pytest.mark.parametrize("update,step", [("linf", 0.3), ("proximal", 10.0)])
+def test_feature_collision_distance_falls(update, step, digits8, context):
     model = context.model
     target, bases = _images(digits8, 3, 1, "test")[0], _images(digits8, 7, 5)
     eps = 32 / 255
     with frozen(model):
         result = feature_collision(
-            context.features, target, bases, eps, beta=0.1, step_size=10.0, iterations=40, watermark=0.0
+            context.features, target, bases, eps, update=update, beta=0.1, step_size=step, iterations=40, watermark=0.0
         )
         history = result["history"]
         assert history[-1] < 0.7 * history[0]
@@ -240,9 +244,52 @@ def test_feature_collision_distance_falls(digits8, context):
 def test_feature_collision_beta_pulls_towards_the_base(digits8, context):
     target, bases = _images(digits8, 3, 1, "test")[0], _images(digits8, 7, 4)
     with frozen(context.model):
-        loose = feature_collision(context.features, target, bases, 1.0, beta=0.0, step_size=0.05, iterations=30)
-        tight = feature_collision(context.features, target, bases, 1.0, beta=50.0, step_size=0.05, iterations=30)
+        kwargs = {"update": "proximal", "step_size": 0.05, "iterations": 30}
+        loose = feature_collision(context.features, target, bases, 1.0, beta=0.0, **kwargs)
+        tight = feature_collision(context.features, target, bases, 1.0, beta=50.0, **kwargs)
     assert (tight["poisons"] - bases).norm() < (loose["poisons"] - bases).norm()
+
+
+def _identity_features(x):
+    return x.flatten(1)
+
+
+def test_linf_first_step_is_a_clamped_gradient_step_from_the_unprojected_watermark():
+    """craft_poisons_fc.py (no --l2): the first gradient is taken at 0.3 t + 0.7 b before any
+    projection, the step is x - lr * grad (no beta term), then the clamp to the ball and [0, 1]."""
+    torch.manual_seed(0)
+    target, bases = torch.rand(1, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    eps, lr = 0.05, 0.01
+    start = 0.3 * target + 0.7 * bases  # outside the 0.05-ball for most pixels
+    expected = torch.clamp(start - lr * 2 * (start - target), bases - eps, bases + eps).clamp(0, 1)
+    out = feature_collision(_identity_features, target, bases, eps, step_size=lr, iterations=1, beta=100.0)
+    torch.testing.assert_close(out["poisons"], expected)
+    proximal = feature_collision(
+        _identity_features, target, bases, eps, update="proximal", step_size=lr, iterations=1, beta=100.0
+    )
+    assert not torch.allclose(proximal["poisons"], expected)
+
+
+def test_linf_accept_test_is_lagged_and_freezes_the_poison():
+    """An overshooting step raises the loss; the benchmark notices only on the next iteration (its
+    objective is the loss at the current x), rejects from then on and keeps the worse point, while
+    the step shrinks x0.2 per rejection. The proximal line search never takes the bad step."""
+    target, bases = torch.full((1, 1, 2, 2), 0.5), torch.full((2, 1, 2, 2), 0.4)
+    eps, lr = 1.0, 1.5  # identity features: x <- x - 3 (x - t) overshoots t by 2x the distance
+    out = feature_collision(_identity_features, target, bases, eps, step_size=lr, iterations=4, watermark=0.0)
+    overshoot = (0.4 - lr * 2 * (0.4 - 0.5)) * torch.ones_like(bases)  # 0.7: farther from t than 0.4
+    torch.testing.assert_close(out["poisons"], overshoot)
+    assert out["step_sizes"] == pytest.approx([lr * 0.2**3] * 2)
+    assert out["history"][-1] > out["history"][0]  # it kept the worse point
+    line_search = feature_collision(
+        _identity_features, target, bases, eps, update="proximal", beta=0.0, step_size=lr, iterations=4, watermark=0.0
+    )
+    assert line_search["history"][-1] < line_search["history"][0]
+
+
+def test_unknown_update_is_refused():
+    with pytest.raises(ValueError, match="update"):
+        feature_collision(_identity_features, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 0.1, update="l2")
 
 
 def test_simplex_projection_known_inputs():
@@ -345,16 +392,28 @@ def test_hidden_trigger_never_shows_the_trigger_in_training(seed, digits8, conte
 
 
 @pytest.mark.parametrize("kind", ["hidden_trigger", "clean_label_backdoor"])
-def test_eval_set_is_patched_source_images(kind, digits8, context):
+def test_scored_target_is_one_patched_source_image_and_all_images_are_kept(kind, digits8, context):
+    """The benchmark's poison_test.py: one source-class test image with the trigger where crafting
+    put it; every patched source-class test image stays as the all-images rate."""
     poison = craft(kind, digits8, context, seed=1)
     info, patch = poison["info"], poison["patch"]
     assert patch.shape == (1, 3, 3) and set(patch.unique().tolist()) <= {0, 255}
-    sources = digits8.test_images[digits8.test_labels == info["source_class"]]
-    assert len(poison["eval_images"]) == len(sources)
-    assert (poison["eval_labels"] == info["source_class"]).all()
-    assert (poison["eval_goals"] == info["target_class"]).all()
+    (target,) = poison["eval_images"]
+    assert digits8.test_labels[info["target_index"]] == info["source_class"]
+    expected = paste(
+        digits8.test_images[[info["target_index"]]],
+        patch,
+        np.array([info["target_patch_row"]]),
+        np.array([info["target_patch_col"]]),
+    )
+    assert torch.equal(target, expected[0])
+    assert poison["eval_labels"].tolist() == [info["source_class"]]
+    assert poison["eval_goals"].tolist() == [info["target_class"]]
     assert len(poison["clean_exclude"]) == 0
-    for image in poison["eval_images"]:
+    sources = digits8.test_images[digits8.test_labels == info["source_class"]]
+    assert len(poison["all_eval_images"]) == len(sources)
+    assert (poison["all_eval_goals"] == info["target_class"]).all()
+    for image in poison["all_eval_images"]:
         assert _windows_with(image, patch).any()
     # same pair and trigger as the plain patch attack of the seed
     plain = attacks.build({"type": "patch", "recipe": "r", "patch_size": 3}, "p").craft(digits8, 1)
@@ -363,9 +422,24 @@ def test_eval_set_is_patched_source_images(kind, digits8, context):
     assert plain["info"]["victim_class"] == info["source_class"]
 
 
+class _Shape:
+    image_shape = (3, 32, 32)
+
+
+@pytest.mark.parametrize("kind, corner", [("hidden_trigger", 22), ("clean_label_backdoor", 27)])
+def test_fixed_trigger_location_is_the_benchmarks(kind, corner):
+    """craft_poisons_htbd.py: image_size - patch_size - 5; craft_poisons_clbd.py: image_size - patch_size."""
+    attack = attacks.build({"type": kind, "recipe": "r", "patch_size": 5}, kind)
+    rows, cols = attack.locations(np.random.default_rng(0), _Shape(), 4)
+    assert rows.tolist() == cols.tolist() == [corner] * 4
+    scattered = attacks.build({"type": kind, "recipe": "r", "patch_size": 5, "location": "random"}, kind)
+    rows, _ = scattered.locations(np.random.default_rng(0), _Shape(), 50)
+    assert len(set(rows.tolist())) > 5 and rows.max() <= 27
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_clean_label_backdoor_stamps_the_trigger_on_every_poison(seed, digits8, context):
-    poison = craft("clean_label_backdoor", digits8, context, seed=seed)
+    poison = craft("clean_label_backdoor", digits8, context, seed=seed, trigger_on_poisons="stamped")
     info, patch = poison["info"], poison["patch"]
     p = info["patch_size"]
     rows, cols = info["patch_rows"], info["patch_cols"]
@@ -374,6 +448,15 @@ def test_clean_label_backdoor_stamps_the_trigger_on_every_poison(seed, digits8, 
         assert _contains(image, patch, r, c)
     assert (digits8.train_labels[poison["train_indices"]] == info["target_class"]).all()
     assert all(0 <= r <= 8 - p and 0 <= c <= 8 - p for r, c in zip(rows, cols))
+
+
+def test_clean_label_backdoor_clamps_the_trigger_into_the_ball_by_default(digits8, context):
+    """craft_poisons_clbd.py: final_pert = clamp(stamped - base, -eps, eps)."""
+    poison = craft("clean_label_backdoor", digits8, context, seed=0, eps=8)
+    clean = digits8.train_images[poison["train_indices"]]
+    assert (poison["train_images"].int() - clean.int()).abs().max() <= 8
+    stamped = craft("clean_label_backdoor", digits8, context, seed=0, eps=8, trigger_on_poisons="stamped")
+    assert (stamped["train_images"].int() - clean.int()).abs().max() > 8
 
 
 def test_pgd_raises_the_loss_of_the_true_label(digits8, context):

@@ -72,7 +72,7 @@ def test_estimate_counts_the_jobs_a_dry_run_schedules(preset, tmp_path, paper_dr
 
 def test_estimate_prices_the_paper_grid_and_the_demo():
     text = estimate.report(str(REPO / "config.yaml"), None)
-    assert "| train_victim | 2840 |" in text and "GPU-hours" in text and "Geiping et al.'s 9 min" in text
+    assert "| train_victim | 2900 |" in text and "GPU-hours" in text and "Geiping et al.'s 9 min" in text
     demo = estimate.report(str(REPO / "presets" / "quick.yaml"), None)
     assert "CPU minutes" in demo and "| train_victim | 60 |" in demo
 

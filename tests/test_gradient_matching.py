@@ -261,8 +261,18 @@ def test_the_step_is_tau_in_normalised_units(digits8, trained_context):
     inside = start.abs() < eps - 0.1  # away from the ball's edge, where the projection would clip
     std = float(digits8.std)
     for batch, tau in ((512, 0.1), (256, 0.05)):
-        result = brew(ctx, images, digits8.train_labels[idx], digits8.test_images[:1].float() / 255, 3, eps=eps,
-                      iterations=3, restarts=1, seed=4, batch_size=batch)
+        result = brew(
+            ctx,
+            images,
+            digits8.train_labels[idx],
+            digits8.test_images[:1].float() / 255,
+            3,
+            eps=eps,
+            iterations=3,
+            restarts=1,
+            seed=4,
+            batch_size=batch,
+        )
         moved = (result["delta"] - start).abs()[inside]
         assert moved.max() <= tau * std * 1.012 and moved.median() >= tau * std * 0.988
 
@@ -276,3 +286,15 @@ def test_restarts_start_from_a_clipped_gaussian():
     assert start.abs().max() <= 0.1 and abs(float(at_edge) - 0.3173) < 0.01  # P(|z| > 1) for z ~ N(0, 1)
     uniform = initial_delta(images, 0.1, torch.Generator().manual_seed(0), init="uniform")
     assert (uniform.abs() >= 0.1 - 1e-7).float().mean() < 0.01 and abs(float(uniform.abs().mean()) - 0.05) < 0.002
+
+
+def test_the_crafting_shift_pads_with_zeros_like_the_victims_crop():
+    """A 4 px shift of an all-white image leaves a black border (zero padding, as the victim's
+    random crop pads), not the white that reflection padding would copy in."""
+    from augdefense.attacks.gradient_matching import differentiable_shift_flip
+
+    generator = torch.Generator().manual_seed(0)
+    shifted = differentiable_shift_flip(torch.ones(64, 1, 16, 16), 4, False, generator)
+    assert shifted.min() == 0.0  # some border pixel of some image is padding
+    assert ((shifted > 0) & (shifted < 1)).any()  # sub-pixel shifts blend the border (bilinear)
+    assert shifted.max() <= 1.0

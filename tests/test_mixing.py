@@ -82,6 +82,53 @@ def test_cutout_blacks_out_one_clipped_square():
     assert (area == 16).float().mean() > 0.4 and (area < 16).any()  # clipped at the border sometimes
 
 
+def test_forest_cutout_cuts_one_box_for_the_batch_in_the_mean_colour():
+    """forest's Cutout.forward: one box for the whole batch, filled with 0 after normalisation,
+    i.e. the dataset's mean colour."""
+    torch.manual_seed(0)
+    mean = torch.tensor([0.25, 0.5, 0.75])
+    cutout = defenses.build({"type": "cutout", "size": 4, "boxes": "per_batch", "fill": "mean"}, C, data_mean=mean)
+    x, _ = cutout.transform(torch.ones(50, 3, 12, 12), torch.zeros(50, dtype=torch.long), epoch=0)
+    cut = (x != 1).any(1)  # [B, H, W]
+    assert cut.any() and (cut == cut[0]).all()  # the same box in every image
+    assert torch.equal(x.permute(0, 2, 3, 1)[cut], mean.expand(int(cut.sum()), 3))
+
+
+def test_mean_fill_without_a_dataset_mean_is_refused():
+    with pytest.raises(ConfigError, match=r"defenses\.d\.fill: 'mean' needs the dataset's mean colour"):
+        defenses.build({"type": "cutout", "fill": "mean"}, C, name="d")
+    with pytest.raises(ConfigError, match=r"defenses\.d\.inner\.fill"):
+        defenses.build({"type": "maxup", "inner": {"type": "cutout", "fill": "mean"}}, C, name="d")
+
+
+def test_forest_maxup_trains_on_one_batch_carrying_all_m_boxes_with_the_mean_loss():
+    """forest's Maxup over its in-place Cutout: the m trials cut into the same tensor, so the
+    batch carries m boxes; the m identical copies and a plain mean loss equal one copy's mean loss."""
+    spec = {"type": "maxup", "m": 3, "start_epoch": 0, "mode": "forest", "inner": {"type": "cutout", "size": 3}}
+    maxup = defenses.build(spec, C, data_mean=torch.zeros(3))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, C))
+    x, y = torch.rand(8, 3, 12, 12) + 0.1, torch.randint(0, C, (8,))
+    seen = []
+    torch.manual_seed(1)
+    loss = maxup.loss(lambda batch: seen.append(batch) or model(batch), x, y, epoch=0)
+    torch.manual_seed(1)  # replay: three boxes into the same images
+    expected = x
+    for _ in range(3):
+        expected, _ = maxup.inner.mix(expected, y, 0)
+    (batch,) = seen
+    assert batch.shape == x.shape and torch.equal(batch, expected)
+    boxes = [(expected == 0).all(1)[i].sum() for i in range(8)]
+    assert max(boxes) > 9  # more than one 3x3 box landed
+    assert torch.allclose(loss, soft_cross_entropy(model(expected), torch.nn.functional.one_hot(y, C).float()))
+    worst = defenses.build({**spec, "mode": "worst"}, C)
+    assert not torch.allclose(worst.loss(model, x, y, epoch=0), loss)
+
+
+def test_forest_maxup_needs_cutout_inside():
+    with pytest.raises(ConfigError, match=r"defenses\.d\.mode: 'forest' .* inner must be cutout"):
+        defenses.build({"type": "maxup", "mode": "forest", "inner": {"type": "mixup"}}, C, name="d")
+
+
 def test_maxup_trains_on_the_worst_draw():
     torch.manual_seed(0)
     maxup = defenses.build({"type": "maxup", "m": 3, "start_epoch": 2, "inner": {"type": "cutout", "size": 2}}, C)

@@ -7,20 +7,37 @@ from augdefense import data, defenses
 from augdefense.jobs.craft import craft_poison
 from augdefense.jobs.train import TrainingJob, pretrain_extractor, train_victim
 from augdefense.models import build as build_model
-from augdefense.training import Normalizer, Recipe, classifier_head, start_from_extractor, train
+from augdefense.models import classifier_head
+from augdefense.training import Normalizer, Recipe, start_from_extractor, train
 
 TRANSFER = {"pretrain_recipe": "pretrain", "pretrain_share": 0.5, "finetune": "last_layer"}
 
 
+def _craft_feature_collision(data_path, extractor, recipe, runtime, out) -> dict:
+    """Four Poison Frogs poisons of seed 0 against ``extractor``, read back."""
+    attack = {"type": "feature_collision", "recipe": "transfer", "eps": 8, "n_poisons": 4, "iterations": 3}
+    craft_poison(
+        data=data_path,
+        attack_name="fc",
+        attack=attack,
+        seed=0,
+        out=out,
+        crafting_model=extractor,
+        recipe=recipe,
+        runtime=runtime,
+    )
+    return torch.load(out, weights_only=True)
+
+
 def test_split_is_disjoint_complete_stratified_and_fixed(digits8):
     labels = digits8.train_labels
-    pretrain, finetune = data.transfer_split(labels, 0.3)
+    pretrain, finetune = data.transfer_split(labels, {"pretrain_share": 0.3})
     assert len(set(pretrain.tolist()) & set(finetune.tolist())) == 0
     assert sorted(pretrain.tolist() + finetune.tolist()) == list(range(len(labels)))
     for c in range(10):
         share = (labels[pretrain] == c).sum() / (labels == c).sum()
         assert abs(float(share) - 0.3) < 0.02
-    assert torch.equal(data.transfer_split(labels, 0.3)[0], pretrain)
+    assert torch.equal(data.transfer_split(labels, {"pretrain_share": 0.3})[0], pretrain)
 
 
 def test_last_layer_finetuning_changes_only_the_head(digits8):
@@ -60,24 +77,13 @@ def test_transfer_poisons_live_in_the_finetuning_split_and_the_victim_trains_the
     extractor = tmp_path / "extractor.pt"
     pretrain_extractor(
         TrainingJob(data=data_path, recipe=short, model=model, runtime=runtime, seed=0),
-        pretrain_share=TRANSFER["pretrain_share"],
+        pretraining={"pretrain_share": TRANSFER["pretrain_share"]},
         out=extractor,
     )
     recipe = {**short, "transfer": TRANSFER}
     poison_path = tmp_path / "fc.pt"
-    attack = {"type": "feature_collision", "recipe": "transfer", "eps": 8, "n_poisons": 4, "iterations": 3}
-    craft_poison(
-        data=data_path,
-        attack_name="fc",
-        attack=attack,
-        seed=0,
-        out=poison_path,
-        crafting_model=extractor,
-        recipe=recipe,
-        runtime=runtime,
-    )
-    poison = torch.load(poison_path, weights_only=True)
-    pretrain, finetune = data.transfer_split(digits8.train_labels, 0.5)
+    poison = _craft_feature_collision(data_path, extractor, recipe, runtime, poison_path)
+    pretrain, finetune = data.transfer_split(digits8.train_labels, TRANSFER)
     assert torch.equal(poison["train_subset"], finetune)
     assert set(poison["train_indices"].tolist()) <= set(finetune.tolist())
     assert torch.equal(poison["train_labels"], digits8.train_labels[poison["train_indices"]])
@@ -101,7 +107,7 @@ def test_split_sizes_are_exact(digits8):
     labels = digits8.train_labels
     sizes = torch.bincount(labels).tolist()
     assert sizes == [142, 146, 142, 146, 145, 145, 145, 143, 139, 144]
-    pretrain, finetune = data.transfer_split(labels, 0.5)
+    pretrain, finetune = data.transfer_split(labels, TRANSFER)
     per_class = [int((labels[pretrain] == c).sum()) for c in range(10)]
     assert per_class == [sources.pretrain_count(n, 0.5) for n in sizes] == [71, 73, 71, 73, 72, 72, 72, 72, 70, 72]
     assert (len(pretrain), len(finetune)) == (718, 719)
@@ -112,7 +118,7 @@ def test_a_transfer_victim_trains_on_the_finetuning_split_only_and_finds_its_poi
     the filters' position mapping points at the poisons themselves."""
     from augdefense import poisons
 
-    _, finetune = data.transfer_split(digits8.train_labels, 0.5)
+    _, finetune = data.transfer_split(digits8.train_labels, TRANSFER)
     chosen = finetune[torch.tensor([3, 50, 400])]
     artifact = {
         **poisons.none(digits8.image_shape),
@@ -129,3 +135,79 @@ def test_a_transfer_victim_trains_on_the_finetuning_split_only_and_finds_its_poi
     assert positions.tolist() == [3, 50, 400] and set(changed.tolist()) <= set(positions.tolist())
     assert torch.equal(images[positions], artifact["train_images"])
     assert torch.equal(labels, digits8.train_labels[finetune])
+
+
+def test_finetune_size_keeps_the_first_images_of_each_class_in_dataset_order(digits8):
+    """learning_module.PoisonedDataset.find_indices: the first finetune_size / classes images of
+    each class (after the pretraining split, or of the whole set when pretraining elsewhere)."""
+    labels = digits8.train_labels
+    _, pool = data.transfer_split(labels, TRANSFER)
+    _, capped = data.transfer_split(labels, {**TRANSFER, "finetune_size": 250})
+    assert len(capped) == 250
+    for c in range(10):
+        assert capped[labels[capped] == c].tolist() == pool[labels[pool] == c][:25].tolist()
+    pretrain, whole = data.transfer_split(labels, {"pretrain_data": {"source": "cifar100"}, "finetune_size": 100})
+    assert len(pretrain) == 0
+    for c in range(10):
+        assert whole[labels[whole] == c].tolist() == torch.nonzero(labels == c).flatten()[:10].tolist()
+
+
+def _five_class_digits(path, digits8):
+    """A prepared dataset with other classes than the victim's: digits 0-4 only."""
+    from augdefense.io import save_tensors
+
+    keep, test_keep = digits8.train_labels < 5, digits8.test_labels < 5
+    save_tensors(
+        path,
+        {
+            **digits8.to_dict(),
+            "train_images": digits8.train_images[keep],
+            "train_labels": digits8.train_labels[keep],
+            "test_images": digits8.test_images[test_keep],
+            "test_labels": digits8.test_labels[test_keep],
+            "classes": digits8.classes[:5],
+        },
+    )
+
+
+def test_an_extractor_pretrained_on_other_classes_fine_tunes_and_crafts(digits8, tmp_path):
+    """The benchmark's setting: the extractor pretrains on another dataset (CIFAR-100 there; five
+    digit classes here), whose head does not fit the victim's classes: the head is re-initialised,
+    every other weight comes from the extractor, and the poisons live in the first images per class."""
+    data_path, other = tmp_path / "digits.pt", tmp_path / "five.pt"
+    data.prepare(spec={"source": "digits"}, out=data_path)
+    _five_class_digits(other, digits8)
+    model = {"arch": "convnet", "width": 8}
+    runtime = {"device": "cpu", "amp": False}
+    short = {"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}
+    extractor = tmp_path / "extractor.pt"
+    pretrain_extractor(
+        TrainingJob(data=other, recipe=short, model=model, runtime=runtime, seed=0),
+        pretraining={"pretrain_data": {"source": "digits"}},
+        out=extractor,
+    )
+    saved = torch.load(extractor, weights_only=True)
+    assert saved["state_dict"]["linear.weight"].shape[0] == 5
+    assert len(saved["pretrain_indices"]) == int((digits8.train_labels < 5).sum())
+    transfer = {
+        "pretrain_recipe": "pretrain",
+        "pretrain_data": {"source": "digits"},
+        "finetune_size": 200,
+        "finetune": "last_layer",
+    }
+    recipe = {**short, "transfer": transfer}
+    poison_path = tmp_path / "fc.pt"
+    poison = _craft_feature_collision(data_path, extractor, recipe, runtime, poison_path)
+    _, finetune = data.transfer_split(digits8.train_labels, transfer)
+    assert len(finetune) == 200 and torch.equal(poison["train_subset"], finetune)
+    assert set(poison["train_indices"].tolist()) <= set(finetune.tolist())
+    job = TrainingJob(
+        data=data_path, poison=poison_path, extractor=extractor, recipe=recipe, model=model, runtime=runtime, seed=0
+    )
+    record = train_victim(job, attack="fc", out=tmp_path / "run.json")
+    assert record["n_train"] == 200 and 0 <= record["clean_acc"] <= 1
+    from augdefense import models
+
+    loaded = models.load(extractor, digits8, head_may_differ=True).state_dict()
+    assert loaded["linear.weight"].shape[0] == 10
+    assert all(torch.equal(loaded[k], v) for k, v in saved["state_dict"].items() if not k.startswith("linear."))

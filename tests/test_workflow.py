@@ -134,7 +134,10 @@ def test_end_to_end_tiny_run(tiny_run):
     ]
     transfer = metrics[metrics.attack.isin(["fc", "cp", "htbd", "clbd"])]
     assert (transfer.n_poisons == 5).all() and transfer.clean_acc.between(0, 1).all()
-    assert (transfer[transfer.attack.isin(["htbd", "clbd"])].n_eval > 1).all()
+    backdoors = transfer[transfer.attack.isin(["htbd", "clbd"])]
+    # scored on one patched target per seed (the benchmark's poison_test.py), all images beside it
+    assert (backdoors.n_eval == 1).all() and (backdoors.n_eval_all_images > 1).all()
+    assert backdoors.poison_success.isin([0.0, 1.0]).all() and backdoors.poison_success_all_images.between(0, 1).all()
     for table, papers in (("table4", "(paper 80.0)"), ("table6", "(paper 65.0)")):
         assert papers in (workdir / "results" / "tables" / f"{table}.md").read_text()
     filtered = metrics[metrics.defense == "ss"]

@@ -105,7 +105,7 @@ def bench_training(
                 torch.manual_seed(repeat)
                 spec_model = {**model_spec, "norm": "group", "groups": 8} if name in GROUP_NORM else model_spec
                 model = models.build(spec_model, shape[0], dataset.num_classes, shape[-1])
-                defense = defenses.build(spec, dataset.num_classes, name=name, seed=repeat)
+                defense = defenses.build(spec, dataset.num_classes, name=name, seed=repeat, data_mean=dataset.mean)
                 start = time.perf_counter()
                 if which == "ours":
                     train(

@@ -39,7 +39,14 @@ CLAIM_PARAMS = {
         "string",
         "what is compared",
         default="poison_success",
-        enum=("poison_success", "clean_acc", "goal_margin", "goal_probability"),
+        enum=(
+            "poison_success",
+            "clean_acc",
+            "goal_margin",
+            "goal_margin_shift",
+            "goal_probability",
+            "poison_success_all_images",
+        ),
     ),
     "direction": Param("string", "the claimed sign of (claim cell - baseline)", enum=("lower", "higher", "not_lower")),
     "margin": Param("number", "not_lower: the largest decrease still counted as none", default=0.05, minimum=0),
@@ -57,10 +64,15 @@ def verdict(low: float, high: float, direction: str, margin: float) -> str:
     return "holds" if low > -margin else "contradicted" if high < -margin else "inconclusive"
 
 
+SEEDS_NEEDED_CAP = 10_000
+
+
 def seeds_needed(effects, direction: str) -> int | None:
-    """Seeds for an effect like the observed one to clear zero (normal approximation), when its mean
-    has the claimed sign; None when it does not (more seeds would not make it hold)."""
+    """The fewest seeds at which an effect with the observed mean and spread would have a 95%
+    t-interval clear of zero (t_{0.975, n-1} sd / sqrt(n) < |mean|), when its mean has the claimed
+    sign; None when it does not (more seeds would not make it hold) or beyond SEEDS_NEEDED_CAP."""
     import numpy as np
+    from scipy import stats
 
     effects = np.asarray(effects, dtype=float)
     if len(effects) < 2:
@@ -69,18 +81,33 @@ def seeds_needed(effects, direction: str) -> int | None:
     sign = {"lower": -1, "higher": 1, "not_lower": 1}[direction]
     if mean * sign <= 0 or direction == "not_lower":
         return None
-    return max(2, math.ceil((2 * sd / abs(mean)) ** 2)) if sd > 0 else 2
+    if sd == 0:
+        return 2
+    n = max(2, math.ceil((1.96 * sd / abs(mean)) ** 2))  # the normal approximation, a lower bound
+    while n <= SEEDS_NEEDED_CAP:
+        if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < abs(mean):
+            return n
+        n += 1
+    return None
 
 
-def compare(metrics: pd.DataFrame, claim: dict, baseline: str) -> dict:
-    """One claim against one baseline defense: the paired per-seed effect and its verdict."""
+def compare(metrics: pd.DataFrame, claim: dict, baseline: str, control: str | None = None) -> dict:
+    """One claim against one baseline defense: the paired per-seed effect and its verdict.
+    ``goal_margin_shift`` is a cell's goal log-odds margin minus its same-seed, same-defense clean
+    control's (``control``: the experiment's control attack), i.e. how far the poisons pushed."""
     from augdefense.metrics import mean_interval
 
     metric = claim["metric"]
+    column = "goal_margin" if metric == "goal_margin_shift" else metric
+
+    def values(attack: str, defense: str) -> pd.Series:
+        cell = metrics[(metrics.attack == attack) & (metrics.defense == defense)]
+        return cell.set_index("seed")[column] if column in cell else pd.Series(dtype=float)
 
     def per_seed(attack: str, defense: str) -> pd.Series:
-        cell = metrics[(metrics.attack == attack) & (metrics.defense == defense)]
-        return cell.set_index("seed")[metric] if metric in cell else pd.Series(dtype=float)
+        if metric == "goal_margin_shift":
+            return values(attack, defense) - values(control, defense)
+        return values(attack, defense)
 
     ours = per_seed(claim["attack"], claim["defense"])
     theirs = per_seed(claim.get("baseline_attack", claim["attack"]), baseline)
@@ -111,7 +138,7 @@ def evaluate(metrics: pd.DataFrame, experiments: dict) -> pd.DataFrame:
     for table, experiment in experiments.items():
         for claim in experiment.get("claims", []):
             baselines = claim["baseline"] if isinstance(claim["baseline"], list) else [claim["baseline"]]
-            comparisons = [compare(metrics, claim, b) for b in baselines]
+            comparisons = [compare(metrics, claim, b, experiment.get("control")) for b in baselines]
             weakest = min(comparisons, key=lambda c: (VERDICTS.index(c["verdict"]), _margin(c, claim)))
             rows.append(
                 {
@@ -149,7 +176,7 @@ def evaluate(metrics: pd.DataFrame, experiments: dict) -> pd.DataFrame:
 def _effect(value: float, metric: str) -> str:
     if value != value:
         return "–"
-    return f"{value:+.2f}" if metric == "goal_margin" else f"{100 * value:+.1f}"
+    return f"{value:+.2f}" if metric.startswith("goal_margin") else f"{100 * value:+.1f}"
 
 
 def render_claims(
@@ -172,7 +199,7 @@ def render_claims(
             if r.verdict != "inconclusive"
             else f"inconclusive at {r.n_seeds} seeds"
             + (
-                f" (about {int(r.seeds_needed)} would settle an effect this size)"
+                f" (an effect of this mean and spread needs about {int(r.seeds_needed)})"
                 if r.seeds_needed == r.seeds_needed and r.seeds_needed is not None
                 else ""
             )

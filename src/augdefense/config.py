@@ -29,6 +29,9 @@ CRAFTING_SEED_OFFSET = 1_000_000
 MODEL_ATTACK_TYPES = frozenset(
     {"gradient_matching", "feature_collision", "convex_polytope", "hidden_trigger", "clean_label_backdoor"}
 )
+# Attack types whose crafting reads the crafting model's classifier over the victim's classes, which an
+# extractor pretrained on another dataset lacks (they name a `crafting_recipe` then).
+LOGIT_ATTACK_TYPES = frozenset({"clean_label_backdoor"})
 # Attack types that take `n_poisons` images of one class (the attacker's, the target's or the source's).
 COUNTED_ATTACK_TYPES = frozenset({"feature_collision", "convex_polytope", "hidden_trigger", "clean_label_backdoor"})
 
@@ -125,7 +128,26 @@ def check_config(config: dict, facts=None) -> None:
                 f"recipes.{name}.transfer.pretrain_recipe: '{pretrain}' must name a recipe without "
                 f"'transfer' (defined: {sorted(recipes)})"
             )
+    check_datasets(config)
     for name, attack in attacks.items():
+        transfer = recipes[attack["recipe"]].get("transfer")
+        crafting = attack.get("crafting_recipe")
+        if crafting is not None and (crafting not in recipes or "transfer" in recipes[crafting]):
+            raise ConfigError(
+                f"attacks.{name}.crafting_recipe: '{crafting}' must name a recipe without 'transfer' "
+                f"(defined: {sorted(recipes)})"
+            )
+        if (
+            attack["type"] in LOGIT_ATTACK_TYPES
+            and transfer is not None
+            and transfer.get("pretrain_data") is not None
+            and crafting is None
+            and not attack.get("control", False)
+        ):
+            raise ConfigError(
+                f"attacks.{name}.crafting_recipe: required: its crafting needs a classifier over the victim's "
+                f"classes, and recipe '{attack['recipe']}' pretrains its extractor on another dataset"
+            )
         if attack.get("adaptive", False) and "transfer" in recipes[attack["recipe"]]:
             raise ConfigError(
                 f"attacks.{name}.adaptive: adaptive crafting trains a model under the victim's "
@@ -163,6 +185,13 @@ def check_claims(table: str, experiment: dict) -> None:
         baselines = claim["baseline"] if isinstance(claim["baseline"], list) else [claim["baseline"]]
         needed = [(claim["attack"], claim["defense"])]
         needed += [(claim.get("baseline_attack", claim["attack"]), b) for b in baselines]
+        if claim.get("metric") == "goal_margin_shift":
+            if "control" not in experiment:
+                raise ConfigError(
+                    f"experiments.{table}.claims[{i}].metric: goal_margin_shift compares with the clean control; "
+                    "the experiment has no 'control'"
+                )
+            needed += [(experiment["control"], d) for d in [claim["defense"], *baselines]]
         missing = [f"{a} / {d}" for a, d in needed if (a, d) not in cells]
         if missing:
             raise ConfigError(
@@ -181,10 +210,9 @@ def check_feasible(name: str, attack: dict, recipe: dict, facts) -> None:
     if attack.get("patch_size", 0) > min(h, w):
         raise ConfigError(f"attacks.{name}.patch_size: {attack['patch_size']} exceeds the {h}x{w} images")
     sizes = facts.train_class_sizes
-    if "transfer" in recipe:  # the poisons live in the fine-tuning split
-        share = recipe["transfer"]["pretrain_share"]
-        sizes = tuple(n - sources.pretrain_count(n, share) for n in sizes)
-    smallest, where = min(sizes), "the fine-tuning split" if "transfer" in recipe else "the training set"
+    if "transfer" in recipe:  # the poisons live in the fine-tuning set
+        sizes = sources.finetune_class_sizes(sizes, recipe["transfer"])
+    smallest, where = min(sizes), "the fine-tuning set" if "transfer" in recipe else "the training set"
     if attack.get("control", False):
         return
     if attack["type"] == "gradient_matching":
@@ -263,22 +291,85 @@ def recipe_of(config: dict, attack: str) -> dict:
     return config["recipes"][config["attacks"][attack]["recipe"]]
 
 
+def pretraining_key(transfer: dict) -> str:
+    """An extractor's file name under results/extractors/<pretrain recipe>/: ``share<s>`` for the
+    offline fallback (a share of the victim's training set), ``data-<dataset>`` for its own dataset."""
+    from augdefense import sources
+
+    data = transfer.get("pretrain_data")
+    return f"share{transfer['pretrain_share']!r}" if data is None else f"data-{sources.dataset_name(data)}"
+
+
+def pretraining(config: dict, recipe: str, key: str) -> dict:
+    """What the extractor named (``recipe``, ``key``) pretrains on: ``{"pretrain_share": s}`` or
+    ``{"pretrain_data": spec}`` (the slice of a transfer entry the pretraining job depends on)."""
+    for entry in config["recipes"].values():
+        transfer = entry.get("transfer")
+        if transfer and transfer["pretrain_recipe"] == recipe and pretraining_key(transfer) == key:
+            if transfer.get("pretrain_data") is None:
+                return {"pretrain_share": transfer["pretrain_share"]}
+            return {"pretrain_data": transfer["pretrain_data"]}
+    raise ConfigError(f"results/extractors/{recipe}/{key}.pt: no transfer recipe pretrains this extractor")
+
+
 def extractor_path(config: dict, attack: str) -> str | None:
-    """A transfer recipe's pretrained feature extractor: one per (pretraining recipe, share), shared by
-    every seed and by every transfer recipe that pretrains alike (last-layer and end-to-end fine-tuning)."""
+    """A transfer recipe's pretrained feature extractor: one per (pretraining recipe, what it pretrains
+    on), shared by every seed and by every transfer recipe that pretrains alike (last-layer and
+    end-to-end fine-tuning)."""
     transfer = recipe_of(config, attack).get("transfer")
     if transfer is None:
         return None
-    return f"results/extractors/{transfer['pretrain_recipe']}/share{transfer['pretrain_share']!r}.pt"
+    return f"results/extractors/{transfer['pretrain_recipe']}/{pretraining_key(transfer)}.pt"
+
+
+def prepared_data_path(spec: dict) -> str:
+    from augdefense import sources
+
+    return f"resources/prepared/{sources.dataset_name(spec)}.pt"
+
+
+def datasets(config: dict) -> dict[str, dict]:
+    """Every dataset the workflow prepares, by name: the victims' and the extractors' own."""
+    from augdefense import sources
+
+    found = {sources.dataset_name(config["data"]): config["data"]}
+    for entry in config["recipes"].values():
+        data = entry.get("transfer", {}).get("pretrain_data")
+        if data is not None:
+            found.setdefault(sources.dataset_name(data), data)
+    return found
+
+
+def check_datasets(config: dict) -> None:
+    """Two data entries that would share a prepared file must be the same entry."""
+    from augdefense import sources
+
+    entries = [("data", config["data"])] + [
+        (f"recipes.{name}.transfer.pretrain_data", entry["transfer"]["pretrain_data"])
+        for name, entry in config["recipes"].items()
+        if entry.get("transfer", {}).get("pretrain_data") is not None
+    ]
+    first: dict[str, tuple[str, dict]] = {}
+    for where, spec in entries:
+        name = sources.dataset_name(spec)
+        if name in first and canonical(first[name][1]) != canonical(spec):
+            raise ConfigError(
+                f"{where}: differs from {first[name][0]} but would be prepared under the same name "
+                f"'{name}'; give one an image_size of its own or make them equal"
+            )
+        first.setdefault(name, (where, spec))
 
 
 def crafting_model_path(config: dict, attack: str, slot: str, seed) -> str | None:
     """The model an optimisation-based attack crafts against: a clean-trained model shared by every
     attack with the same recipe (and, when adaptive, the same defense); in the transfer setting, the
-    pretrained extractor; none for the patch attack and the controls."""
+    pretrained extractor, unless the attack names a ``crafting_recipe`` (a model trained with it on
+    the victim's training set); none for the patch attack and the controls."""
     spec = config["attacks"][attack]
     if not needs_crafting_model(spec):
         return None
+    if spec.get("crafting_recipe") is not None:
+        return f"results/crafting_models/{spec['crafting_recipe']}/{slot}/{seed}.pt"
     return extractor_path(config, attack) or f"results/crafting_models/{spec['recipe']}/{slot}/{seed}.pt"
 
 

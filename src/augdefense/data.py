@@ -42,19 +42,29 @@ class Dataset:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def transfer_split(labels: torch.Tensor, pretrain_share: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Disjoint (pretrain, finetune) training indices for the transfer-learning setting: per class,
-    a ``pretrain_share`` of its images (drawn with a fixed seed) pretrain the feature extractor;
-    the rest are the victim's fine-tuning set, where the attacks place their poisons."""
+def transfer_split(labels: torch.Tensor, transfer: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pretrain, finetune) training indices of a transfer recipe (its ``transfer`` entry). In the
+    offline fallback a ``pretrain_share`` of each class (drawn with a fixed seed) pretrains the
+    feature extractor and the rest is the fine-tuning pool; with ``pretrain_data`` the extractor
+    pretrains elsewhere (pretrain is empty) and the pool is the whole training set. With a
+    ``finetune_size``, each class keeps the first ``finetune_size // classes`` images of its pool in
+    dataset order, as the benchmark's ``learning_module.PoisonedDataset.find_indices`` does; the
+    attacks place their poisons in what is kept."""
     generator = torch.Generator().manual_seed(seed)
+    classes = labels.unique().tolist()
+    class_indices = [torch.nonzero(labels == c).flatten() for c in classes]
+    kept = sources.finetune_class_sizes(tuple(len(idx) for idx in class_indices), transfer)
+    external = transfer.get("pretrain_data") is not None
     pretrain, finetune = [], []
-    for c in labels.unique().tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=generator)]
-        cut = sources.pretrain_count(len(idx), pretrain_share)
-        pretrain.append(idx[:cut])
-        finetune.append(idx[cut:])
-    return torch.cat(pretrain).sort().values, torch.cat(finetune).sort().values
+    for idx, keep in zip(class_indices, kept):
+        if not external:
+            idx = idx[torch.randperm(len(idx), generator=generator)]
+            cut = sources.pretrain_count(len(idx), transfer["pretrain_share"])
+            pretrain.append(idx[:cut])
+            idx = idx[cut:].sort().values
+        finetune.append(idx[:keep])
+    pretrain = torch.cat(pretrain).sort().values if pretrain else torch.zeros(0, dtype=torch.long)
+    return pretrain, torch.cat(finetune).sort().values
 
 
 def subset(dataset: Dataset, train_indices: torch.Tensor) -> Dataset:
@@ -98,28 +108,30 @@ def _check_archive(path: Path, expected_md5: str) -> None:
         )
 
 
-def _load_cifar10(spec: dict) -> tuple:
-    from torchvision.datasets import CIFAR10
+def _load_cifar(spec: dict) -> tuple:
+    """CIFAR-10 or CIFAR-100 through torchvision (downloaded into ``root`` and md5-verified)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
 
+    kind, name = (CIFAR10, "CIFAR-10") if spec["source"] == "cifar10" else (CIFAR100, "CIFAR-100")
     root = Path(spec["root"])
     splits = []
     for train in (True, False):
         try:
-            ds = CIFAR10(root=str(root), train=train, download=False)
+            ds = kind(root=str(root), train=train, download=False)
         except RuntimeError:  # not extracted yet, or extracted batches fail their md5
-            _check_archive(root / CIFAR10.filename, CIFAR10.tgz_md5)
+            _check_archive(root / kind.filename, kind.tgz_md5)
             try:
                 # Downloads unless the archive is present; verifies its md5 and the batches'.
-                ds = CIFAR10(root=str(root), train=train, download=True)
+                ds = kind(root=str(root), train=train, download=True)
             except RuntimeError as exc:
                 raise DataError(
-                    f"CIFAR-10 under {root}: {exc} The extracted batches failed their md5 check; "
-                    f"delete {root / CIFAR10.base_folder} and {root / CIFAR10.filename} and rerun."
+                    f"{name} under {root}: {exc} The extracted batches failed their md5 check; "
+                    f"delete {root / kind.base_folder} and {root / kind.filename} and rerun."
                 ) from None
             except OSError as exc:  # no network, DNS failure, ...
                 raise DataError(
-                    f"CIFAR-10 could not be downloaded into {root} ({exc}). Without internet, copy "
-                    f"{CIFAR10.filename} (md5 {CIFAR10.tgz_md5}) into {root}."
+                    f"{name} could not be downloaded into {root} ({exc}). Without internet, copy "
+                    f"{kind.filename} (md5 {kind.tgz_md5}) into {root}."
                 ) from None
         images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         splits += [images, torch.tensor(ds.targets, dtype=torch.long)]
@@ -156,7 +168,7 @@ def _load_imagefolder(spec: dict) -> tuple:
     return x_train, y_train, x_test, y_test, classes
 
 
-LOADERS = {"cifar10": _load_cifar10, "digits": _load_digits, "imagefolder": _load_imagefolder}
+LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "digits": _load_digits, "imagefolder": _load_imagefolder}
 
 
 def build(spec: dict) -> Dataset:

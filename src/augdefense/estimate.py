@@ -93,7 +93,7 @@ def image_cost(defense: dict, costs: dict, scale: float, epochs: int) -> float:
     kind = defense["type"]
     if kind == "maxup":
         plain = min(defense["start_epoch"], epochs) / epochs
-        worst = table["maxup_cutout"] * defense["m"] / 4
+        worst = table["maxup_cutout"] * defense["m"] / 4 if defense.get("mode") != "forest" else table["none"]
         return scale * (plain * table["none"] + (1 - plain) * worst)
     if kind == "dpsgd_opacus":
         return scale * OPACUS_FACTOR * table["dpsgd_batch"]
@@ -105,13 +105,17 @@ def estimate(config: dict, costs: dict, scale: float) -> dict:
     facts = sources.facts(config["data"])
     none = {"type": "none"}
 
-    def split_sizes(recipe: dict) -> tuple[int, int]:
-        """(training images a victim of this recipe sees, images its extractor pretrains on)."""
+    def victim_images(recipe: dict) -> int:
+        """Training images a victim of this recipe sees."""
         if "transfer" not in recipe:
-            return facts.num_train, 0
-        share = recipe["transfer"]["pretrain_share"]
-        pretrain = sum(sources.pretrain_count(n, share) for n in facts.train_class_sizes)
-        return facts.num_train - pretrain, pretrain
+            return facts.num_train
+        return sum(sources.finetune_class_sizes(facts.train_class_sizes, recipe["transfer"]))
+
+    def pretraining_images(recipe_name: str, key: str) -> int:
+        what = grid.pretraining(config, recipe_name, key)
+        if "pretrain_data" in what:
+            return sources.facts(what["pretrain_data"]).num_train
+        return sum(sources.pretrain_count(n, what["pretrain_share"]) for n in facts.train_class_sizes)
 
     def training(recipe: dict, defense: dict, images: int) -> float:
         return recipe["epochs"] * images * image_cost(defense, costs, scale, recipe["epochs"])
@@ -119,7 +123,7 @@ def estimate(config: dict, costs: dict, scale: float) -> dict:
     def crafting(attack: dict, recipe: dict) -> float:
         if attack.get("control", False) or attack["type"] == "patch":
             return 0.0
-        images, _ = split_sizes(recipe)
+        images = victim_images(recipe)
         per = costs["crafting_seconds_per_iteration_per_poison"] * scale
         if attack["type"] == "gradient_matching":
             return attack["iterations"] * attack["restarts"] * grid.budget_count(attack["budget"], images) * per
@@ -130,11 +134,8 @@ def estimate(config: dict, costs: dict, scale: float) -> dict:
     seconds: dict[str, float] = {}
     jobs = grid.compute_jobs(config)
     for path in jobs["pretrain_extractor"]:
-        recipe_name = path.split("/")[2]
-        recipe = config["recipes"][recipe_name]
-        share = float(path.rsplit("share", 1)[1][:-3])
-        pretrain = sum(sources.pretrain_count(n, share) for n in facts.train_class_sizes)
-        seconds[path] = startup + training(recipe, none, pretrain)
+        _, _, recipe_name, key = path[: -len(".pt")].split("/")
+        seconds[path] = startup + training(config["recipes"][recipe_name], none, pretraining_images(recipe_name, key))
     for path in jobs["train_crafting_model"]:
         _, _, recipe_name, slot, _ = path.split("/")
         defense = none if slot == grid.NO_DEFENSE_SLOT else config["defenses"][slot]
@@ -144,14 +145,14 @@ def estimate(config: dict, costs: dict, scale: float) -> dict:
         seconds[path] = startup + crafting(attack, config["recipes"][attack["recipe"]])
     for path in jobs["train_feature_model"]:
         recipe = grid.recipe_of(config, path.split("/")[2])
-        seconds[path] = startup + training(recipe, none, split_sizes(recipe)[0])
+        seconds[path] = startup + training(recipe, none, victim_images(recipe))
     for path in jobs["sanitize"]:
         recipe = grid.recipe_of(config, path.split("/")[2])
-        seconds[path] = startup + split_sizes(recipe)[0] * image_cost(none, costs, scale, 1) / 3
+        seconds[path] = startup + victim_images(recipe) * image_cost(none, costs, scale, 1) / 3
     for path in jobs["train_victim"]:
         _, _, attack, defense, _ = path.split("/")
         recipe = grid.recipe_of(config, attack)
-        seconds[path] = startup + training(recipe, config["defenses"][defense], split_sizes(recipe)[0])
+        seconds[path] = startup + training(recipe, config["defenses"][defense], victim_images(recipe))
 
     # Each experiment's share: the jobs its cells need (a job shared by tables counts in each).
     by_table = {}

@@ -182,7 +182,7 @@ def training_throughput(
     dataset = synthetic(work.shape, work.images, seed=seed)
     model = models.build(work.model, work.shape[0], 10, work.shape[-1])
     normalizer = Normalizer(dataset.mean, dataset.std)
-    built = defenses.build(defense, 10, seed=seed)
+    built = defenses.build(defense, 10, seed=seed, data_mean=dataset.mean)
     amp = device.type == "cuda"
 
     def epochs(n: int) -> list[float]:

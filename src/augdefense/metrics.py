@@ -25,6 +25,16 @@ def run_metrics(
     return out
 
 
+def all_images_metrics(probs: torch.Tensor | None, goals: torch.Tensor | None) -> dict:
+    """The success rate over an attack's wider test set (``all_eval_*``), when it has one."""
+    if probs is None or goals is None or not len(goals):
+        return {}
+    return {
+        "poison_success_all_images": float((probs.argmax(1) == goals).float().mean()),
+        "n_eval_all_images": int(len(goals)),
+    }
+
+
 def goal_margin(probs: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
     """Log-odds margin of the goal class: log p_goal - log max_{c != goal} p_c (> 0 iff the attack
     succeeds). Unlike the probability it does not saturate at 0 when a target is far from flipping."""

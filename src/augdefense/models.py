@@ -126,14 +126,30 @@ def build(spec: dict, in_channels: int, num_classes: int, image_size: int) -> nn
     return ConvNet(in_channels, num_classes, width, norm, image_size)
 
 
-def load(path, dataset) -> nn.Module:
-    """A model saved by a training job (crafting model, feature model, extractor), rebuilt from its own spec."""
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer (``linear`` in our models, ``fc`` in torchvision's)."""
+    return model.linear if hasattr(model, "linear") else model.fc
+
+
+def load(path, dataset, *, head_may_differ: bool = False) -> nn.Module:
+    """A model saved by a training job (crafting model, feature model, extractor), rebuilt from its
+    own spec for ``dataset``. With ``head_may_differ``, an extractor pretrained on a dataset with
+    other classes (CIFAR-100 for a CIFAR-10 victim) loads without its classifier head, which keeps
+    its fresh initialisation: only its features are used, or the head is reset and fine-tuned."""
     from augdefense.io import load_tensors
 
     saved = load_tensors(path, {"state_dict": dict, "model": dict})
     model = build(saved["model"], dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
+    state = dict(saved["state_dict"])
+    head = classifier_head(model)
+    prefix = next(name for name, module in model.named_modules() if module is head) + "."
+    head_keys = [k for k in state if k.startswith(prefix)]
+    if head_may_differ and any(state[k].shape != head.state_dict()[k[len(prefix) :]].shape for k in head_keys):
+        for k in head_keys:
+            del state[k]
+        state.update({prefix + k: v for k, v in head.state_dict().items()})
     try:
-        model.load_state_dict(saved["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise ArtifactError(f"{path}: weights do not fit model {saved['model']}: {exc}") from None
     return model

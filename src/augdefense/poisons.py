@@ -4,6 +4,9 @@
 - ``eval_images`` / ``eval_labels`` / ``eval_goals``: the test-time inputs of the attack (patched
   victim-class images, or a target image), their true classes and the class the attacker wants;
 - ``clean_exclude``: test indices left out of clean accuracy (e.g. a targeted attack's target);
+- ``all_eval_images`` / ``all_eval_labels`` / ``all_eval_goals`` (optional): a second, wider test
+  set whose success rate is reported beside the scored one (the trigger backdoors: every patched
+  source-class test image, beside the benchmark's one target);
 - ``train_subset`` (transfer setting only): the fine-tuning split the victim trains on, as indices
   of the full training set;
 - ``info``: plain values describing the draw (classes chosen, patch location, ...).
@@ -21,6 +24,7 @@ from augdefense.errors import ArtifactError
 from augdefense.io import load_tensors
 
 TENSORS = ("train_indices", "train_images", "train_labels", "eval_images", "eval_labels", "eval_goals", "clean_exclude")
+ALL_EVAL = ("all_eval_images", "all_eval_labels", "all_eval_goals")
 
 
 def load(path: str | Path, image_shape: tuple[int, ...], num_train: int, num_classes: int) -> dict:
@@ -36,9 +40,18 @@ def load(path: str | Path, image_shape: tuple[int, ...], num_train: int, num_cla
         problems.append("train_indices, train_images and train_labels differ in length")
     if len(idx) and (idx.min() < 0 or idx.max() >= num_train or len(idx.unique()) != len(idx)):
         problems.append(f"train_indices must be distinct and in 0..{num_train - 1}")
-    for key in ("train_labels", "eval_labels", "eval_goals"):
+    present = [k for k in ALL_EVAL if k in poison]
+    if present and len(present) != len(ALL_EVAL):
+        problems.append(f"{present} without {[k for k in ALL_EVAL if k not in poison]}")
+    elif present:
+        images, labels, goals = (poison[k] for k in ALL_EVAL)
+        if not all(isinstance(t, torch.Tensor) for t in (images, labels, goals)) or images.dtype != torch.uint8:
+            problems.append("all_eval_images must be uint8, all_eval_labels and all_eval_goals tensors")
+        elif not (len(images) == len(labels) == len(goals)) or tuple(images.shape[1:]) != tuple(image_shape):
+            problems.append("all_eval_* differ in length or do not fit the data's image shape")
+    for key in ("train_labels", "eval_labels", "eval_goals", *(ALL_EVAL[1:] if present else ())):
         t = poison[key]
-        if len(t) and (t.min() < 0 or t.max() >= num_classes):
+        if isinstance(t, torch.Tensor) and len(t) and (t.min() < 0 or t.max() >= num_classes):
             problems.append(f"{key} outside 0..{num_classes - 1}")
     if problems:
         raise ArtifactError(f"{path}: malformed poison: " + "; ".join(problems))

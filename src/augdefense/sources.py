@@ -11,12 +11,14 @@ from pathlib import Path
 from augdefense.errors import ConfigError, DataError
 from augdefense.params import OPTIONAL, Param, complete
 
-SOURCES = ("cifar10", "digits", "imagefolder")
+SOURCES = ("cifar10", "cifar100", "digits", "imagefolder")
 DATA_PARAMS = {
     "source": Param(
-        "string", "cifar10 (torchvision download), digits (scikit-learn, offline) or an imagefolder tree", enum=SOURCES
+        "string",
+        "cifar10 or cifar100 (torchvision download), digits (scikit-learn, offline) or an imagefolder tree",
+        enum=SOURCES,
     ),
-    "root": Param("string", "download/cache folder (cifar10)", default="resources"),
+    "root": Param("string", "download/cache folder (cifar10, cifar100)", default="resources"),
     "path": Param("string", "folder with train/ and test/ class folders (imagefolder)", default=OPTIONAL),
     "image_size": Param(
         "integer", "resize to this square size (required for imagefolder)", default=OPTIONAL, minimum=4
@@ -24,8 +26,9 @@ DATA_PARAMS = {
     "split_seed": Param("integer", "digits: seed of the stratified 80/20 split", default=0),
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-# CIFAR-10's training set: 5000 images of each of 10 classes, 3 x 32 x 32.
+# CIFAR-10's training set: 5000 images of each of 10 classes, 3 x 32 x 32; CIFAR-100's: 500 of each of 100.
 CIFAR10_TRAIN_CLASS_SIZES = (5000,) * 10
+CIFAR100_TRAIN_CLASS_SIZES = (500,) * 100
 CIFAR10_SHAPE = (3, 32, 32)
 DIGITS_SHAPE = (1, 8, 8)
 
@@ -54,8 +57,9 @@ def facts(spec: dict) -> SourceFacts:
     """Class sizes of the training split and the prepared image shape, without loading images."""
     spec = check(spec)
     size = spec.get("image_size")
-    if spec["source"] == "cifar10":
-        sizes, shape = CIFAR10_TRAIN_CLASS_SIZES, CIFAR10_SHAPE
+    if spec["source"] in ("cifar10", "cifar100"):
+        sizes = CIFAR10_TRAIN_CLASS_SIZES if spec["source"] == "cifar10" else CIFAR100_TRAIN_CLASS_SIZES
+        shape = CIFAR10_SHAPE
     elif spec["source"] == "digits":
         import numpy as np
 
@@ -107,6 +111,26 @@ def class_images(class_dir: Path):
 
 
 def pretrain_count(class_size: int, share: float) -> int:
-    """How many of a class's training images pretrain a transfer recipe's extractor; the rest are the
-    fine-tuning split, where the attacks put their poisons."""
+    """How many of a class's training images pretrain a transfer recipe's extractor in the offline
+    fallback (no ``pretrain_data``); the rest are the fine-tuning pool, where the attacks put their poisons."""
     return int(round(share * class_size))
+
+
+def finetune_class_sizes(train_class_sizes: tuple[int, ...], transfer: dict) -> tuple[int, ...]:
+    """Each class's share of a transfer recipe's fine-tuning set: the pool (the whole class when the
+    extractor pretrains on ``pretrain_data``, else what the split leaves), capped at
+    ``finetune_size // classes`` when the recipe sets a fine-tuning set size."""
+    if transfer.get("pretrain_data") is None:
+        share = transfer["pretrain_share"]
+        sizes = tuple(n - pretrain_count(n, share) for n in train_class_sizes)
+    else:
+        sizes = tuple(train_class_sizes)
+    if transfer.get("finetune_size") is not None:
+        per_class = transfer["finetune_size"] // len(sizes)
+        sizes = tuple(min(n, per_class) for n in sizes)
+    return sizes
+
+
+def dataset_name(spec: dict) -> str:
+    """The prepared artifact's name of a data entry: its source, and its size where it resizes."""
+    return spec["source"] + (f"-{spec['image_size']}px" if spec.get("image_size") is not None else "")

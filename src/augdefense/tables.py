@@ -14,7 +14,9 @@ from augdefense.io import atomic_path, read_json
 from augdefense.metrics import aggregate
 
 KEY_COLUMNS = ["attack", "defense", "seed"]
-METRICS = ["clean_acc", "poison_success", "goal_probability", "goal_margin"]
+# poison_success_all_images: the trigger backdoors' share of all patched source-class images, beside
+# their scored one target per seed.
+METRICS = ["clean_acc", "poison_success", "goal_probability", "goal_margin", "poison_success_all_images"]
 # The papers a table's reference numbers come from, in order of preference: a cell takes the first
 # paper's value that reports it (paper_numbers.csv holds every paper's values).
 REFERENCE_PAPER = {
@@ -180,6 +182,9 @@ def to_markdown(
                 low = c.get(f"{metric}_ci_low", math.nan)
                 if metric == "poison_success" and low == low:
                     text += f" [{100 * low:.0f}–{100 * c[f'{metric}_ci_high']:.0f}]"
+                wider = c.get("poison_success_all_images_mean", math.nan)
+                if metric == "poison_success" and wider == wider:
+                    text += f" {{all images {100 * wider:.1f}}}"
                 ceiling = c.get("dp_success_ceiling", math.nan)
                 if metric == "poison_success" and ceiling == ceiling:
                     text += f" {{DP ceiling {100 * ceiling:.0f}}}"
@@ -205,6 +210,13 @@ def to_markdown(
         "interval of the successes where each seed has one target, else the t-interval of the per-seed rates. "
         f"Paper values: {', '.join(papers) if papers else 'none recorded'} (first that reports the cell).",
     ]
+    if "poison_success_all_images_mean" in summary and summary.poison_success_all_images_mean.notna().any():
+        lines += [
+            "",
+            "{all images} = the share of every source-class test image with the trigger at a random location "
+            "(mean over seeds), beside the scored success: one source-class target per seed with the trigger "
+            "where crafting put it (the benchmark's poison_test.py).",
+        ]
     if "dp_success_ceiling" in summary and summary.dp_success_ceiling.notna().any():
         lines += [
             "",

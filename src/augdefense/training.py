@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from augdefense import sources
 from augdefense.errors import ArtifactError, TrainingError
 from augdefense.io import load_tensors, save_tensors
 from augdefense.params import OPTIONAL, Param, complete
@@ -26,12 +27,27 @@ log = logging.getLogger("augdefense.training")
 
 TRANSFER_PARAMS = {
     "pretrain_recipe": Param("string", "the recipe (without 'transfer') that pretrains the extractor"),
+    "pretrain_data": Param(
+        "object",
+        "pretrain on this dataset's training set (the benchmark's: {source: cifar100}); absent: the offline "
+        "fallback, pretrain_share of each class of the victim's own training set",
+        default=OPTIONAL,
+        fields=sources.DATA_PARAMS,
+    ),
     "pretrain_share": Param(
         "number",
-        "share of each class that pretrains the extractor; the rest is the fine-tuning split, which holds the poisons",
+        "offline fallback (no pretrain_data): share of each class that pretrains the extractor; the rest is "
+        "the fine-tuning pool, which holds the poisons",
         default=0.5,
         exclusive_minimum=0,
         exclusive_maximum=1,
+    ),
+    "finetune_size": Param(
+        "integer",
+        "fine-tune on the first finetune_size / classes images of each class of the pool, in dataset order "
+        "(the benchmark's 2500); absent: the whole pool",
+        default=OPTIONAL,
+        minimum=1,
     ),
     "finetune": Param(
         "string",
@@ -294,14 +310,11 @@ def train(
     return history
 
 
-def classifier_head(model: torch.nn.Module) -> torch.nn.Linear:
-    """The final linear layer (``linear`` in our models, ``fc`` in torchvision's)."""
-    return model.linear if hasattr(model, "linear") else model.fc
-
-
 def start_from_extractor(model: torch.nn.Module, state: dict, last_layer_only: bool) -> None:
     """Load a pretrained extractor into ``model``, re-initialise the classifier head for the
     fine-tuning set, and freeze everything else when only the last layer is fine-tuned."""
+    from augdefense.models import classifier_head
+
     model.load_state_dict(state)
     head = classifier_head(model)
     head.reset_parameters()

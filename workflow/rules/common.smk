@@ -1,6 +1,7 @@
 import os
+import re
 
-from augdefense import codedeps
+from augdefense import codedeps, sources
 
 CONDA_ENV = "../../envs/augdefense.yaml"
 # Jobs import augdefense from this checkout, whether or not the package is installed in their
@@ -14,9 +15,10 @@ THREADS = config["threads"]
 RUNTIME = spec(config["runtime"])
 MODEL = spec(config["model"])
 
-_data = config["data"]
-DATASET = _data["source"] + (f"-{_data['image_size']}px" if "image_size" in _data else "")
-PREPARED_DATA = f"resources/prepared/{DATASET}.pt"
+DATASET = sources.dataset_name(config["data"])
+PREPARED_DATA = grid.prepared_data_path(config["data"])
+# Every dataset a job reads, by name: the victims' and any extractor's own (CIFAR-100 in config.yaml).
+DATASETS = grid.datasets(config)
 # The scale a result was computed at, for report captions and the tables themselves.
 SCALE = f"dataset {DATASET}, model {config['model']['arch']}, seeds {config['seeds']}"
 
@@ -27,7 +29,8 @@ wildcard_constraints:
     slot=r"[A-Za-z0-9_\-]+",
     recipe=r"[A-Za-z0-9_\-]+",
     seed=r"\d+",
-    share=r"[0-9.eE\-]+",
+    pretraining=r"share[0-9.eE\-]+|data-[A-Za-z0-9_\-]+",
+    dataset="|".join(re.escape(name) for name in DATASETS),
     table=r"[A-Za-z0-9_\-]+",
 
 
@@ -70,6 +73,17 @@ def extractor_path(attack):
     return grid.extractor_path(config, attack) or []
 
 
+def pretraining(recipe, key):
+    """What extractor (recipe, key) pretrains on: {pretrain_share} or {pretrain_data}."""
+    return grid.pretraining(config, recipe, key)
+
+
+def pretraining_data(recipe, key):
+    """The prepared dataset an extractor trains on: the victims' (offline fallback) or its own."""
+    data = pretraining(recipe, key).get("pretrain_data")
+    return PREPARED_DATA if data is None else grid.prepared_data_path(data)
+
+
 def crafting_model_path(attack, slot, seed):
     return grid.crafting_model_path(config, attack, slot, seed) or []
 
@@ -88,7 +102,7 @@ def feature_model_path(attack, defense, seed):
 
 def _workflow_outputs():
     """Every file the workflow produces (the manifest hashes them, and their sidecars)."""
-    files = {PREPARED_DATA, "results/metrics.csv", "results/paper_comparison.csv", "results/paper_comparison.md",
+    files = {*(grid.prepared_data_path(d) for d in DATASETS.values()), "results/metrics.csv", "results/paper_comparison.csv", "results/paper_comparison.md",
              "results/claims.csv", "results/claims.md",
              "results/figures/illustrations.png", "results/figures/illustrations.pdf",
              "results/figures/figure4a.png", "results/figures/figure4a.pdf", "results/figures/figure4a.csv"}

@@ -2,13 +2,13 @@ rule prepare_data:
     input:
         code=code("augdefense.data"),
     output:
-        out=PREPARED_DATA,
+        out="resources/prepared/{dataset}.pt",
     params:
-        spec=spec(config["data"]),
+        spec=lambda w: spec(DATASETS[w.dataset]),
     log:
-        f"logs/prepare_data/{DATASET}.log",
+        "logs/prepare_data/{dataset}.log",
     benchmark:
-        f"benchmarks/prepare_data/{DATASET}.tsv"
+        "benchmarks/prepare_data/{dataset}.tsv"
     conda:
         CONDA_ENV
     script:

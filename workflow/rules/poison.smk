@@ -1,24 +1,24 @@
 rule pretrain_extractor:
     input:
-        data=PREPARED_DATA,
+        data=lambda w: pretraining_data(w.recipe, w.pretraining),
         code=code("augdefense.jobs.train"),
     output:
-        out="results/extractors/{recipe}/share{share}.pt",
+        out="results/extractors/{recipe}/{pretraining}.pt",
     params:
         recipe=lambda w: spec(config["recipes"][w.recipe]),
-        pretrain_share=lambda w: float(w.share),
+        pretraining=lambda w: spec(pretraining(w.recipe, w.pretraining)),
         model=MODEL,
         runtime=RUNTIME,
         seed=0,
-        checkpoint=checkpoint("recipe", "share"),
+        checkpoint=checkpoint("recipe", "pretraining"),
     threads: THREADS
     resources:
         gpu=1,
         runtime=lambda w, attempt: recipe_runtime(w.recipe, attempt),
     log:
-        "logs/pretrain_extractor/{recipe}/share{share}.log",
+        "logs/pretrain_extractor/{recipe}/{pretraining}.log",
     benchmark:
-        "benchmarks/pretrain_extractor/{recipe}/share{share}.tsv"
+        "benchmarks/pretrain_extractor/{recipe}/{pretraining}.tsv"
     conda:
         CONDA_ENV
     script:

@@ -3,20 +3,29 @@
 
 Per seed: a random target class, one random test image t of it as the target (left out of clean
 accuracy), a random attacker class != target class, and ``n_poisons`` random training images b of
-the attacker class as bases (labels unchanged). Each poison minimises
+the attacker class as bases (labels unchanged). Each poison moves towards the target in feature
+space (f: penultimate-layer features) inside the benchmark's l-inf ball around b and the valid pixel
+range. Two updates:
 
-    ||f(x) - f(t)||^2 + (beta / 2) ||x - b||^2     s.t.  ||x - b||_inf <= eps,  x in [0, 1]
+``update: linf`` (default) is the branch the benchmark ran (aks2203/poisoning-benchmark,
+``poison_crafting/craft_poisons_fc.py::main`` without ``--l2``, as ``launch/craft_poisons.sh``
+calls it): start at the watermarked image ``0.3 t + 0.7 b`` (not projected), then repeat a plain
+gradient step on ``||f(x) - f(t)||^2``, clamp into the ball and [0, 1]. Its accept test is lagged:
+the objective it compares is the feature loss at the *current* x (before the step) against the
+last accepted value; when that loss rose, the candidate is rejected and the step shrinks x0.2 - and
+since x then stays where it is, every later candidate is rejected too (the poison stays at the
+first point whose loss rose). That is what produced the benchmark's numbers, so it is reproduced
+here as written. There is no beta term in this branch.
 
-(f: penultimate-layer features) by Shafahi et al.'s forward-backward splitting (Algorithm 1):
-forward step x_hat = x - lr * grad ||f(x) - f(t)||^2, backward (proximal) step
-x = (x_hat + lr * beta * b) / (1 + lr * beta), then projection onto the benchmark's l-inf ball
-around b and the valid pixel range. The backward step is the proximal map of (beta/2)||x - b||^2
-(the paper's eq. 1 writes beta ||x - b||^2, its Algorithm 1 and the benchmark's code use this
-update, so ``beta`` means here what it means there); as the ball is centred on b and everything is
-coordinate-wise, proximal step + projection is exactly the proximal map of the beta term plus the
-constraint. A step that would raise the objective is rejected and that poison's step size shrinks
-x0.2 (Shafahi et al.'s code, the benchmark's ``craft_poisons_fc.py``); a poison stops once a step
-moves it by less than 1e-5 relative.
+``update: proximal`` is Shafahi et al.'s forward-backward splitting (Algorithm 1), the benchmark's
+``--l2`` branch plus the l-inf projection: minimise ``||f(x) - f(t)||^2 + (beta / 2) ||x - b||^2``
+by a forward step x_hat = x - lr * grad, a backward (proximal) step
+x = (x_hat + lr * beta * b) / (1 + lr * beta), and projection; a candidate whose full objective is
+higher than the current one is rejected (step x0.2) - a true line search. As the ball is centred on
+b and everything is coordinate-wise, proximal step + projection is the proximal map of the beta
+term plus the constraint.
+
+Both stop a poison once an accepted step moves it by less than 1e-5 relative.
 
 This module also holds what the targeted attacks (FC and CP) share: ``draw_targeted`` (the per-seed target,
 attacker class and bases: ``draws.targeted``) and ``targeted_artifact``. The generic helpers
@@ -75,12 +84,16 @@ def targeted_artifact(dataset, draw: dict, poisons: torch.Tensor, info: dict) ->
     }
 
 
+UPDATES = ("linf", "proximal")
+
+
 def feature_collision(
     features: FeatureFn,
     target: torch.Tensor,
     bases: torch.Tensor,
     eps: float,
     *,
+    update: str = "linf",
     beta: float = 4.0,
     step_size: float = 0.001,
     iterations: int = 120,
@@ -90,25 +103,72 @@ def feature_collision(
     """Craft one poison per base for float images in [0, 1]: ``target`` [C,H,W] or [1,C,H,W],
     ``bases`` [N,C,H,W], ``eps`` in [0, 1] units. ``features`` maps images in [0, 1] to features
     (the caller freezes the model: see ``frozen``). The poisons are optimised independently (in one
-    batch), each with its own step size.
+    batch), each with its own step size; ``update`` is ``linf`` or ``proximal`` (module docstring);
+    ``beta`` is used by ``proximal`` only.
 
-    Returns ``poisons`` [N,C,H,W] (inside the ball), ``history`` (mean ||f(x) - f(t)||^2 over the
-    poisons, before the first and after every iteration), ``objective`` (mean objective, same
-    points) and ``step_sizes`` (each poison's final step size)."""
+    Returns ``poisons`` [N,C,H,W] (inside the ball), ``history`` (mean ||f(x) - f(t)||^2 of the
+    current poisons, before the first and after every iteration), ``objective`` (mean of each
+    poison's last accepted objective, same points; non-increasing) and ``step_sizes`` (each
+    poison's final step size)."""
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}; got {update!r}")
     target = target if target.dim() == 4 else target[None]
     bases = bases.detach()
     with torch.no_grad():
         target_feat = features(target).detach()
 
-    def evaluate(x: torch.Tensor):
+    def feature_loss(x: torch.Tensor):
         x = x.detach().requires_grad_(True)
         dist = (features(x) - target_feat).pow(2).flatten(1).sum(1)
         (grad,) = torch.autograd.grad(dist.sum(), x)
-        obj = dist.detach() + beta / 2 * (x.detach() - bases).pow(2).flatten(1).sum(1)
-        return obj, dist.detach(), grad
+        return dist.detach(), grad
 
-    # Watermarked start (Shafahi et al. §4.2; opacity 0.3 in the benchmark), inside the ball.
-    x = project(watermark * target + (1 - watermark) * bases, bases, eps)
+    steps = _linf_steps if update == "linf" else _proximal_steps
+    return steps(
+        feature_loss, watermark * target + (1 - watermark) * bases, bases, eps, beta, step_size, iterations, tol
+    )
+
+
+def _relative_move(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return (new - old).flatten(1).norm(dim=1) / old.flatten(1).norm(dim=1).clamp(min=1e-12)
+
+
+def _linf_steps(feature_loss, start, bases, eps, beta, step_size, iterations, tol) -> dict:
+    """craft_poisons_fc.py's default loop, per poison: obj = feature loss at the current x; if it
+    exceeds the last accepted obj, shrink the step and keep x; else accept the clamped gradient step
+    (``objective_vals = [10e8]`` at the start, so the first step is always taken)."""
+    x = start.detach()
+    lr = torch.full((len(bases),), float(step_size), device=bases.device)
+    accepted = torch.full((len(bases),), 1e9, device=bases.device)
+    done = torch.zeros(len(bases), dtype=torch.bool, device=bases.device)
+    dist, grad = feature_loss(x)
+    history, objective = [float(dist.mean())], []
+    for _ in range(iterations):
+        if bool(done.all()):
+            break
+        candidate = project(x - lr.view(-1, 1, 1, 1) * grad, bases, eps)
+        active = ~done
+        reject = active & (dist > accepted)
+        accept = active & ~reject
+        lr = torch.where(reject, lr * 0.2, lr)
+        done = done | (accept & (_relative_move(candidate, x) < tol))
+        accepted = torch.where(accept, dist, accepted)
+        x = torch.where(accept.view(-1, 1, 1, 1), candidate, x)
+        objective.append(float(accepted.mean()))
+        dist, grad = feature_loss(x)
+        history.append(float(dist.mean()))
+    objective = [objective[0] if objective else history[0]] + objective
+    return {"poisons": x.detach(), "history": history, "objective": objective, "step_sizes": lr.tolist()}
+
+
+def _proximal_steps(feature_loss, start, bases, eps, beta, step_size, iterations, tol) -> dict:
+    """Shafahi et al.'s forward-backward splitting with a line search on the full objective."""
+
+    def evaluate(x):
+        dist, grad = feature_loss(x)
+        return dist + beta / 2 * (x.detach() - bases).pow(2).flatten(1).sum(1), dist, grad
+
+    x = project(start, bases, eps)
     obj, dist, grad = evaluate(x)
     lr = torch.full((len(bases),), float(step_size), device=bases.device)
     done = torch.zeros(len(bases), dtype=torch.bool, device=bases.device)
@@ -123,8 +183,7 @@ def feature_collision(
         active = ~done
         accept = active & (c_obj <= obj)
         lr = torch.where(active & ~accept, lr * 0.2, lr)
-        moved = (candidate - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp(min=1e-12)
-        done = done | (accept & (moved < tol))
+        done = done | (accept & (_relative_move(candidate, x) < tol))
         keep = accept.view(-1, 1, 1, 1)
         x = torch.where(keep, candidate, x)
         grad = torch.where(keep, c_grad, grad)
@@ -150,7 +209,19 @@ class FeatureCollision(Attack):
             default=0.001,
             exclusive_minimum=0,
         ),
-        "beta": Param("number", "weight of the proximity term (4.0 in the benchmark)", default=4.0, minimum=0),
+        "update": Param(
+            "string",
+            "linf: the benchmark's default branch (gradient step, clamp, lagged accept test); "
+            "proximal: Shafahi et al.'s forward-backward splitting with the beta term (--l2 branch)",
+            default="linf",
+            enum=UPDATES,
+        ),
+        "beta": Param(
+            "number",
+            "weight of the proximity term in update: proximal (4.0 in the benchmark's --l2 branch)",
+            default=4.0,
+            minimum=0,
+        ),
         "watermark": Param(
             "number",
             "opacity of the target in the start point (0.3 in the benchmark)",
@@ -166,6 +237,7 @@ class FeatureCollision(Attack):
         self.n_poisons = self.spec["n_poisons"]
         self.iterations = self.spec["iterations"]
         self.step_size = float(self.spec["step_size"])
+        self.update = self.spec["update"]
         self.beta = float(self.spec["beta"])
         self.watermark = float(self.spec["watermark"])
 
@@ -182,6 +254,7 @@ class FeatureCollision(Attack):
                 (dataset.test_images[draw["target_index"]].float() / 255).to(device),
                 (clean.float() / 255).to(device),
                 self.eps / 255,
+                update=self.update,
                 beta=self.beta,
                 step_size=self.step_size,
                 iterations=self.iterations,
@@ -196,6 +269,7 @@ class FeatureCollision(Attack):
             {
                 "feature_distance_first": result["history"][0],
                 "feature_distance": result["history"][-1],
+                "update": self.update,
                 "attack": self.name,
                 "type": self.type_name,
                 "seed": seed,

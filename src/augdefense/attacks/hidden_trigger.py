@@ -15,9 +15,16 @@ pair is matched first, as in their code and the benchmark's ``craft_poisons_htbd
 plain gradient steps followed by projection onto the ball and [0, 1], step size ``lr`` decayed
 x0.95 every 2000 iterations (the benchmark's CIFAR schedule).
 
-The trigger never appears on the training poisons (they stay within eps of clean images); at test
-time it is pasted at random locations on every source-class test image, and success is the share
-classified as the target class.
+The trigger never appears on the training poisons (they stay within eps of clean images).
+
+Scoring (both trigger backdoors) follows the benchmark's ``poison_test.py``: one random source-class
+test image per seed, the trigger pasted at the location the crafting script records, success when it
+is classified as the target class (binary per seed: the papers' metric). The share of *all*
+source-class test images with the trigger at random locations is kept as ``poison_success_all_images``.
+Trigger location (``location``): ``fixed`` is the benchmark's - bottom-right, 5 px from the border for
+HTBD (``craft_poisons_htbd.py``: ``image_size - patch_size - 5``), at the corner for CLBD
+(``craft_poisons_clbd.py``: ``image_size - patch_size``) - for crafting and for the scored target;
+``random`` is Saha et al.'s and Turner et al.'s random locations.
 """
 
 from __future__ import annotations
@@ -106,14 +113,14 @@ def trigger_locations(rng: np.random.Generator, dataset, patch_size: int, n: int
 
 
 def patched_test_set(dataset, draw: dict, rng: np.random.Generator) -> dict:
-    """Every source-class test image with the trigger pasted at a random location."""
+    """Every source-class test image with the trigger pasted at a random location (``all_eval_*``:
+    the all-images rate, beside the scored target)."""
     idx = torch.nonzero(dataset.test_labels == draw["source_class"]).flatten()
     rows, cols = trigger_locations(rng, dataset, draw["patch"].shape[-1], len(idx))
     return {
-        "eval_images": paste(dataset.test_images[idx], draw["patch"], rows, cols),
-        "eval_labels": torch.full((len(idx),), draw["source_class"], dtype=torch.long),
-        "eval_goals": torch.full((len(idx),), draw["target_class"], dtype=torch.long),
-        "clean_exclude": torch.zeros(0, dtype=torch.long),
+        "all_eval_images": paste(dataset.test_images[idx], draw["patch"], rows, cols),
+        "all_eval_labels": torch.full((len(idx),), draw["source_class"], dtype=torch.long),
+        "all_eval_goals": torch.full((len(idx),), draw["target_class"], dtype=torch.long),
     }
 
 
@@ -124,10 +131,18 @@ class TriggerBackdoor(Attack):
     source-class test images ([seed, 3]). A subclass crafts the poisons in ``poison``."""
 
     description: ClassVar[str]  # for the error messages: "the ... backdoor"
+    corner_margin: ClassVar[int]  # the benchmark's fixed location: this far from the bottom-right corner
     params = {
         "eps": EPS_PARAM,
         "n_poisons": N_POISONS_PARAM,
         "patch_size": PATCH_SIZE_PARAM,
+        "location": Param(
+            "string",
+            "fixed: the benchmark's bottom-right location, for crafting and the scored target; random: a random "
+            "location per image (Saha et al., Turner et al.)",
+            default="fixed",
+            enum=("fixed", "random"),
+        ),
     }
 
     def __init__(self, spec, name=""):
@@ -135,6 +150,33 @@ class TriggerBackdoor(Attack):
         self.eps = float(self.spec["eps"])
         self.n_poisons = self.spec["n_poisons"]
         self.patch_size = self.spec["patch_size"]
+        self.location = self.spec["location"]
+
+    def locations(self, rng: np.random.Generator, dataset, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where the trigger goes on ``n`` images: the benchmark's fixed place, or random ones."""
+        if self.location == "random":
+            return trigger_locations(rng, dataset, self.patch_size, n)
+        _, h, w = dataset.image_shape
+        row, col = max(0, h - self.patch_size - self.corner_margin), max(0, w - self.patch_size - self.corner_margin)
+        return np.full(n, row), np.full(n, col)
+
+    def scored_target(self, dataset, draw: dict, seed: int) -> dict:
+        """The benchmark's evaluation: one random source-class test image ([seed, 4]) with the
+        trigger pasted where crafting put it."""
+        rng = np.random.default_rng([seed, 4])
+        pool = torch.nonzero(dataset.test_labels == draw["source_class"]).flatten().numpy()
+        draws.check_pool(f"attacks.{self.name}", 1, len(pool), f"the test set's source class {draw['source_class']}")
+        index = int(rng.choice(pool))
+        rows, cols = self.locations(rng, dataset, 1)
+        return {
+            "eval_images": paste(dataset.test_images[[index]], draw["patch"], rows, cols),
+            "eval_labels": torch.tensor([draw["source_class"]], dtype=torch.long),
+            "eval_goals": torch.tensor([draw["target_class"]], dtype=torch.long),
+            "clean_exclude": torch.zeros(0, dtype=torch.long),
+            "target_index": index,
+            "target_patch_row": int(rows[0]),
+            "target_patch_col": int(cols[0]),
+        }
 
     @abstractmethod
     def poison(
@@ -161,10 +203,12 @@ class TriggerBackdoor(Attack):
         place = np.random.default_rng([seed, 1])
         indices = torch.from_numpy(np.sort(place.choice(pool, self.n_poisons, replace=False))).long()
         poisons, info = self.poison(dataset, seed, context, draw, indices, place)
+        scored = self.scored_target(dataset, draw, seed)
         return {
             "train_indices": indices,
             "train_images": poisons,
             "train_labels": dataset.train_labels[indices].clone(),
+            **{k: v for k, v in scored.items() if isinstance(v, torch.Tensor)},
             **patched_test_set(dataset, draw, np.random.default_rng([seed, 3])),
             "patch": draw["patch"],
             "info": {
@@ -173,6 +217,8 @@ class TriggerBackdoor(Attack):
                 "victim_class": draw["source_class"],
                 "n_poisons": len(indices),
                 "patch_size": self.patch_size,
+                "location": self.location,
+                **{k: v for k, v in scored.items() if not isinstance(v, torch.Tensor)},
                 **info,
                 "attack": self.name,
                 "type": self.type_name,
@@ -185,6 +231,7 @@ class TriggerBackdoor(Attack):
 class HiddenTrigger(TriggerBackdoor):
     type_name = "hidden_trigger"
     description = "the hidden-trigger backdoor"
+    corner_margin = 5  # craft_poisons_htbd.py: start_x = image_size - patch_size - 5
     # Defaults of the benchmark's craft_poisons_htbd.py (poison_crafting/README.md): 5000 iterations,
     # lr 0.001 decayed x0.95 every 2000 (CIFAR-10). Saha et al. used lr 0.01, eps 16.
     params = {
@@ -205,14 +252,14 @@ class HiddenTrigger(TriggerBackdoor):
 
     def poison(self, dataset, seed, context, draw, indices, place):
         # Patched sources for crafting: as many random source-class training images as poisons,
-        # trigger at random locations ([seed, 2]).
+        # trigger where `location` puts it ([seed, 2]).
         source_pool = torch.nonzero(dataset.train_labels == draw["source_class"]).flatten().numpy()
         draws.check_pool(
             f"attacks.{self.name}.n_poisons", self.n_poisons, len(source_pool), f"source class {draw['source_class']}"
         )
         crafting = np.random.default_rng([seed, 2])
         source_idx = torch.from_numpy(np.sort(crafting.choice(source_pool, self.n_poisons, replace=False))).long()
-        rows, cols = trigger_locations(crafting, dataset, self.patch_size, self.n_poisons)
+        rows, cols = self.locations(crafting, dataset, self.n_poisons)
         patched_sources = paste(dataset.train_images[source_idx], draw["patch"], rows, cols)
 
         device = context.device

@@ -52,6 +52,10 @@ class Defense:
         self.rng = np.random.default_rng(seed)
 
     # -- hooks --------------------------------------------------------------------------------
+    def bind_data_mean(self, mean: torch.Tensor | None) -> None:
+        """Receive the training set's mean colour ([C], [0, 1] units; None when unknown)."""
+        self.data_mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).flatten()
+
     def mix(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the augmented batch and its soft labels [B, num_classes]."""
         return x, self.one_hot(y)

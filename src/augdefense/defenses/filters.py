@@ -148,8 +148,11 @@ class ActivationClustering(FilterDefense):
     params = {
         "n_components": Param("integer", "dimensions the features are reduced to", default=10, minimum=1),
         "reduction": Param(
-            "string", "none: raw features (forest); ica: FastICA (Chen et al.); pca", default="none",
-            enum=("none", "ica", "pca")),
+            "string",
+            "none: raw features (forest); ica: FastICA (Chen et al.); pca",
+            default="none",
+            enum=("none", "ica", "pca"),
+        ),
         "removal": Param(
             "string",
             "'always': the smaller cluster of every class (forest); 'size': only when small enough (Chen et al.)",
@@ -231,8 +234,12 @@ class DeepKNN(FilterDefense):
             "number", "k = k_factor x expected poisons when k is 'auto'", default=2.0, exclusive_minimum=0
         ),
         "mode": Param("string", "remove flagged samples or relabel them", default="remove", enum=("remove", "relabel")),
-        "rule": Param("string", "majority: keep when >= half the neighbours agree (forest); plurality (Peri et al.)",
-                      default="majority", enum=("majority", "plurality")),
+        "rule": Param(
+            "string",
+            "majority: keep when >= half the neighbours agree (forest); plurality (Peri et al.)",
+            default="majority",
+            enum=("majority", "plurality"),
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):

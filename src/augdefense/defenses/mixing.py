@@ -8,6 +8,7 @@ import torch
 
 from augdefense.defenses import build, register
 from augdefense.defenses.base import Defense, Forward, soft_cross_entropy
+from augdefense.errors import ConfigError
 from augdefense.params import Param
 
 
@@ -89,38 +90,75 @@ class CutMix(Defense):
 @register
 class Cutout(Defense):
     """Cutout (DeVries & Taylor 2017): a size x size square, centred uniformly over the image and
-    clipped at its border, set to black; labels unchanged. Per image, batched. v2.RandomErasing
-    samples area and aspect ratio and keeps the box inside the image, so it is not this."""
+    clipped at its border, filled; labels unchanged. The defaults are DeVries & Taylor's and the
+    papers' text ("the patch remains black"): one box per image, black. Geiping et al.'s ``Cutout``
+    (JonasGeiping/data-poisoning, ``forest/data/mixing_data_augmentations.py::Cutout.forward``)
+    draws one box for the whole batch and fills it with 0 after normalisation, i.e. the dataset's
+    mean colour: ``boxes: per_batch, fill: mean`` (side ``int(32 sqrt(1 - 0.66 strength))`` rounded
+    down to even there: 18 at strength 1). v2.RandomErasing samples area and aspect ratio and keeps
+    the box inside the image, so it is not this; written here."""
 
     type_name = "cutout"
     params = {
         "size": Param(
             "integer", "side of the square in pixels (DeVries & Taylor: 16 on CIFAR-10)", default=16, minimum=1
-        )
+        ),
+        "boxes": Param(
+            "string",
+            "per_image: a box per image (DeVries & Taylor); per_batch: one box for the whole batch (forest)",
+            default="per_image",
+            enum=("per_image", "per_batch"),
+        ),
+        "fill": Param(
+            "string",
+            "black (DeVries & Taylor, the papers' text) or mean: the dataset's mean colour (forest)",
+            default="black",
+            enum=("black", "mean"),
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
         self.size = self.spec["size"]
+        self.per_batch = self.spec["boxes"] == "per_batch"
+        self.fill = self.spec["fill"]
+
+    def bind_data_mean(self, mean):
+        super().bind_data_mean(mean)
+        if self.fill == "mean" and self.data_mean is None:
+            raise ConfigError(f"defenses.{self.name}.fill: 'mean' needs the dataset's mean colour, and none was given")
 
     def mix(self, x, y, epoch):
-        b, _, h, w = x.shape
-        cy = torch.randint(0, h, (b, 1), device=x.device)
-        cx = torch.randint(0, w, (b, 1), device=x.device)
+        b, c, h, w = x.shape
+        n_boxes = 1 if self.per_batch else b
+        cy = torch.randint(0, h, (n_boxes, 1), device=x.device)
+        cx = torch.randint(0, w, (n_boxes, 1), device=x.device)
         rows = torch.arange(h, device=x.device)[None]
         cols = torch.arange(w, device=x.device)[None]
         half = self.size // 2
-        in_rows = (rows >= cy - half) & (rows < cy - half + self.size)  # [B, H]
-        in_cols = (cols >= cx - half) & (cols < cx - half + self.size)  # [B, W]
-        mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B, 1, H, W]
-        return x.masked_fill(mask, 0.0), self.one_hot(y)
+        in_rows = (rows >= cy - half) & (rows < cy - half + self.size)  # [B or 1, H]
+        in_cols = (cols >= cx - half) & (cols < cx - half + self.size)  # [B or 1, W]
+        mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B or 1, 1, H, W]
+        if self.fill == "black":
+            return x.masked_fill(mask, 0.0), self.one_hot(y)
+        colour = self.data_mean.to(x).view(1, c, 1, 1)
+        return torch.where(mask, colour, x), self.one_hot(y)
 
 
 @register
 class MaxUp(Defense):
     """MaxUp (Gong et al. 2020): m augmented draws of each image, train on the per-image worst
     (highest) loss; plain training before ``start_epoch`` (the paper's late start, 5 epochs).
-    The draws come from any registered defense given as ``inner`` (cutout in the papers)."""
+    The draws come from any registered defense given as ``inner`` (cutout in the papers).
+
+    ``mode: forest`` reproduces what Geiping et al.'s ``Maxup`` over their in-place ``Cutout``
+    computes (JonasGeiping/data-poisoning, ``forest/data/mixing_data_augmentations.py``,
+    ``Maxup.forward`` / ``corrected_loss``), which made the papers' MaxUp-cutout rows: each of the
+    m trials cuts a box into the *same* batch tensor, so the batch carries all m boxes, it is
+    concatenated m times (identical copies), and since cutout returns no mixing weights the loss is
+    the plain mean, not the max. Here the m boxes are cut into one batch and the mean loss is taken
+    once (the identical copies give the same loss and gradient). Forest is active when
+    ``epoch > 5``, i.e. ``start_epoch: 6`` here; its cutout is ``boxes: per_batch, fill: mean``."""
 
     type_name = "maxup"
     params = {
@@ -133,13 +171,30 @@ class MaxUp(Defense):
             doc="the augmentation drawn m times (cutout in the papers)",
             default={"type": "cutout", "size": 16},
         ),
+        "mode": Param(
+            "string",
+            "worst: per-image worst of m draws (Gong et al., the papers' text); "
+            "forest: m cutouts in one batch, mean loss (the code behind the papers' rows)",
+            default="worst",
+            enum=("worst", "forest"),
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
         self.m = self.spec["m"]
         self.start_epoch = self.spec["start_epoch"]
+        self.mode = self.spec["mode"]
         self.inner = build(self.spec["inner"], num_classes, name=f"{self.name}.inner", seed=seed + 1)
+        if self.mode == "forest" and self.inner.type_name != "cutout":
+            raise ConfigError(
+                f"defenses.{self.name}.mode: 'forest' reproduces forest's in-place cutout; inner must be "
+                f"cutout, not {self.inner.type_name!r}"
+            )
+
+    def bind_data_mean(self, mean):
+        super().bind_data_mean(mean)
+        self.inner.bind_data_mean(mean)
 
     def generators(self):
         return [self.rng, *self.inner.generators()]
@@ -154,11 +209,17 @@ class MaxUp(Defense):
         if k is None:
             return None
         plain = min(self.start_epoch, epochs)
-        return [(1, n_train * plain), (k, n_train * (epochs - plain) * self.m)]
+        draws = self.m if self.mode == "worst" else 1
+        return [(1, n_train * plain), (k, n_train * (epochs - plain) * draws)]
 
     def loss(self, forward: Forward, x, y, epoch):
         if epoch < self.start_epoch:
             return super().loss(forward, x, y, epoch)
+        if self.mode == "forest":
+            cut, soft = x, None
+            for _ in range(self.m):
+                cut, soft = self.inner.mix(cut, y, epoch)
+            return soft_cross_entropy(forward(self.add_noise(self.inner.add_noise(cut))), soft)
         draws = [self.transform_draw(x, y, epoch) for _ in range(self.m)]
         logits = forward(torch.cat([d[0] for d in draws]))
         losses = soft_cross_entropy(logits, torch.cat([d[1] for d in draws]), reduction="none")

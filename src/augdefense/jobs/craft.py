@@ -49,12 +49,13 @@ def craft_poison(
         adaptive_defense = None
         if built.spec.get("adaptive", False):
             adaptive_defense = defenses.build(
-                defense or {"type": "none"}, dataset.num_classes, name=defense_name, seed=seed
+                defense or {"type": "none"}, dataset.num_classes, name=defense_name, seed=seed, data_mean=dataset.mean
             )
-        model = models.load(crafting_model, dataset)
+        # An extractor pretrained on another dataset has its own classes: its head is not loaded.
+        model = models.load(crafting_model, dataset, head_may_differ=recipe_.transfer is not None)
         finetune = None
-        if recipe_.transfer:  # craft inside the victim's fine-tuning split, against the pretrained extractor
-            _, finetune = datasets.transfer_split(dataset.train_labels, recipe_.transfer["pretrain_share"])
+        if recipe_.transfer:  # craft inside the victim's fine-tuning set, against the pretrained extractor
+            _, finetune = datasets.transfer_split(dataset.train_labels, recipe_.transfer)
             dataset = datasets.subset(dataset, finetune)
         torch.set_num_threads(threads)
         # Crafting's differentiable shift (grid_sample) has no deterministic CUDA backward: warn, not fail.

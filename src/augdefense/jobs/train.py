@@ -56,7 +56,9 @@ class TrainingRun:
         recipe = Recipe.from_spec(job.recipe)
         runtime = Runtime.from_spec(job.runtime)
         dataset = data.load(job.data)
-        defense = defenses.build(job.defense, dataset.num_classes, name=job.defense_name, seed=job.seed)
+        defense = defenses.build(
+            job.defense, dataset.num_classes, name=job.defense_name, seed=job.seed, data_mean=dataset.mean
+        )
         defense.check_model(
             models.build(job.model, dataset.image_shape[0], dataset.num_classes, dataset.image_shape[-1])
         )
@@ -68,7 +70,7 @@ class TrainingRun:
         if recipe.transfer:
             if job.extractor is None:
                 raise ConfigError("recipe: a transfer recipe needs the pretrained extractor (input 'extractor')")
-            extractor = models.load(job.extractor, dataset).state_dict()
+            extractor = models.load(job.extractor, dataset, head_may_differ=True).state_dict()
         return cls(job, dataset, poison, defense, recipe, runtime, extractor)
 
     def fingerprint(self, train_indices=None) -> str:
@@ -166,6 +168,9 @@ class TrainingRun:
             seconds = time.perf_counter() - start
             clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
             attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
+            wider = None
+            if "all_eval_images" in self.poison:
+                wider = predict(model, self.poison["all_eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         return {
             "model": model.cpu(),
@@ -174,6 +179,7 @@ class TrainingRun:
             "clean_probs": clean,
             "clean_labels": self.dataset.test_labels[keep],
             "eval_probs": attack,
+            "all_eval_probs": wider,
             "seconds": seconds,
             "device": str(device),
             "device_name": name,
@@ -184,7 +190,7 @@ class TrainingRun:
 def train_victim(job: TrainingJob, *, attack: str, out: str, sanitized: str | None = None) -> dict:
     """Train a victim on the poisoned set under its defense; write its metrics record (``out``)."""
     from augdefense.io import read_json, write_json
-    from augdefense.metrics import run_metrics
+    from augdefense.metrics import all_images_metrics, run_metrics
 
     run = TrainingRun.prepare(job)
     record = _check_sanitized(read_json(sanitized), sanitized, run) if sanitized else None
@@ -199,10 +205,12 @@ def train_victim(job: TrainingJob, *, attack: str, out: str, sanitized: str | No
         "defense": job.defense_name,
         "seed": job.seed,
         **run_metrics(result["clean_probs"], result["clean_labels"], result["eval_probs"], run.poison["eval_goals"]),
+        **all_images_metrics(result["all_eval_probs"], run.poison.get("all_eval_goals")),
         **{k: v for k, v in info.items() if k not in ("attack", "seed", "type")},
         "attack_type": info.get("type"),
         "defense_type": run.defense.type_name,
         "epochs": run.recipe.epochs,
+        "n_train": result["n_train"],
         "final_train_loss": result["history"][-1]["loss"],
         "train_seconds": round(result["seconds"], 2),
         "device": result["device"],
@@ -258,18 +266,24 @@ def train_crafting_model(job: TrainingJob, *, out: str) -> None:
     log.info("crafting model under %s, seed %d (clean accuracy %.4f) -> %s", job.defense_name, job.seed, clean_acc, out)
 
 
-def pretrain_extractor(job: TrainingJob, *, pretrain_share: float, out: str) -> None:
-    """The transfer-learning setting's feature extractor: trained on clean data of the pretraining
-    split (``pretrain_share`` of each class, disjoint from the fine-tuning split the attacks poison),
-    once per pretraining recipe and share, shared by every seed and every transfer recipe that
-    pretrains alike."""
+def pretrain_extractor(job: TrainingJob, *, pretraining: dict, out: str) -> None:
+    """The transfer-learning setting's feature extractor, trained on clean data once per pretraining
+    recipe and ``pretraining`` (``config.pretraining``), shared by every seed and every transfer
+    recipe that pretrains alike: the whole training set of the job's data when it is the
+    extractor's own dataset (``pretrain_data``: CIFAR-100 in the benchmark), or, in the offline
+    fallback, a ``pretrain_share`` of each class of the victims' data, disjoint from the
+    fine-tuning pool the attacks poison."""
     import torch
 
     from augdefense import data
     from augdefense.io import save_tensors
 
     run = TrainingRun.prepare(job)
-    pretrain, _ = data.transfer_split(run.dataset.train_labels, pretrain_share)
+    labels = run.dataset.train_labels
+    if "pretrain_share" in pretraining:
+        pretrain, _ = data.transfer_split(labels, {"pretrain_share": pretraining["pretrain_share"]})
+    else:
+        pretrain = torch.arange(len(labels))
     result = run.fit(train_indices=pretrain)
     clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
     save_tensors(
