@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(SNAKEMAKE) --configfile $(CONFIG)
-	@echo "Tables (demo):    $(CURDIR)/results/tables/ (table1, backdoor_control, table2, table4, table6: .md and .csv)"
+	@echo "Tables (demo):    $(CURDIR)/results/tables/ (table1, backdoor_control, table2, table5, table4, table6: .md and .csv)"
 	@echo "Figures:          $(CURDIR)/results/figures/ (the same tables as .png and .pdf; figure4a; illustrations)"
 	@echo "Claims:           $(CURDIR)/results/claims.md (each claim: effect over seeds, 95% interval, verdict)"
-	@cat results/tables/table1.md results/tables/table2.md results/tables/table4.md results/tables/table6.md results/claims.md
+	@cat results/tables/table1.md results/tables/table2.md results/tables/table5.md results/tables/table4.md results/tables/table6.md results/claims.md
 
 test: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
@@ -63,7 +63,7 @@ estimate: setup
 
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'  # IBM ART, for the crafting comparison
-	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense.bench
+	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense.bench --demo
 
 # Mutation testing of the pure modules ([tool.mutmut] in pyproject.toml); one torch thread per test
 # process (forked workers and OpenMP's thread pool do not mix). Not part of `make test`.

@@ -152,6 +152,9 @@ def test_end_to_end_tiny_run(tiny_run):
     for ext in ("png", "pdf"):
         assert (workdir / "results" / "figures" / f"table1.{ext}").stat().st_size > 1000
     assert "results/tables/table1.md" in result.stdout + result.stderr
+    # each job records where its time went (make bench sums these)
+    sidecar = json.loads((workdir / "results" / "runs" / "patch10" / "none" / "0.json.prov.json").read_text())
+    assert sidecar["timings"]["train"] > 0 and sidecar["timings"]["imports"] > 0 and "startup" in sidecar["timings"]
     claims = pd.read_csv(workdir / "results" / "claims.csv")
     assert len(claims) == 3 and set(claims.verdict) <= {"holds", "contradicted", "inconclusive"}
     assert (

@@ -9,6 +9,11 @@
   not installed (``pip install -e '.[bench]'``).
 - The workflow's wall time and each rule family's time, from Snakemake's log and ``benchmark:``
   files of the last run in this folder (run ``make demo`` first).
+- With ``--demo``: the CPU demo run here from scratch (``presets/quick.yaml``, in
+  ``scratch/bench-demo``), Snakemake's own CPU time over it (its process alone, not its jobs), and
+  where each rule's jobs spend their time (``augdefense.timing``'s phases from the sidecars, the
+  wall time from the ``benchmark:`` files): start-up, loading, model building, writing and the
+  rest are overhead; training, crafting, evaluation and filtering are the work.
 
 Writes ``results/bench/bench.json`` and ``results/bench/bench.md``.
 """
@@ -20,6 +25,7 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm reads it at import; per-epoch bars would drown the table
 
 import argparse
+import itertools
 import platform
 import re
 import statistics
@@ -342,6 +348,104 @@ def workflow_timings(root: Path) -> dict:
     return out
 
 
+def run_demo(repo: Path, workdir: Path, cores: int = 2) -> dict:
+    """Run the CPU demo in ``workdir`` from scratch and measure Snakemake's own CPU time (its
+    process alone: its jobs are children, counted apart) by polling it."""
+    import shutil
+    import subprocess
+    import sys
+
+    import psutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    snakemake = Path(sys.executable).with_name("snakemake")
+    cmd = [str(snakemake), "--snakefile", str(repo / "Snakefile"), "-d", str(workdir), "--cores", str(cores)]
+    cmd += ["--configfile", str(repo / "presets" / "quick.yaml")]
+    start = time.perf_counter()
+    with open(workdir / "snakemake.out", "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        watched, cpu = psutil.Process(proc.pid), 0.0
+        while proc.poll() is None:
+            try:
+                times = watched.cpu_times()
+                cpu = times.user + times.system
+            except psutil.Error:
+                break
+            time.sleep(0.2)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"the demo failed (exit {proc.returncode}); see {workdir / 'snakemake.out'}")
+    return {"wall_seconds": round(wall, 1), "snakemake_cpu_seconds": round(cpu, 1), "cores": cores}
+
+
+OVERHEAD_PHASES = ("startup", "imports", "verify_inputs", "load", "model", "write")
+
+
+def job_breakdown(root: Path) -> dict:
+    """Per rule: jobs, mean wall time (``benchmark:``) and mean seconds per phase (sidecars'
+    ``timings``; ``other`` = the wall time no phase covers: bookkeeping, sidecars, interpreter
+    exit); and the whole run's summed job time and overhead share."""
+    import json
+
+    from augdefense.timing import WORK
+
+    jobs: dict[tuple[str, str], dict] = {}
+    for sidecar in (root / "results").rglob("*.prov.json"):
+        record = json.loads(sidecar.read_text())
+        if "timings" in record:
+            jobs[(record["rule"], json.dumps(record["wildcards"], sort_keys=True))] = record
+    rules: dict[str, list[dict]] = {}
+    for (rule, _), record in jobs.items():
+        wildcards = record["wildcards"]
+        phases = dict(record["timings"])
+        # Rules without a benchmark file (reporting): the runner's own measure, exit excluded.
+        wall = sum(phases.get(p, 0.0) for p in ("startup", "imports", "verify_inputs", "job"))
+        # The benchmark file is named by the wildcards in the output pattern's order, which the
+        # sidecar (keys sorted) does not keep: try each order.
+        for order in itertools.permutations(wildcards.values()) if wildcards else ():
+            tsv = root / "benchmarks" / rule / ("/".join(order) + ".tsv")
+            if tsv.is_file():
+                wall = float(tsv.read_text().splitlines()[1].split("\t")[0])
+                break
+        work = sum(phases.get(p, 0.0) for p in WORK)
+        named = sum(phases.get(p, 0.0) for p in (*OVERHEAD_PHASES, *WORK))
+        rules.setdefault(rule, []).append(
+            {"wall": wall, "work": work, **{p: phases.get(p, 0.0) for p in OVERHEAD_PHASES}, "other": wall - named}
+        )
+    table, total, work_total = {}, 0.0, 0.0
+    for rule, rows in sorted(rules.items()):
+        n = len(rows)
+        table[rule] = {"jobs": n, **{k: round(sum(r[k] for r in rows) / n, 2) for k in rows[0]}}
+        total += sum(r["wall"] for r in rows)
+        work_total += sum(r["work"] for r in rows)
+    return {
+        "rules": table,
+        "summed_job_seconds": round(total, 1),
+        "work_seconds": round(work_total, 1),
+        "overhead_share": round(1 - work_total / total, 3) if total else None,
+    }
+
+
+def _breakdown_markdown(demo: dict) -> list[str]:
+    b = demo["breakdown"]
+    lines = [
+        f"The CPU demo from scratch: {demo['wall_seconds']} s wall on {demo['cores']} cores; Snakemake's own "
+        f"process used {demo['snakemake_cpu_seconds']} s of CPU. Jobs' summed wall time {b['summed_job_seconds']} s, "
+        f"of which the work (training, crafting, evaluation, filtering) {b['work_seconds']} s: overhead "
+        f"{100 * b['overhead_share']:.1f}%. Mean seconds per job:",
+        "",
+        "| rule | jobs | wall | start-up | imports | verify inputs | load | model | work | write | other |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rule, r in b["rules"].items():
+        lines.append(
+            f"| {rule} | {r['jobs']} | {r['wall']} | {r['startup']} | {r['imports']} | {r['verify_inputs']} | "
+            f"{r['load']} | {r['model']} | {r['work']} | {r['write']} | {r['other']} |"
+        )
+    return lines
+
+
 def _crafting_markdown(c: dict) -> list[str]:
     if "skipped" in c:
         return [f"Crafting (gradient matching vs IBM ART): skipped: {c['skipped']}"]
@@ -396,6 +500,8 @@ def to_markdown(result: dict) -> str:
         lines += [
             f"| {r} | {v['jobs']} | {v['median_seconds']} | {v['total_seconds']} |" for r, v in wf["rules"].items()
         ]
+    if "demo" in result:
+        lines += ["", *_breakdown_markdown(result["demo"])]
     return "\n".join(lines) + "\n"
 
 
@@ -408,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--demo", action="store_true", help="also run the CPU demo from scratch and break its jobs' time down"
+    )
     parser.add_argument(
         "--craft-iterations",
         type=int,
@@ -443,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "workflow": workflow_timings(Path(".")),
     }
+    if args.demo:
+        repo, workdir = Path(__file__).resolve().parents[2], Path("scratch") / "bench-demo"
+        result["demo"] = {**run_demo(repo, workdir), "breakdown": job_breakdown(workdir)}
     out = Path(args.out)
     write_json(out / "bench.json", result)
     with atomic_path(out / "bench.md") as tmp:

@@ -188,8 +188,12 @@ def prepare(*, spec: dict, out: str | Path) -> Dataset:
     """The prepare_data job: a source as one uint8 artifact (``out``)."""
     import logging
 
-    dataset = build(spec)
-    save_tensors(out, dataset.to_dict())
+    from augdefense import timing
+
+    with timing.phase("load"):
+        dataset = build(spec)
+    with timing.phase("write"):
+        save_tensors(out, dataset.to_dict())
     logging.getLogger("augdefense").info(
         "prepared %s: train %s, test %s, %d classes -> %s",
         spec["source"],

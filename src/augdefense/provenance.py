@@ -88,10 +88,12 @@ def environment() -> dict:
     return env
 
 
-def write_sidecars(*, job: dict, function: str, inputs: dict[str, str], outputs: list[str], started: str) -> None:
+def write_sidecars(
+    *, job: dict, function: str, inputs: dict[str, str], outputs: list[str], started: str, timings: dict | None = None
+) -> None:
     """Write one record per output of a finished job: what it read (by sha256, code included),
-    wrote, ran with and on, and the job itself (``python -m augdefense replay <sidecar>`` runs it
-    again)."""
+    wrote, ran with and on, where its time went (``augdefense.timing``), and the job itself
+    (``python -m augdefense replay <sidecar>`` runs it again)."""
     record = {
         "rule": job["rule"],
         "wildcards": job["wildcards"],
@@ -103,6 +105,7 @@ def write_sidecars(*, job: dict, function: str, inputs: dict[str, str], outputs:
         "environment": environment(),
         "started": started,
         "finished": now(),
+        "timings": timings or {},
         "function": function,
         "job": job,
     }

@@ -135,19 +135,27 @@ def verify_inputs(files: list[str]) -> dict[str, str]:
 
 
 def execute(job: JobSpec, function: Callable) -> None:
-    """Check the job's inputs, call ``function`` with its arguments, write each output's sidecar."""
-    from augdefense import provenance
+    """Check the job's inputs, call ``function`` with its arguments, write each output's sidecar
+    (with where the job's time went: ``augdefense.timing``)."""
+    from augdefense import provenance, timing
 
+    timing.reset()
+    timing.record("startup", timing.process_age())
     started = provenance.now()
-    input_digests = verify_inputs(job.input_files())
-    function(**bind(function, job.values(), f"rule {job.rule}"))
+    with timing.imports_timed():
+        with timing.phase("verify_inputs"):
+            input_digests = verify_inputs(job.input_files())
+        with timing.phase("job"):
+            function(**bind(function, job.values(), f"rule {job.rule}"))
     provenance.write_sidecars(
         job=dataclasses.asdict(job),
         function=f"{function.__module__}:{function.__qualname__}",
         inputs=input_digests,
         outputs=job.output_files(),
         started=started,
+        timings=timing.recorded(),
     )
+    logging.getLogger("augdefense").info("timings %s", timing.recorded())
 
 
 def run_rule(snakemake, function: Callable) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from augdefense import timing
 from augdefense.errors import ConfigError
 
 log = logging.getLogger("augdefense")
@@ -35,9 +36,11 @@ def craft_poison(
     from augdefense.training import Normalizer, Recipe, Runtime, seed_everything
 
     built = attacks.build(attack, attack_name)
-    dataset = datasets.load(data)
+    with timing.phase("load"):
+        dataset = datasets.load(data)
     if not built.needs_model:
-        poison = built.craft(dataset, seed)
+        with timing.phase("craft"):
+            poison = built.craft(dataset, seed)
     else:
         if crafting_model is None:
             raise ConfigError(
@@ -52,7 +55,8 @@ def craft_poison(
                 defense or {"type": "none"}, dataset.num_classes, name=defense_name, seed=seed, data_mean=dataset.mean
             )
         # An extractor pretrained on another dataset has its own classes: its head is not loaded.
-        model = models.load(crafting_model, dataset, head_may_differ=recipe_.transfer is not None)
+        with timing.phase("load"):
+            model = models.load(crafting_model, dataset, head_may_differ=recipe_.transfer is not None)
         finetune = None
         if recipe_.transfer:  # craft inside the victim's fine-tuning set, against the pretrained extractor
             _, finetune = datasets.transfer_split(dataset.train_labels, recipe_.transfer)
@@ -68,12 +72,14 @@ def craft_poison(
                 p.requires_grad_(True)
             context = CraftingContext(model, normalizer.to(device), device, adaptive_defense, recipe_)
             start = time.perf_counter()
-            poison = built.craft(dataset, seed, context)
+            with timing.phase("craft"):
+                poison = built.craft(dataset, seed, context)
             # The time goes to the log and the sidecar, not the artifact: a seed's poison is the same bytes.
             log.info("crafting took %.1f s", time.perf_counter() - start)
             poison["info"]["crafting_defense"] = defense_name if adaptive_defense is not None else "none"
         if finetune is not None:  # indices into the full training set; the victim trains on the split
             poison["train_indices"] = finetune[poison["train_indices"]]
             poison["train_subset"] = finetune
-    save_tensors(out, poison)
+    with timing.phase("write"):
+        save_tensors(out, poison)
     log.info("crafted %s seed %d: %s -> %s", attack_name, seed, poison["info"], out)

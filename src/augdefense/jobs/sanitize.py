@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from augdefense import timing
 from augdefense.config import assumed_poisons
 from augdefense.errors import ConfigError
 
@@ -34,17 +35,22 @@ def sanitize(
     from augdefense.training import Normalizer, Runtime
 
     runtime_ = Runtime.from_spec(runtime)
-    dataset = datasets.load(data)
-    built = defenses.build(defense, dataset.num_classes, name=defense_name, seed=seed)
-    if not getattr(built, "is_filter", False):
-        raise ConfigError(f"defenses.{defense_name}: type '{built.type_name}' is not a filter defense")
-    artifact = poisons.load(poison, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
-    model = models.load(feature_model, dataset)
+    with timing.phase("load"):
+        dataset = datasets.load(data)
+        built = defenses.build(defense, dataset.num_classes, name=defense_name, seed=seed)
+        if not getattr(built, "is_filter", False):
+            raise ConfigError(f"defenses.{defense_name}: type '{built.type_name}' is not a filter defense")
+        artifact = poisons.load(poison, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
+        model = models.load(feature_model, dataset)
 
     images, labels = poisons.training_set(dataset, artifact)
     torch.set_num_threads(threads)
     normalizer = Normalizer(dataset.mean, dataset.std)
-    with gpu.acquire(runtime_.device, jobs_per_device=runtime_.jobs_per_gpu) as slot, torch.inference_mode():
+    with (
+        gpu.acquire(runtime_.device, jobs_per_device=runtime_.jobs_per_gpu) as slot,
+        torch.inference_mode(),
+        timing.phase("evaluate"),
+    ):
         device = torch.device(slot.device)
         model.eval().to(device)
         normalizer.to(device)
@@ -56,7 +62,8 @@ def sanitize(
             ]
         )
     budget = assumed_poisons(attack, len(labels), dataset.num_classes)
-    result = built.sanitize(features, labels, budget)
+    with timing.phase("filter"):
+        result = built.sanitize(features, labels, budget)
     removed = result["removed"].tolist()
     relabeled = torch.nonzero(result["labels"] != labels).flatten().tolist()
     positions = set(poisons.positions_in_training_set(artifact).tolist())
@@ -75,7 +82,8 @@ def sanitize(
         "filter_precision": caught / len(removed) if removed else None,
         "filter_recall": caught / len(positions) if positions else None,
     }
-    write_json(out, record)
+    with timing.phase("write"):
+        write_json(out, record)
     log.info(
         "%s removed %d (%d of %d poisons), relabelled %d",
         defense_name,

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from augdefense import timing
 from augdefense.config import crafting_seed
 from augdefense.errors import ArtifactError, ConfigError
 
@@ -50,6 +51,11 @@ class TrainingRun:
 
     @classmethod
     def prepare(cls, job: TrainingJob) -> TrainingRun:
+        with timing.phase("load"):
+            return cls._prepare(job)
+
+    @classmethod
+    def _prepare(cls, job: TrainingJob) -> TrainingRun:
         from augdefense import data, defenses, models, poisons
         from augdefense.training import Recipe, Runtime
 
@@ -127,14 +133,15 @@ class TrainingRun:
         job, rt = self.job, self.runtime
         torch.set_num_threads(job.threads)
         seed_everything(job.seed, rt.deterministic)
-        model = models.build(
-            job.model, self.dataset.image_shape[0], self.dataset.num_classes, self.dataset.image_shape[-1]
-        )
-        if self.extractor is not None:
-            from augdefense.training import start_from_extractor
+        with timing.phase("model"):
+            model = models.build(
+                job.model, self.dataset.image_shape[0], self.dataset.num_classes, self.dataset.image_shape[-1]
+            )
+            if self.extractor is not None:
+                from augdefense.training import start_from_extractor
 
-            start_from_extractor(model, self.extractor, self.recipe.last_layer_only)
-        images, labels = self.training_set(sanitized, train_indices)
+                start_from_extractor(model, self.extractor, self.recipe.last_layer_only)
+            images, labels = self.training_set(sanitized, train_indices)
         normalizer = Normalizer(self.dataset.mean, self.dataset.std)
         checkpointer = Checkpointer(
             Path(job.checkpoint) if job.checkpoint else None, rt.checkpoint_every, self.fingerprint(train_indices)
@@ -152,25 +159,29 @@ class TrainingRun:
                 len(labels),
             )
             start = time.perf_counter()
-            history = train(
-                model,
-                images,
-                labels,
-                self.defense,
-                self.recipe,
-                normalizer,
-                device,
-                job.seed,
-                amp=rt.amp,
-                checkpointer=checkpointer,
-                compile_model=rt.compile,
-            )
+            with timing.phase("train"):
+                history = train(
+                    model,
+                    images,
+                    labels,
+                    self.defense,
+                    self.recipe,
+                    normalizer,
+                    device,
+                    job.seed,
+                    amp=rt.amp,
+                    checkpointer=checkpointer,
+                    compile_model=rt.compile,
+                )
             seconds = time.perf_counter() - start
-            clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
-            attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
-            wider = None
-            if "all_eval_images" in self.poison:
-                wider = predict(model, self.poison["all_eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
+            with timing.phase("evaluate"):
+                clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
+                attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
+                wider = None
+                if "all_eval_images" in self.poison:
+                    wider = predict(
+                        model, self.poison["all_eval_images"], normalizer, device, rt.eval_batch_size, rt.amp
+                    )
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         return {
             "model": model.cpu(),
@@ -221,7 +232,8 @@ def train_victim(job: TrainingJob, *, attack: str, out: str, sanitized: str | No
     metrics.update(
         run.defense.privacy_record(result["n_train"], run.dataset.image_shape, run.recipe.epochs, run.recipe.batch_size)
     )
-    write_json(out, metrics)
+    with timing.phase("write"):
+        write_json(out, metrics)
     result["checkpointer"].clear()
     log.info("%s", metrics)
     return metrics
@@ -233,9 +245,10 @@ def train_feature_model(job: TrainingJob, *, out: str) -> None:
 
     run = TrainingRun.prepare(job)
     result = run.fit()
-    save_tensors(
-        out, {"state_dict": result["model"].state_dict(), "model": job.model, "fingerprint": run.fingerprint()}
-    )
+    with timing.phase("write"):
+        save_tensors(
+            out, {"state_dict": result["model"].state_dict(), "model": job.model, "fingerprint": run.fingerprint()}
+        )
     result["checkpointer"].clear()
     log.info("feature model seed %d -> %s", job.seed, out)
 
@@ -253,15 +266,16 @@ def train_crafting_model(job: TrainingJob, *, out: str) -> None:
         )
     result = run.fit()
     clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
-    save_tensors(
-        out,
-        {
-            "state_dict": result["model"].state_dict(),
-            "model": job.model,
-            "fingerprint": run.fingerprint(),
-            "clean_acc": clean_acc,
-        },
-    )
+    with timing.phase("write"):
+        save_tensors(
+            out,
+            {
+                "state_dict": result["model"].state_dict(),
+                "model": job.model,
+                "fingerprint": run.fingerprint(),
+                "clean_acc": clean_acc,
+            },
+        )
     result["checkpointer"].clear()
     log.info("crafting model under %s, seed %d (clean accuracy %.4f) -> %s", job.defense_name, job.seed, clean_acc, out)
 
@@ -286,16 +300,17 @@ def pretrain_extractor(job: TrainingJob, *, pretraining: dict, out: str) -> None
         pretrain = torch.arange(len(labels))
     result = run.fit(train_indices=pretrain)
     clean_acc = float((result["clean_probs"].argmax(1) == result["clean_labels"]).float().mean())
-    save_tensors(
-        out,
-        {
-            "state_dict": result["model"].state_dict(),
-            "model": job.model,
-            "clean_acc": clean_acc,
-            "pretrain_indices": pretrain.to(torch.long),
-            "fingerprint": run.fingerprint(pretrain),
-        },
-    )
+    with timing.phase("write"):
+        save_tensors(
+            out,
+            {
+                "state_dict": result["model"].state_dict(),
+                "model": job.model,
+                "clean_acc": clean_acc,
+                "pretrain_indices": pretrain.to(torch.long),
+                "fingerprint": run.fingerprint(pretrain),
+            },
+        )
     result["checkpointer"].clear()
     log.info("extractor: %d pretraining images, clean accuracy %.4f -> %s", len(pretrain), clean_acc, out)
 
