@@ -43,8 +43,8 @@ def test_phases_add_up_and_process_age_is_positive():
     assert timing.recorded() == {}
 
 
-def _job(root, rule, wildcards, phases, wall=None, order=None):
-    out = root / "results" / rule / ("_".join(wildcards.values()) + ".json")
+def _job(root, rule, wildcards, phases, wall=None, order=None, folder="results"):
+    out = root / folder / rule / ("_".join(wildcards.values()) + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"rule": rule, "wildcards": dict(sorted(wildcards.items())), "timings": phases}
     (out.parent / (out.name + ".prov.json")).write_text(json.dumps(record))
@@ -60,13 +60,15 @@ def test_breakdown_splits_work_from_overhead_per_rule(tmp_path):
     _job(tmp_path, "train_victim", {"attack": "a", "seed": "0", "defense": "d"}, phases, 9.0, ["a", "d", "0"])
     _job(tmp_path, "train_victim", {"attack": "a", "seed": "1", "defense": "d"}, phases, 10.0, ["a", "d", "1"])
     _job(tmp_path, "render_tables", {}, {"startup": 1.0, "imports": 0.5, "verify_inputs": 0.0, "job": 0.5})
+    _job(tmp_path, "prepare_data", {"dataset": "x"}, {"startup": 0.1, "load": 1.9, "job": 1.9}, folder="resources")
     result = bench.job_breakdown(tmp_path)
     victims = result["rules"]["train_victim"]
     assert victims["jobs"] == 2 and victims["wall"] == 9.5 and victims["work"] == 6.5
     assert victims["other"] == pytest.approx(9.5 - 6.5 - 2.0 - 0.1 - 0.2 - 0.1, abs=0.01)
     assert result["rules"]["render_tables"]["wall"] == 2.0  # no benchmark file: the runner's own measure
-    assert result["summed_job_seconds"] == 21.0 and result["work_seconds"] == 13.0
-    assert result["overhead_share"] == pytest.approx(1 - 13 / 21, abs=0.001)
+    assert result["rules"]["prepare_data"]["load"] == 1.9  # sidecars under resources/ count too
+    assert result["summed_job_seconds"] == 23.0 and result["work_seconds"] == 13.0
+    assert result["overhead_share"] == pytest.approx(1 - 13 / 23, abs=0.001)
     markdown = "\n".join(
         bench._breakdown_markdown({"wall_seconds": 30.0, "cores": 2, "snakemake_cpu_seconds": 4.2, "breakdown": result})
     )

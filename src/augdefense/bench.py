@@ -391,7 +391,8 @@ def job_breakdown(root: Path) -> dict:
     from augdefense.timing import WORK
 
     jobs: dict[tuple[str, str], dict] = {}
-    for sidecar in (root / "results").rglob("*.prov.json"):
+    sidecars = itertools.chain((root / "results").rglob("*.prov.json"), (root / "resources").rglob("*.prov.json"))
+    for sidecar in sidecars:
         record = json.loads(sidecar.read_text())
         if "timings" in record:
             jobs[(record["rule"], json.dumps(record["wildcards"], sort_keys=True))] = record
