@@ -73,3 +73,21 @@ def test_breakdown_splits_work_from_overhead_per_rule(tmp_path):
         bench._breakdown_markdown({"wall_seconds": 30.0, "cores": 2, "snakemake_cpu_seconds": 4.2, "breakdown": result})
     )
     assert "Snakemake's own process used 4.2 s of CPU" in markdown and "| train_victim | 2 | 9.5 |" in markdown
+
+
+@pytest.mark.workflow
+def test_breakdown_of_a_real_run_matches_every_job_to_its_benchmark_file(tiny_run):
+    """On the tiny run's own sidecars and `benchmark:` files (named in another wildcard order): every
+    job of a benchmarked rule gets its file's wall time, and the work inside it is timed."""
+    workdir, _ = tiny_run
+    result = bench.job_breakdown(workdir)
+    rules = result["rules"]
+    benchmarked = {path.name for path in (workdir / "benchmarks").iterdir()}
+    assert {"prepare_data", "craft_poison", "train_victim"} <= benchmarked
+    for rule in benchmarked:
+        files = list((workdir / "benchmarks" / rule).rglob("*.tsv"))
+        assert rules[rule]["jobs"] == rules[rule]["benchmarked"] == len(files), rule
+    victims = rules["train_victim"]
+    assert victims["work"] > 0 and victims["imports"] > 0 and victims["wall"] > victims["work"]
+    assert rules["render_tables"]["benchmarked"] == 0
+    assert 0 < result["overhead_share"] < 1

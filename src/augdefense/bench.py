@@ -397,27 +397,33 @@ def job_breakdown(root: Path) -> dict:
         if "timings" in record:
             jobs[(record["rule"], json.dumps(record["wildcards"], sort_keys=True))] = record
     rules: dict[str, list[dict]] = {}
+    benchmarked_jobs: dict[str, int] = {}
     for (rule, _), record in jobs.items():
         wildcards = record["wildcards"]
         phases = dict(record["timings"])
         # Rules without a benchmark file (reporting): the runner's own measure, exit excluded.
-        wall = sum(phases.get(p, 0.0) for p in ("startup", "imports", "verify_inputs", "job"))
+        wall, benchmarked = sum(phases.get(p, 0.0) for p in ("startup", "imports", "verify_inputs", "job")), 0
         # The benchmark file is named by the wildcards in the output pattern's order, which the
         # sidecar (keys sorted) does not keep: try each order.
         for order in itertools.permutations(wildcards.values()) if wildcards else ():
             tsv = root / "benchmarks" / rule / ("/".join(order) + ".tsv")
             if tsv.is_file():
-                wall = float(tsv.read_text().splitlines()[1].split("\t")[0])
+                wall, benchmarked = float(tsv.read_text().splitlines()[1].split("\t")[0]), 1
                 break
         work = sum(phases.get(p, 0.0) for p in WORK)
         named = sum(phases.get(p, 0.0) for p in (*OVERHEAD_PHASES, *WORK))
         rules.setdefault(rule, []).append(
             {"wall": wall, "work": work, **{p: phases.get(p, 0.0) for p in OVERHEAD_PHASES}, "other": wall - named}
         )
+        benchmarked_jobs[rule] = benchmarked_jobs.get(rule, 0) + benchmarked
     table, total, work_total = {}, 0.0, 0.0
     for rule, rows in sorted(rules.items()):
         n = len(rows)
-        table[rule] = {"jobs": n, **{k: round(sum(r[k] for r in rows) / n, 2) for k in rows[0]}}
+        table[rule] = {
+            "jobs": n,
+            "benchmarked": benchmarked_jobs[rule],  # jobs whose wall time is their benchmark file's
+            **{k: round(sum(r[k] for r in rows) / n, 2) for k in rows[0]},
+        }
         total += sum(r["wall"] for r in rows)
         work_total += sum(r["work"] for r in rows)
     return {
