@@ -27,8 +27,10 @@ def test_a_phase_is_net_of_the_imports_inside_it(tmp_path, monkeypatch):
             import slow_module_for_timing  # noqa: F401
         import slow_module_for_timing  # noqa: F401,F811 (loaded: not counted again)
     phases = timing.recorded()
-    assert 0.2 <= phases["imports"] < 0.3  # the nested `import json` is not counted twice
-    assert 0.1 <= phases["load"] < 0.18
+    # Counted twice (the nested import, or the second import of a loaded module) would be >= 0.4; load
+    # with the import inside it would be >= 0.3. The margins leave room for a loaded machine.
+    assert 0.2 <= phases["imports"] < 0.38
+    assert 0.1 <= phases["load"] < 0.28
     assert "slow_module_for_timing" in sys.modules
 
 
@@ -36,9 +38,9 @@ def test_phases_add_up_and_process_age_is_positive():
     for _ in range(2):
         with timing.phase("write"):
             time.sleep(0.05)
-    assert 0.1 <= timing.recorded()["write"] < 0.15
-    age = timing.process_age()
-    assert age is None or age > 0
+    assert 0.1 <= timing.recorded()["write"] < 0.2  # both blocks, added up
+    age = timing.process_age()  # this process has run pytest's collection at least
+    assert age is not None and 0 < age < 24 * 3600
     timing.reset()
     assert timing.recorded() == {}
 

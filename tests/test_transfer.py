@@ -8,12 +8,23 @@ from augdefense.jobs.craft import craft_poison
 from augdefense.jobs.train import TrainingJob, pretrain_extractor, train_victim
 from augdefense.models import build as build_model
 from augdefense.models import classifier_head
+from augdefense.models import load as load_model
 from augdefense.training import Normalizer, Recipe, start_from_extractor, train
 
 TRANSFER = {"pretrain_recipe": "pretrain", "pretrain_share": 0.5, "finetune": "last_layer"}
+MODEL = {"arch": "convnet", "width": 8}
+RUNTIME = {"device": "cpu", "amp": False}
+SHORT = {"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}
 
 
-def _craft_feature_collision(data_path, extractor, recipe, runtime, out) -> dict:
+def _pretrain(data_path, pretraining: dict, out) -> dict:
+    """A one-epoch extractor on ``data_path`` (``pretrain_extractor``), read back."""
+    job = TrainingJob(data=data_path, recipe=SHORT, model=MODEL, runtime=RUNTIME, seed=0)
+    pretrain_extractor(job, pretraining=pretraining, out=out)
+    return torch.load(out, weights_only=True)
+
+
+def _craft_feature_collision(data_path, extractor, recipe, out) -> dict:
     """Four Poison Frogs poisons of seed 0 against ``extractor``, read back."""
     attack = {"type": "feature_collision", "recipe": "transfer", "eps": 8, "n_poisons": 4, "iterations": 3}
     craft_poison(
@@ -24,7 +35,7 @@ def _craft_feature_collision(data_path, extractor, recipe, runtime, out) -> dict
         out=out,
         crafting_model=extractor,
         recipe=recipe,
-        runtime=runtime,
+        runtime=RUNTIME,
     )
     return torch.load(out, weights_only=True)
 
@@ -42,7 +53,7 @@ def test_split_is_disjoint_complete_stratified_and_fixed(digits8):
 
 def test_last_layer_finetuning_changes_only_the_head(digits8):
     torch.manual_seed(0)
-    model = build_model({"arch": "convnet", "width": 8}, 1, 10, 8)
+    model = build_model(MODEL, 1, 10, 8)
     pretrained = {k: v.clone() for k, v in model.state_dict().items()}
     start_from_extractor(model, pretrained, last_layer_only=True)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["linear.weight", "linear.bias"]
@@ -69,33 +80,24 @@ def test_last_layer_finetuning_changes_only_the_head(digits8):
 
 
 def test_transfer_poisons_live_in_the_finetuning_split_and_the_victim_trains_there(digits8, tmp_path):
-    data_path = tmp_path / "digits.pt"
+    data_path, extractor = tmp_path / "digits.pt", tmp_path / "extractor.pt"
     data.prepare(spec={"source": "digits"}, out=data_path)
-    model = {"arch": "convnet", "width": 8}
-    runtime = {"device": "cpu", "amp": False}
-    short = {"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}
-    extractor = tmp_path / "extractor.pt"
-    pretrain_extractor(
-        TrainingJob(data=data_path, recipe=short, model=model, runtime=runtime, seed=0),
-        pretraining={"pretrain_share": TRANSFER["pretrain_share"]},
-        out=extractor,
-    )
-    recipe = {**short, "transfer": TRANSFER}
+    saved = _pretrain(data_path, {"pretrain_share": TRANSFER["pretrain_share"]}, extractor)
+    recipe = {**SHORT, "transfer": TRANSFER}
     poison_path = tmp_path / "fc.pt"
-    poison = _craft_feature_collision(data_path, extractor, recipe, runtime, poison_path)
+    poison = _craft_feature_collision(data_path, extractor, recipe, poison_path)
     pretrain, finetune = data.transfer_split(digits8.train_labels, TRANSFER)
     assert torch.equal(poison["train_subset"], finetune)
     assert set(poison["train_indices"].tolist()) <= set(finetune.tolist())
     assert torch.equal(poison["train_labels"], digits8.train_labels[poison["train_indices"]])
     record = train_victim(
         TrainingJob(
-            data=data_path, poison=poison_path, extractor=extractor, recipe=recipe, model=model, runtime=runtime, seed=0
+            data=data_path, poison=poison_path, extractor=extractor, recipe=recipe, model=MODEL, runtime=RUNTIME, seed=0
         ),
         attack="fc",
         out=tmp_path / "run.json",
     )
     assert record["n_poisons"] == 4 and 0 <= record["clean_acc"] <= 1
-    saved = torch.load(extractor, weights_only=True)
     assert torch.equal(saved["pretrain_indices"], pretrain)
 
 
@@ -174,19 +176,10 @@ def test_an_extractor_pretrained_on_other_classes_fine_tunes_and_crafts(digits8,
     """The benchmark's setting: the extractor pretrains on another dataset (CIFAR-100 there; five
     digit classes here), whose head does not fit the victim's classes: the head is re-initialised,
     every other weight comes from the extractor, and the poisons live in the first images per class."""
-    data_path, other = tmp_path / "digits.pt", tmp_path / "five.pt"
+    data_path, other, extractor = tmp_path / "digits.pt", tmp_path / "five.pt", tmp_path / "extractor.pt"
     data.prepare(spec={"source": "digits"}, out=data_path)
     _five_class_digits(other, digits8)
-    model = {"arch": "convnet", "width": 8}
-    runtime = {"device": "cpu", "amp": False}
-    short = {"epochs": 1, "milestones": [], "crop_pad": 1, "flip": False}
-    extractor = tmp_path / "extractor.pt"
-    pretrain_extractor(
-        TrainingJob(data=other, recipe=short, model=model, runtime=runtime, seed=0),
-        pretraining={"pretrain_data": {"source": "digits"}},
-        out=extractor,
-    )
-    saved = torch.load(extractor, weights_only=True)
+    saved = _pretrain(other, {"pretrain_data": {"source": "digits"}}, extractor)
     assert saved["state_dict"]["linear.weight"].shape[0] == 5
     assert len(saved["pretrain_indices"]) == int((digits8.train_labels < 5).sum())
     transfer = {
@@ -195,19 +188,17 @@ def test_an_extractor_pretrained_on_other_classes_fine_tunes_and_crafts(digits8,
         "finetune_size": 200,
         "finetune": "last_layer",
     }
-    recipe = {**short, "transfer": transfer}
+    recipe = {**SHORT, "transfer": transfer}
     poison_path = tmp_path / "fc.pt"
-    poison = _craft_feature_collision(data_path, extractor, recipe, runtime, poison_path)
+    poison = _craft_feature_collision(data_path, extractor, recipe, poison_path)
     _, finetune = data.transfer_split(digits8.train_labels, transfer)
     assert len(finetune) == 200 and torch.equal(poison["train_subset"], finetune)
     assert set(poison["train_indices"].tolist()) <= set(finetune.tolist())
     job = TrainingJob(
-        data=data_path, poison=poison_path, extractor=extractor, recipe=recipe, model=model, runtime=runtime, seed=0
+        data=data_path, poison=poison_path, extractor=extractor, recipe=recipe, model=MODEL, runtime=RUNTIME, seed=0
     )
     record = train_victim(job, attack="fc", out=tmp_path / "run.json")
     assert record["n_train"] == 200 and 0 <= record["clean_acc"] <= 1
-    from augdefense import models
-
-    loaded = models.load(extractor, digits8, head_may_differ=True).state_dict()
+    loaded = load_model(extractor, digits8, head_may_differ=True).state_dict()
     assert loaded["linear.weight"].shape[0] == 10
     assert all(torch.equal(loaded[k], v) for k, v in saved["state_dict"].items() if not k.startswith("linear."))

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from augdefense.io import atomic_path
 from augdefense.params import OPTIONAL, Param
 
 CLAIM_PARAMS = {
@@ -183,9 +182,9 @@ def render_claims(
     *, metrics: str | Path, experiments: dict, scale: str, csv: str | Path, md: str | Path
 ) -> pd.DataFrame:
     """``results/claims.{csv,md}``: each declared claim, its paired effect over seeds and its verdict."""
+    from augdefense.tables import write_report
+
     frame = evaluate(pd.read_csv(metrics), experiments)
-    with atomic_path(csv) as tmp:
-        frame.to_csv(tmp, index=False)
     lines = [
         "# The papers' claims, tested on this run",
         "",
@@ -208,16 +207,12 @@ def render_claims(
             f"| {r.claim} | {r.source} | {r.cell} (vs {r.baseline}), {r.metric} {r.direction} | "
             f"{_effect(r.effect, r.metric)}{interval} | {r.n_seeds} | **{verdict_text}** |"
         )
-    lines += [
-        "",
+    note = (
         "Effect = the claim cell's metric minus the baseline's, paired by seed (points for rates, nats for "
         "the goal log-odds margin), with a 95% t-interval over seeds. A claim holds when the interval lies on "
         "the claimed side of zero, is contradicted when it lies on the other, and is inconclusive otherwise; "
         "with several baselines the weakest comparison is shown (the CSV has each). Claims are declared in "
-        "the config beside their experiment.",
-        "",
-        f"Computed at: {scale}.",
-    ]
-    with atomic_path(md) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        "the config beside their experiment."
+    )
+    write_report(frame, csv=csv, md=md, lines=lines, note=note, scale=scale)
     return frame

@@ -8,8 +8,8 @@ the counts against a dry run). A job's cost is the images it trains on (epochs x
 the per-image training cost of its defense, the crafting steps times their per-poison cost, plus a
 start-up cost per job. Per-image costs come from a ``gpucheck.json`` (measured on a GPU, scaled by
 the ratio of the config's model FLOPs per image to the measured model's), or else from stated
-defaults: for a GPU config, Geiping et al.'s ~9 minutes per 40-epoch ResNet-18 training on CIFAR-10
-(the framework's reported cost, card unstated); for a CPU config, this project's ConvNet on one core
+defaults: for a GPU config, the cost Geiping et al. report per 40-epoch ResNet-18 training on
+CIFAR-10 (``FOREST_MINUTES_PER_TRAINING``, card unstated); for a CPU config, this project's ConvNet on one core
 of its 2-core CI machine (README "Estimate", with the date). Costs that were assumed rather than
 measured are named in the output.
 """
@@ -24,11 +24,14 @@ from pathlib import Path
 from augdefense import config as grid
 from augdefense import sources
 
-# Geiping et al.'s framework: ~9 min for one 40-epoch ResNet-18 training on CIFAR-10's 50 000 images.
-FOREST_SECONDS_PER_IMAGE = 9 * 60 / (40 * 50_000)
+# The training cost Geiping et al. report for their framework (README "GPU check and cost estimate"),
+# priced per training image: one 40-epoch ResNet-18 training on CIFAR-10's 50 000 images.
+FOREST_MINUTES_PER_TRAINING = 9
+FOREST_SECONDS_PER_IMAGE = FOREST_MINUTES_PER_TRAINING * 60 / (40 * 50_000)
 GPU_DEFAULTS = {
-    "source": "assumed: Geiping et al.'s 9 min per 40-epoch ResNet-18 CIFAR-10 training, for every defense "
-    "(MaxUp: m draws), and gradient matching at 3 training passes per poison and iteration",
+    "source": f"assumed: Geiping et al.'s {FOREST_MINUTES_PER_TRAINING} min per 40-epoch ResNet-18 CIFAR-10 "
+    "training, for every defense (MaxUp: m draws), and gradient matching at 3 training passes per poison and "
+    "iteration",
     "training_seconds_per_image": {
         "none": FOREST_SECONDS_PER_IMAGE,
         "mixup": FOREST_SECONDS_PER_IMAGE,
@@ -184,11 +187,11 @@ def _upstream(config: dict, attack: str, defense: str, seed) -> set[str]:
     return files
 
 
-def forest_seconds(config: dict) -> float:
-    """The same grid's training jobs (victims, crafting and feature models) at Geiping et al.'s 9
-    minutes per training, for the README's comparison."""
+def forest_trainings(config: dict) -> int:
+    """The grid's training jobs (victims, crafting and feature models), priced at Geiping et al.'s
+    ``FOREST_MINUTES_PER_TRAINING`` each for the README's comparison."""
     jobs = grid.compute_jobs(config)
-    return 9 * 60 * sum(len(jobs[r]) for r in ("train_victim", "train_crafting_model", "train_feature_model"))
+    return sum(len(jobs[r]) for r in ("train_victim", "train_crafting_model", "train_feature_model"))
 
 
 def report(path: str, costs_path: str | None) -> str:
@@ -220,10 +223,11 @@ def report(path: str, costs_path: str | None) -> str:
     for table, row in result["by_table"].items():
         lines.append(f"| {table} | {row['jobs']} | {row['seconds'] / per:.1f} |")
     if not cpu:
-        forest = forest_seconds(config)
+        trainings = forest_trainings(config)
+        forest = trainings * FOREST_MINUTES_PER_TRAINING * 60
         lines += [
             "",
-            f"The same grid's {int(forest / 540)} trainings at Geiping et al.'s 9 min each: "
+            f"The same grid's {trainings} trainings at Geiping et al.'s {FOREST_MINUTES_PER_TRAINING} min each: "
             f"{forest / 3600:.0f} GPU-hours ({result['total_seconds'] / forest:.2f}x that here).",
         ]
     lines.append("")

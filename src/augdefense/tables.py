@@ -306,8 +306,6 @@ def compare_papers(
         "paper_inside_ci",
     ]
     frame = pd.DataFrame(rows, columns=columns)
-    with atomic_path(csv) as tmp:
-        frame.to_csv(tmp, index=False)
     lines = [
         "# Reproduced cells beside the papers' values",
         "",
@@ -320,15 +318,20 @@ def compare_papers(
             f"{100 * r.ours:.1f} | {100 * r.ci_low:.1f}–{100 * r.ci_high:.1f} | {r.n_seeds} | "
             f"{'yes' if r.paper_inside_ci else '**no**'} |"
         )
-    lines += [
-        "",
+    note = (
         "Intervals are over seeds, the unit of replication (the images of one seed share one model and one "
         "draw): the Wilson interval of the successes where each seed scores one target, else the "
         "t-interval of the per-seed values. A paper value outside it is one these seeds contradict; with "
-        "few seeds the intervals are wide. A CPU preset is not expected to match the papers' CIFAR-10 numbers.",
-        "",
-        f"Computed at: {scale}.",
-    ]
-    with atomic_path(md) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        "few seeds the intervals are wide. A CPU preset is not expected to match the papers' CIFAR-10 numbers."
+    )
+    write_report(frame, csv=csv, md=md, lines=lines, note=note, scale=scale)
     return frame
+
+
+def write_report(frame: pd.DataFrame, *, csv, md, lines: list[str], note: str, scale: str) -> None:
+    """A report's CSV (``frame``) and its markdown: ``lines``, then ``note`` and the scale it was
+    computed at."""
+    with atomic_path(csv) as tmp:
+        frame.to_csv(tmp, index=False)
+    with atomic_path(md) as tmp:
+        tmp.write_text("\n".join([*lines, "", note, "", f"Computed at: {scale}."]) + "\n")
