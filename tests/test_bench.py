@@ -14,7 +14,11 @@ from augdefense import augment, bench, data, defenses
 def test_tiny_benchmark_writes_its_report(tmp_path):
     assert bench.main(["--tiny", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
-    assert set(result) == {"machine", "setup", "training", "crafting", "workflow"}
+    assert set(result) == {"machine", "setup", "training", "crafting", "data_path", "workflow"}
+    path = result["data_path"]
+    assert path["images"] == 16 and [r["workers"] for r in path["rows"]] == [0]
+    assert path["rows"][0]["ms_per_image"] > 0 and path["mean_jpeg_kb"] > 10
+    assert path["imagenet_epoch_minutes"] == round(path["rows"][0]["ms_per_image"] * 1_281_167 / 60_000, 1)
     measured = [r for r in result["training"] if "skipped" not in r]
     assert [r["defense"] for r in measured] == ["none", "mixup k=2"]
     for row in measured:

@@ -307,7 +307,7 @@ def test_load_names_the_file_and_the_schema_error(tmp_path):
 def test_cifar_sources_are_known_before_any_download():
     from augdefense import sources
 
-    assert sources.facts({"source": "cifar100"}) == SourceFacts((500,) * 100, (3, 32, 32))
+    assert sources.facts({"source": "cifar100"}) == SourceFacts((500,) * 100, (3, 32, 32), 10000)
     assert sources.facts({"source": "cifar10", "image_size": 16}).image_shape == (3, 16, 16)
     assert sources.dataset_name({"source": "cifar10", "image_size": 16}) == "cifar10-16px"
 

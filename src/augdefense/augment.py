@@ -1,4 +1,5 @@
-"""The papers' baseline augmentation (random crop with zero padding + horizontal flip), batched.
+"""The papers' baseline augmentation (random crop with zero padding + horizontal flip), batched;
+and, as an option for streamed ImageFolder data, the common ImageNet recipe per image in the loader.
 
 torchvision.transforms.v2.RandomCrop draws one offset per call, i.e. one per batch when given a
 batch; the papers crop each image independently, so this is written by hand, on the training
@@ -33,3 +34,14 @@ def random_flip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | No
 def baseline(x: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
     x = random_crop(x, crop_pad, generator)
     return random_flip(x, 0.5, generator) if flip else x
+
+
+def random_resized_crop(size: int, flip: bool):
+    """Per image in the DataLoader workers (``recipe.crop: random_resized``): torchvision's
+    ``RandomResizedCrop`` to ``size`` and a horizontal flip, the usual ImageNet training recipe.
+    forest trains ImageNet on the fixed centre crop with its batched random shift instead
+    (``crop: pad``, the default), which is what Table 3's numbers used."""
+    from torchvision.transforms import v2
+
+    steps = [v2.RandomResizedCrop(size, antialias=True)] + ([v2.RandomHorizontalFlip()] if flip else [])
+    return v2.Compose(steps)

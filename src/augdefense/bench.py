@@ -9,6 +9,10 @@
   not installed (``pip install -e '.[bench]'``).
 - The workflow's wall time and each rule family's time, from Snakemake's log and ``benchmark:``
   files of the last run in this folder (run ``make demo`` first).
+- The streamed data path (``data.storage: stream``): seconds per image to decode generated
+  ImageNet-sized JPEGs (500 x 375, about ImageNet's median) to forest's 224-px centre crop and
+  batch them through the DataLoader, per worker count, and what that makes one ImageNet epoch
+  (1 281 167 images) on this machine.
 - With ``--demo``: the CPU demo run here from scratch (``presets/quick.yaml``, in
   ``scratch/bench-demo``), Snakemake's own CPU time over it (its process alone, not its jobs), and
   where each rule's jobs spend their time (``augdefense.timing``'s phases from the sidecars, the
@@ -325,6 +329,61 @@ def bench_crafting(
     }
 
 
+IMAGENET_TRAIN_IMAGES = 1_281_167
+IMAGENET_JPEG_SIZE = (500, 375)
+
+
+def _imagenet_like_jpegs(folder: Path, n: int) -> list[str]:
+    """``n`` JPEGs of ImageNet's typical size: smooth colour fields with texture, so that they
+    compress (and decode) like photographs rather than like noise."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    width, height = IMAGENET_JPEG_SIZE
+    files = []
+    for i in range(n):
+        coarse = rng.random((height // 25, width // 25, 3)) * 255
+        field = np.kron(coarse, np.ones((25, 25, 1)))
+        pixels = np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        files.append(str(path))
+    return files
+
+
+def bench_data_path(n: int, worker_counts: list[int], batch_size: int = 64) -> dict:
+    """Seconds per image through the streamed loader (decode, resize, centre crop, batch), per
+    number of DataLoader workers; the best projects one ImageNet epoch's data path here."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="augdefense-jpegs-") as folder:
+        return _time_data_path(_imagenet_like_jpegs(Path(folder), n), worker_counts, batch_size)
+
+
+def _time_data_path(files: list[str], worker_counts: list[int], batch_size: int) -> dict:
+    n = len(files)
+    images = data.ImageFiles(files, 224)
+    images[: min(n, 8)]  # PIL's decoders load on first use: not part of the rate
+    rows = []
+    for workers in worker_counts:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).split(batch_size)
+        start = time.perf_counter()
+        count = sum(len(batch) for batch in data.loader(images, order, workers=workers))
+        seconds = time.perf_counter() - start
+        rows.append({"workers": workers, "ms_per_image": round(1000 * seconds / count, 3)})
+    best = min(r["ms_per_image"] for r in rows)
+    mean_bytes = sum(os.path.getsize(f) for f in files) / n
+    return {
+        "images": n,
+        "jpeg_size": list(IMAGENET_JPEG_SIZE),
+        "mean_jpeg_kb": round(mean_bytes / 1024, 1),
+        "batch_size": batch_size,
+        "rows": rows,
+        "imagenet_epoch_minutes": round(best * IMAGENET_TRAIN_IMAGES / 1000 / 60, 1),
+    }
+
+
 def workflow_timings(root: Path) -> dict:
     """Wall time of the last Snakemake run here, and per rule family from the benchmark files."""
     out: dict = {}
@@ -499,6 +558,21 @@ def to_markdown(result: dict) -> str:
                 f"| {row['defense']} | {row['ours_images_per_s']} | {row['reference_images_per_s']} | {row['ratio']}× |"
             )
     lines += ["", *_crafting_markdown(result["crafting"]), ""]
+    dp = result.get("data_path")
+    if dp:
+        lines += [
+            f"Streamed data path: {dp['images']} generated JPEGs of {dp['jpeg_size'][0]} x {dp['jpeg_size'][1]} "
+            f"({dp['mean_jpeg_kb']} KiB each on average) decoded to the 224-px centre crop and batched by "
+            f"{dp['batch_size']}:",
+            "",
+            "| DataLoader workers | ms per image |",
+            "|---|---|",
+            *(f"| {r['workers']} | {r['ms_per_image']} |" for r in dp["rows"]),
+            "",
+            f"At the best rate, one ImageNet epoch ({IMAGENET_TRAIN_IMAGES} images) spends "
+            f"{dp['imagenet_epoch_minutes']} minutes in the data path on this machine.",
+            "",
+        ]
     wf = result["workflow"]
     if wf.get("last_run_wall_seconds") is not None:
         lines.append(f"Last workflow run in this folder: {wf['last_run_wall_seconds']} s wall time.")
@@ -530,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="gradient-matching iterations per crafting measurement (20; 2 with --tiny)",
     )
+    parser.add_argument("--jpegs", type=int, default=512, help="generated JPEGs the data-path measurement decodes")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = data.build({"source": "digits", "image_size": 16})
@@ -556,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
         "training": bench_training(dataset, model_spec, n, 128, repeats, workers, names),
         "crafting": bench_crafting(
             dataset, model_spec, craft_iterations, repeats, model_epochs=0 if args.tiny else CRAFT_MODEL_EPOCHS
+        ),
+        "data_path": bench_data_path(
+            16 if args.tiny else args.jpegs, [0] if args.tiny else sorted({0, 1, os.cpu_count() or 1})
         ),
         "workflow": workflow_timings(Path(".")),
     }

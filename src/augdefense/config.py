@@ -169,10 +169,11 @@ def check_config(config: dict, facts=None) -> None:
                     f"{reason}; list {{attack: {attack}, defense: {defense}}} under "
                     f"experiments.{table}.exclude"
                 )
-    if facts is None:
-        from augdefense import sources
+    from augdefense import sources
 
+    if facts is None:
         facts = sources.facts(config["data"])
+    sources.check_fits(config["data"], facts)
     used = {a for a, _ in cells(config)}
     for name in sorted(used):
         check_feasible(name, attacks[name], recipes[attacks[name]["recipe"]], facts)

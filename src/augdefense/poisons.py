@@ -73,12 +73,19 @@ def none(image_shape: tuple[int, ...]) -> dict:
     }
 
 
-def apply(train_images: torch.Tensor, train_labels: torch.Tensor, poison: dict):
-    """Return copies of the training set with the poisoned images (and labels) put in place."""
-    images, labels = train_images.clone(), train_labels.clone()
-    idx = poison["train_indices"]
+def apply(train_images, train_labels: torch.Tensor, poison: dict):
+    """Return copies of the training set with the poisoned images (and labels) put in place
+    (for streamed images, a view that shows the poisons at their indices: ``data.ImageFiles``)."""
+    from augdefense.data import ImageFiles
+
+    labels, idx = train_labels.clone(), poison["train_indices"]
+    if isinstance(train_images, ImageFiles):
+        images = train_images.replace(idx, poison["train_images"])
+    else:
+        images = train_images.clone()
+        if len(idx):
+            images[idx] = poison["train_images"]
     if len(idx):
-        images[idx] = poison["train_images"]
         labels[idx] = poison["train_labels"]
     return images, labels
 
@@ -86,9 +93,11 @@ def apply(train_images: torch.Tensor, train_labels: torch.Tensor, poison: dict):
 def training_set(dataset, poison: dict):
     """The training set a victim sees: the poisons put in place, restricted to the fine-tuning
     split when the attack crafted in one (transfer learning)."""
+    from augdefense.data import take
+
     images, labels = apply(dataset.train_images, dataset.train_labels, poison)
     if "train_subset" in poison:
-        return images[poison["train_subset"]], labels[poison["train_subset"]]
+        return take(images, poison["train_subset"]), labels[poison["train_subset"]]
     return images, labels
 
 

@@ -89,10 +89,17 @@ def environment() -> dict:
 
 
 def write_sidecars(
-    *, job: dict, function: str, inputs: dict[str, str], outputs: list[str], started: str, timings: dict | None = None
+    *,
+    job: dict,
+    function: str,
+    inputs: dict[str, str],
+    outputs: list[str],
+    started: str,
+    timings: dict | None = None,
+    memory: dict | None = None,
 ) -> None:
     """Write one record per output of a finished job: what it read (by sha256, code included),
-    wrote, ran with and on, where its time went (``augdefense.timing``), and the job itself
+    wrote, ran with and on, where its time and memory went (``augdefense.timing``), and the job itself
     (``python -m augdefense replay <sidecar>`` runs it again)."""
     record = {
         "rule": job["rule"],
@@ -106,6 +113,7 @@ def write_sidecars(
         "started": started,
         "finished": now(),
         "timings": timings or {},
+        "memory": memory or {},
         "function": function,
         "job": job,
     }

@@ -154,8 +154,9 @@ def execute(job: JobSpec, function: Callable) -> None:
         outputs=job.output_files(),
         started=started,
         timings=timing.recorded(),
+        memory=timing.memory(),
     )
-    logging.getLogger("augdefense").info("timings %s", timing.recorded())
+    logging.getLogger("augdefense").info("timings %s; memory %s", timing.recorded(), timing.memory())
 
 
 def run_rule(snakemake, function: Callable) -> None:

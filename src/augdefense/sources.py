@@ -12,6 +12,7 @@ from augdefense.errors import ConfigError, DataError
 from augdefense.params import OPTIONAL, Param, complete
 
 SOURCES = ("cifar10", "cifar100", "digits", "imagefolder")
+STORAGES = ("memory", "stream")
 DATA_PARAMS = {
     "source": Param(
         "string",
@@ -24,12 +25,32 @@ DATA_PARAMS = {
         "integer", "resize to this square size (required for imagefolder)", default=OPTIONAL, minimum=4
     ),
     "split_seed": Param("integer", "digits: seed of the stratified 80/20 split", default=0),
+    "mean": Param(
+        "array",
+        "per-channel normalisation mean in [0, 1] units (with std); absent: computed from the training set",
+        default=OPTIONAL,
+        items=Param("number", minimum=0, maximum=1),
+    ),
+    "std": Param(
+        "array",
+        "per-channel normalisation std in [0, 1] units (with mean); absent: computed from the training set",
+        default=OPTIONAL,
+        items=Param("number", exclusive_minimum=0),
+    ),
+    "storage": Param(
+        "string",
+        "memory: every image decoded once into one uint8 artifact (CIFAR-sized data); stream: an imagefolder "
+        "tree indexed by file and decoded batch by batch by DataLoader workers (sets that do not fit in memory)",
+        default="memory",
+        enum=STORAGES,
+    ),
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 # CIFAR-10's training set: 5000 images of each of 10 classes, 3 x 32 x 32; CIFAR-100's: 500 of each of 100.
 CIFAR10_TRAIN_CLASS_SIZES = (5000,) * 10
 CIFAR100_TRAIN_CLASS_SIZES = (500,) * 100
 CIFAR10_SHAPE = (3, 32, 32)
+CIFAR_TEST_SIZE = 10000
 DIGITS_SHAPE = (1, 8, 8)
 
 
@@ -40,6 +61,13 @@ def check(spec: dict) -> dict:
         for key, what in (("path", "a folder with train/ and test/"), ("image_size", "images are resized to it")):
             if key not in spec:
                 raise ConfigError(f"data.{key}: required for source 'imagefolder' ({what})")
+    if ("mean" in spec) != ("std" in spec) or len(spec.get("mean", ())) != len(spec.get("std", ())):
+        raise ConfigError("data.mean, data.std: give both, one value per channel, or neither")
+    if spec["storage"] == "stream" and spec["source"] != "imagefolder":
+        raise ConfigError(
+            f"data.storage: 'stream' reads an imagefolder tree file by file; source '{spec['source']}' is "
+            "held in memory (storage: memory)"
+        )
     return spec
 
 
@@ -47,10 +75,22 @@ def check(spec: dict) -> dict:
 class SourceFacts:
     train_class_sizes: tuple[int, ...]
     image_shape: tuple[int, int, int]
+    num_test: int = 0
 
     @property
     def num_train(self) -> int:
         return sum(self.train_class_sizes)
+
+    @property
+    def image_bytes(self) -> int:
+        """One decoded uint8 image."""
+        channels, height, width = self.image_shape
+        return channels * height * width
+
+    def in_memory_bytes(self) -> int:
+        """What a training job holds with ``storage: memory``: the prepared training and test sets,
+        and the victim's poisoned copy of the training set (``poisons.apply``)."""
+        return (2 * self.num_train + self.num_test) * self.image_bytes
 
 
 def facts(spec: dict) -> SourceFacts:
@@ -59,20 +99,48 @@ def facts(spec: dict) -> SourceFacts:
     size = spec.get("image_size")
     if spec["source"] in ("cifar10", "cifar100"):
         sizes = CIFAR10_TRAIN_CLASS_SIZES if spec["source"] == "cifar10" else CIFAR100_TRAIN_CLASS_SIZES
-        shape = CIFAR10_SHAPE
+        shape, num_test = CIFAR10_SHAPE, CIFAR_TEST_SIZE
     elif spec["source"] == "digits":
         import numpy as np
 
-        targets, train, _ = digits_split(spec["split_seed"])
-        sizes, shape = tuple(np.bincount(targets[train]).tolist()), DIGITS_SHAPE
+        targets, train, test = digits_split(spec["split_seed"])
+        sizes, shape, num_test = tuple(np.bincount(targets[train]).tolist()), DIGITS_SHAPE, len(test)
     else:
         root = Path(spec["path"])
         classes = imagefolder_classes(root)
         sizes = tuple(sum(1 for _ in class_images(root / "train" / name)) for name in classes)
+        num_test = sum(sum(1 for _ in class_images(root / "test" / name)) for name in classes)
         shape = (3, size, size)
     if size is not None:
         shape = (shape[0], size, size)
-    return SourceFacts(sizes, shape)
+    return SourceFacts(sizes, shape, num_test)
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def check_fits(spec: dict, facts: SourceFacts, available: int | None = None) -> None:
+    """Refuse ``storage: memory`` when a training job's copy of the set would not fit in this
+    machine's memory (``available``, bytes: the physical memory when not given), with the estimate."""
+    spec = check(spec)
+    available = memory_bytes() if available is None else available
+    if spec["storage"] != "memory" or available is None:
+        return
+    needed = facts.in_memory_bytes()
+    if needed > available:
+        raise ConfigError(
+            f"data.storage: 'memory' holds every decoded image in each training job: about {needed / 2**30:.1f} GiB "
+            f"({facts.num_train} training images twice, the clean set and the poisoned copy, and {facts.num_test} "
+            f"test images, {facts.image_bytes} bytes each), more than this machine's {available / 2**30:.1f} GiB; "
+            "use storage: stream (imagefolder) or a smaller image_size"
+        )
 
 
 def digits_split(split_seed: int):
@@ -133,4 +201,5 @@ def finetune_class_sizes(train_class_sizes: tuple[int, ...], transfer: dict) -> 
 
 def dataset_name(spec: dict) -> str:
     """The prepared artifact's name of a data entry: its source, and its size where it resizes."""
-    return spec["source"] + (f"-{spec['image_size']}px" if spec.get("image_size") is not None else "")
+    name = spec["source"] + (f"-{spec['image_size']}px" if spec.get("image_size") is not None else "")
+    return name + ("-stream" if spec.get("storage") == "stream" else "")

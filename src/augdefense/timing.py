@@ -1,5 +1,6 @@
 """Where a job's time goes: named phases of this process, recorded in the job's sidecar
-(``timings``) and its log, and summed per rule by ``make bench``.
+(``timings``) and its log, and summed per rule by ``make bench``; and its memory (``memory``:
+resident memory when the data started loading, and the peaks).
 
 ``startup`` is the time from the process's start to the runner (interpreter, Snakemake's script
 preamble, the script's imports); ``imports`` is the time spent importing modules while the job ran
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 WORK = ("train", "craft", "evaluate", "filter")
 
 _phases: dict[str, float] = {}
+_memory: dict[str, float] = {}
 
 
 @contextmanager
@@ -71,6 +73,35 @@ def recorded() -> dict[str, float]:
 
 def reset() -> None:
     _phases.clear()
+    _memory.clear()
+
+
+def _status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (``VmRSS``: resident now; ``VmHWM``: its peak), MiB;
+    None where it cannot be read. (``getrusage``'s peak would carry over the peak of the process
+    that started this one: Linux keeps it across exec.)"""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def mark_memory(name: str) -> None:
+    """Record the resident memory at a point of the job as ``<name>_rss_mb``."""
+    rss = _status_mb("VmRSS")
+    if rss is not None:
+        _memory[f"{name}_rss_mb"] = round(rss, 1)
+
+
+def memory() -> dict[str, float]:
+    """The marks so far and the process's peak resident memory (``peak_rss_mb``), MiB. DataLoader
+    workers are processes of their own, each holding a few decoded batches; they are not counted."""
+    peak = _status_mb("VmHWM")
+    return {**_memory, **({"peak_rss_mb": round(peak, 1)} if peak is not None else {})}
 
 
 def process_age() -> float | None:

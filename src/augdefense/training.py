@@ -69,6 +69,13 @@ RECIPE_PARAMS = {
     "batch_size": Param("integer", "training batch size", default=128, minimum=1),
     "crop_pad": Param("integer", "random crop with this much zero padding (pixels)", default=4, minimum=0),
     "flip": Param("boolean", "random horizontal flips", default=True),
+    "crop": Param(
+        "string",
+        "pad: crop_pad's padded random crop, batched on the training device (the papers' and forest's); "
+        "random_resized: torchvision's RandomResizedCrop per image in the DataLoader workers (crop_pad unused)",
+        default="pad",
+        enum=("pad", "random_resized"),
+    ),
     # Transfer learning (Schwarzschild et al.'s setting): the victim starts from a feature extractor
     # pretrained on a disjoint split and fine-tunes the last layer or end to end.
     "transfer": Param(
@@ -94,6 +101,13 @@ RUNTIME_PARAMS = {
     "jobs_per_gpu": Param(
         "integer", "concurrent local jobs sharing one GPU (run with --resources gpu=GPUs x this)", default=1, minimum=1
     ),
+    "loader_workers": Param(
+        "integer",
+        "DataLoader processes decoding streamed images (data.storage: stream) or applying per-image crops, "
+        "besides the job's threads; 0: in the training process",
+        default=4,
+        minimum=0,
+    ),
 }
 
 
@@ -109,6 +123,7 @@ class Recipe:
     batch_size: int
     crop_pad: int
     flip: bool
+    crop: str
     transfer: dict | None = None
 
     @property
@@ -130,6 +145,7 @@ class Runtime:
     checkpoint_every: int
     compile: bool
     jobs_per_gpu: int
+    loader_workers: int
 
     @classmethod
     def from_spec(cls, spec: dict) -> Runtime:
@@ -197,9 +213,26 @@ class Checkpointer:
             Path(self.path).unlink(missing_ok=True)
 
 
+def _epoch_batches(images, order: torch.Tensor, recipe: Recipe, device: torch.device, workers: int, seed: tuple):
+    """One epoch's uint8 batches in ``order``: indexed on the device from the in-memory tensor, or
+    decoded (streamed images) and cropped per image (``crop: random_resized``) by DataLoader workers."""
+    from augdefense import augment, data
+
+    index_batches = order.split(recipe.batch_size)
+    if isinstance(images, torch.Tensor) and recipe.crop == "pad":
+        yield from (images[idx.to(device)] for idx in index_batches)
+        return
+    size = images.shape[-1]
+    transform = augment.random_resized_crop(size, recipe.flip) if recipe.crop == "random_resized" else None
+    batches = data.loader(
+        images, index_batches, workers=workers, transform=transform, seed=seed, pin=device.type == "cuda"
+    )
+    yield from (batch.to(device, non_blocking=True) for batch in batches)
+
+
 def train(
     model: torch.nn.Module,
-    images: torch.Tensor,
+    images,
     labels: torch.Tensor,
     defense,
     recipe: Recipe,
@@ -210,8 +243,10 @@ def train(
     amp: bool = True,
     checkpointer: Checkpointer | None = None,
     compile_model: bool = False,
+    loader_workers: int = 0,
 ) -> list[dict]:
-    """Train ``model`` in place on uint8 ``images``; return one record per epoch."""
+    """Train ``model`` in place on uint8 ``images`` (a tensor, or streamed ``data.ImageFiles``);
+    return one record per epoch."""
     from augdefense import augment
 
     model.to(device)
@@ -220,7 +255,8 @@ def train(
     model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
-    images = images.to(device, non_blocking=True)
+    if isinstance(images, torch.Tensor) and recipe.crop == "pad":
+        images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -266,12 +302,13 @@ def train(
     ):
         # Last-layer fine-tuning: the frozen extractor keeps its BatchNorm statistics (eval mode).
         model.train(not recipe.last_layer_only)
-        order = torch.randperm(n, generator=shuffle).to(device)
+        order = torch.randperm(n, generator=shuffle)
         total, steps, start = 0.0, 0, time.perf_counter()
-        for step, begin in enumerate(range(0, n, recipe.batch_size)):
-            idx = order[begin : begin + recipe.batch_size]
-            x = images[idx].float().div_(255)
-            x = augment.baseline(x, recipe.crop_pad, recipe.flip)
+        batches = _epoch_batches(images, order, recipe, device, loader_workers, (seed, epoch))
+        for step, (idx, batch) in enumerate(zip(order.to(device).split(recipe.batch_size), batches)):
+            x = batch.float().div_(255)
+            if recipe.crop == "pad":
+                x = augment.baseline(x, recipe.crop_pad, recipe.flip)
             loss = defense.loss(forward, x, labels[idx], epoch)
             value = loss.item()
             if not math.isfinite(value):
@@ -328,18 +365,23 @@ def start_from_extractor(model: torch.nn.Module, state: dict, last_layer_only: b
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module,
-    images: torch.Tensor,
+    images,
     normalizer: Normalizer,
     device: torch.device,
     batch_size: int = 1024,
     amp: bool = True,
+    *,
+    workers: int = 0,
 ) -> torch.Tensor:
-    """Softmax probabilities [N, classes] for uint8 ``images`` (no augmentation)."""
+    """Softmax probabilities [N, classes] for uint8 ``images`` (no augmentation; streamed images
+    decoded by ``workers``)."""
+    from augdefense.data import batches
+
     model.eval().to(device)
     normalizer.to(device)
     out = []
-    for begin in range(0, len(images), batch_size):
-        x = normalizer(images[begin : begin + batch_size].to(device).float().div_(255))
+    for batch in batches(images, batch_size, workers=workers):
+        x = normalizer(batch.to(device).float().div_(255))
         with _autocast(device, amp):
             out.append(torch.softmax(model(x).float(), dim=1).cpu())
     if not out:

@@ -5,6 +5,7 @@ rule prepare_data:
         out="resources/prepared/{dataset}.pt",
     params:
         spec=lambda w: spec(DATASETS[w.dataset]),
+    threads: THREADS
     log:
         "logs/prepare_data/{dataset}.log",
     benchmark:

@@ -57,8 +57,8 @@ def sanitize(
         batch = runtime_.eval_batch_size
         features = torch.cat(
             [
-                model.features(normalizer(images[i : i + batch].to(device).float().div_(255))).float().cpu()
-                for i in range(0, len(images), batch)
+                model.features(normalizer(x.to(device).float().div_(255))).float().cpu()
+                for x in datasets.batches(images, batch, workers=runtime_.loader_workers)
             ]
         )
     budget = assumed_poisons(attack, len(labels), dataset.num_classes)

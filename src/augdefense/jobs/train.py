@@ -110,17 +110,18 @@ class TrainingRun:
         import torch
 
         from augdefense import poisons
+        from augdefense.data import take
 
         images, labels = poisons.training_set(self.dataset, self.poison)
         if train_indices is not None:
-            images, labels = images[train_indices], labels[train_indices]
+            images, labels = take(images, train_indices), labels[train_indices]
         if sanitized is None:
             return images, labels
         for index, label in sanitized["relabeled"]:
             labels[index] = label
         keep = torch.ones(len(labels), dtype=torch.bool)
         keep[torch.tensor(sanitized["removed"], dtype=torch.long)] = False
-        return images[keep], labels[keep]
+        return take(images, keep), labels[keep]
 
     def fit(self, sanitized: dict | None = None, train_indices=None) -> dict:
         """Train from scratch (resuming from the job's checkpoint when it holds this run's state)
@@ -128,6 +129,7 @@ class TrainingRun:
         import torch
 
         from augdefense import gpu, models
+        from augdefense.data import take
         from augdefense.training import Checkpointer, Normalizer, predict, seed_everything, train
 
         job, rt = self.job, self.runtime
@@ -172,10 +174,19 @@ class TrainingRun:
                     amp=rt.amp,
                     checkpointer=checkpointer,
                     compile_model=rt.compile,
+                    loader_workers=rt.loader_workers,
                 )
             seconds = time.perf_counter() - start
             with timing.phase("evaluate"):
-                clean = predict(model, self.dataset.test_images[keep], normalizer, device, rt.eval_batch_size, rt.amp)
+                clean = predict(
+                    model,
+                    take(self.dataset.test_images, keep),
+                    normalizer,
+                    device,
+                    rt.eval_batch_size,
+                    rt.amp,
+                    workers=rt.loader_workers,
+                )
                 attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
                 wider = None
                 if "all_eval_images" in self.poison:
