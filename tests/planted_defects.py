@@ -99,6 +99,27 @@ DEFECTS = [
         "        if False:",
         "tests/test_workflow.py::test_an_impossible_budget_is_refused_at_dry_run",
     ),
+    (
+        "streamed poisons not shown at their indices",
+        "src/augdefense/data.py",
+        "        image = self.replaced.get(position)\n",
+        "        image = None\n",
+        "tests/test_stream.py::test_a_seed_gives_the_same_poisons_and_metrics_through_either_storage",
+    ),
+    (
+        "the streamed loader draws from the global generator",
+        "src/augdefense/data.py",
+        "        generator=torch.Generator().manual_seed(0),\n",
+        "",
+        "tests/test_stream.py::test_a_seed_gives_the_same_poisons_and_metrics_through_either_storage",
+    ),
+    (
+        "a set too large for memory passes the dry run",
+        "src/augdefense/config.py",
+        '    sources.check_fits(config["data"], facts)\n',
+        "",
+        "tests/test_stream.py::test_a_set_that_would_not_fit_in_memory_is_refused_at_dry_run",
+    ),
 ]
 IGNORE = shutil.ignore_patterns(
     ".venv", "results", "resources", ".snakemake", "scratch", "logs", "benchmarks", "mutants", ".git"

@@ -5,6 +5,7 @@ refused at the config check with its estimate."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,25 +169,39 @@ RECIPE = {"epochs": 2, "milestones": [1], "batch_size": 16, "crop_pad": 2, "flip
 WB = {"type": "gradient_matching", "recipe": "r", "eps": 16, "budget": 0.05, "iterations": 3, "restarts": 1}
 
 
-def _cell(prepared, tmp, workers):
-    """Crafting model, Witches' Brew poison and two victims (none, 2-way mixup) of seed 0 on one
-    prepared dataset; returns the poison's bytes and the victims' metrics without their timing."""
-    from augdefense.jobs.craft import craft_poison
-    from augdefense.jobs.train import TrainingJob, train_crafting_model, train_victim
+def _crafting_model(prepared, tmp, runtime) -> str:
+    from augdefense.jobs.train import TrainingJob, train_crafting_model
 
-    runtime = {"device": "cpu", "amp": False, "loader_workers": workers}
     job = TrainingJob(data=str(prepared), model=MODEL, recipe=RECIPE, runtime=runtime, seed=0)
     train_crafting_model(job, out=str(tmp / "model.pt"))
+    return str(tmp / "model.pt")
+
+
+def _craft(prepared, tmp, runtime, model) -> Path:
+    """Seed 0's Witches' Brew poison against ``model``."""
+    from augdefense.jobs.craft import craft_poison
+
+    out = tmp / "poison.pt"
     craft_poison(
         data=str(prepared),
         attack_name="wb",
         attack=WB,
         seed=0,
-        out=str(tmp / "poison.pt"),
-        crafting_model=str(tmp / "model.pt"),
+        out=str(out),
+        crafting_model=model,
         recipe=RECIPE,
         runtime=runtime,
     )
+    return out
+
+
+def _cell(prepared, tmp, workers):
+    """Crafting model, Witches' Brew poison and two victims (none, 2-way mixup) of seed 0 on one
+    prepared dataset; returns the poison's bytes and the victims' metrics without their timing."""
+    from augdefense.jobs.train import TrainingJob, train_victim
+
+    runtime = {"device": "cpu", "amp": False, "loader_workers": workers}
+    poison = _craft(prepared, tmp, runtime, _crafting_model(prepared, tmp, runtime))
     metrics = {}
     for name, defense in (("none", {"type": "none"}), ("mixup", {"type": "mixup", "k": 2, "alpha": 1.0})):
         victim = TrainingJob(
@@ -197,12 +212,29 @@ def _cell(prepared, tmp, workers):
             seed=0,
             defense_name=name,
             defense=defense,
-            poison=str(tmp / "poison.pt"),
+            poison=str(poison),
         )
         record = train_victim(victim, attack="wb", out=str(tmp / f"{name}.json"))
         record.pop("train_seconds")
         metrics[name] = record
-    return (tmp / "poison.pt").read_bytes(), metrics
+    return poison.read_bytes(), metrics
+
+
+def test_crafting_decodes_only_its_poisons_and_target(both, tmp_path, monkeypatch):
+    """Witches' Brew on streamed data reads its poisons and its target by index: a crafting job
+    decodes those images and no others."""
+    _, _, root = both
+    runtime = {"device": "cpu", "amp": False, "loader_workers": 0}
+    model = _crafting_model(root / "stream.pt", tmp_path, runtime)
+    decoded = []
+    original = data.decode_file
+    monkeypatch.setattr(data, "decode_file", lambda path, size: decoded.append(path) or original(path, size))
+    poison = torch.load(_craft(root / "stream.pt", tmp_path, runtime, model), weights_only=True)
+    listed = [str(root / "tree" / f) for f in torch.load(root / "stream.pt", weights_only=True)["train_files"]]
+    train_files, poisoned = set(listed), {listed[i] for i in poison["train_indices"].tolist()}
+    assert {p for p in decoded if p in train_files} == poisoned and len(poisoned) == 2
+    assert len([p for p in decoded if p not in train_files]) >= 1  # the target, from the test split
+    assert len(set(decoded)) <= len(poisoned) + 1
 
 
 def test_a_seed_gives_the_same_poisons_and_metrics_through_either_storage(both, tmp_path):
