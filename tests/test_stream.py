@@ -267,6 +267,42 @@ def _growth(record) -> float:
     return record["memory"]["peak_rss_mb"] - record["memory"]["before_data_rss_mb"]
 
 
+def test_a_filter_sees_the_same_features_through_either_storage(both, tmp_path):
+    """The filters' path on streamed data: the feature model trains on the poisoned stream and
+    Spectral Signatures' sanitize job streams the set for features; its record equals the
+    in-memory one's."""
+    from augdefense.jobs.craft import craft_poison
+    from augdefense.jobs.sanitize import sanitize
+    from augdefense.jobs.train import TrainingJob, train_feature_model
+
+    _, _, root = both
+    patch = {"type": "patch", "recipe": "r", "patch_size": 3, "fraction": 0.5}
+    runtime = {"device": "cpu", "amp": False, "loader_workers": 2}
+    records = []
+    for storage in ("memory", "stream"):
+        prepared, tmp = str(root / f"{storage}.pt"), tmp_path / storage
+        tmp.mkdir()
+        craft_poison(data=prepared, attack_name="p", attack=patch, seed=0, out=str(tmp / "poison.pt"))
+        job = TrainingJob(
+            data=prepared, model=MODEL, recipe=RECIPE, runtime=runtime, seed=0, poison=str(tmp / "poison.pt")
+        )
+        train_feature_model(job, out=str(tmp / "features.pt"))
+        records.append(
+            sanitize(
+                data=prepared,
+                poison=str(tmp / "poison.pt"),
+                feature_model=str(tmp / "features.pt"),
+                attack=patch,
+                defense_name="ss",
+                defense={"type": "spectral_signatures"},
+                runtime=runtime,
+                seed=0,
+                out=str(tmp / "sanitized.json"),
+            )
+        )
+    assert records[0] == records[1] and records[0]["n_removed"] > 0
+
+
 @pytest.mark.workflow
 def test_table3_runs_through_snakemake_streaming_224px_jpegs(tmp_path):
     """presets/imagenet.yaml's Table 3 cells (Witches' Brew against none, 2-way and 4-way mixup,
