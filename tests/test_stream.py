@@ -169,15 +169,15 @@ RECIPE = {"epochs": 2, "milestones": [1], "batch_size": 16, "crop_pad": 2, "flip
 WB = {"type": "gradient_matching", "recipe": "r", "eps": 16, "budget": 0.05, "iterations": 3, "restarts": 1}
 
 
-def _crafting_model(prepared, tmp, runtime) -> str:
+def _crafting_model(prepared, tmp, runtime, recipe=RECIPE) -> str:
     from augdefense.jobs.train import TrainingJob, train_crafting_model
 
-    job = TrainingJob(data=str(prepared), model=MODEL, recipe=RECIPE, runtime=runtime, seed=0)
+    job = TrainingJob(data=str(prepared), model=MODEL, recipe=recipe, runtime=runtime, seed=0)
     train_crafting_model(job, out=str(tmp / "model.pt"))
     return str(tmp / "model.pt")
 
 
-def _craft(prepared, tmp, runtime, model) -> Path:
+def _craft(prepared, tmp, runtime, model, recipe=RECIPE) -> Path:
     """Seed 0's Witches' Brew poison against ``model``."""
     from augdefense.jobs.craft import craft_poison
 
@@ -189,25 +189,25 @@ def _craft(prepared, tmp, runtime, model) -> Path:
         seed=0,
         out=str(out),
         crafting_model=model,
-        recipe=RECIPE,
+        recipe=recipe,
         runtime=runtime,
     )
     return out
 
 
-def _cell(prepared, tmp, workers):
+def _cell(prepared, tmp, workers, recipe=RECIPE):
     """Crafting model, Witches' Brew poison and two victims (none, 2-way mixup) of seed 0 on one
     prepared dataset; returns the poison's bytes and the victims' metrics without their timing."""
     from augdefense.jobs.train import TrainingJob, train_victim
 
     runtime = {"device": "cpu", "amp": False, "loader_workers": workers}
-    poison = _craft(prepared, tmp, runtime, _crafting_model(prepared, tmp, runtime))
+    poison = _craft(prepared, tmp, runtime, _crafting_model(prepared, tmp, runtime, recipe), recipe)
     metrics = {}
     for name, defense in (("none", {"type": "none"}), ("mixup", {"type": "mixup", "k": 2, "alpha": 1.0})):
         victim = TrainingJob(
             data=str(prepared),
             model=MODEL,
-            recipe=RECIPE,
+            recipe=recipe,
             runtime=runtime,
             seed=0,
             defense_name=name,
@@ -265,6 +265,23 @@ def _job_growth(job) -> float:
 
 def _growth(record) -> float:
     return record["memory"]["peak_rss_mb"] - record["memory"]["before_data_rss_mb"]
+
+
+def test_random_resized_crops_train_alike_from_either_storage(both, tmp_path):
+    """crop: random_resized (per image, in the loader) on the in-memory tensor in this process and
+    on the streamed files in 2 workers: the same draws, so the same poisons and metrics; and not
+    the padded crop's metrics."""
+    _, _, root = both
+    recipe = {**RECIPE, "crop": "random_resized"}
+    results = []
+    for storage, workers in (("memory", 0), ("stream", 2)):
+        (tmp_path / storage).mkdir()
+        results.append(_cell(root / f"{storage}.pt", tmp_path / storage, workers, recipe))
+    assert results[0][0] == results[1][0]
+    assert json.dumps(results[0][1], sort_keys=True) == json.dumps(results[1][1], sort_keys=True)
+    (tmp_path / "pad").mkdir()
+    padded = _cell(root / "memory.pt", tmp_path / "pad", 0)[1]
+    assert padded["none"]["final_train_loss"] != results[0][1]["none"]["final_train_loss"]
 
 
 def test_a_filter_sees_the_same_features_through_either_storage(both, tmp_path):
