@@ -39,6 +39,7 @@ def test_gpucheck_runs_without_snakemake_or_opacus_and_names_every_figure(tmp_pa
     assert [c["processes"] for c in result["concurrency"]] == [1, 2]
     assert result["crafting"]["seconds_per_iteration"] >= 0 and result["pipeline"]["device"] == "cpu"
     assert set(result["costs"]["training_seconds_per_image"]) == {r["defense"] for r in result["throughput"]}
+    assert result["data_path"]["rows"][0]["ms_per_image"] > 0
     summary = (out / "gpucheck.md").read_text()
     for figure in (
         "Tests marked gpu",
@@ -47,6 +48,7 @@ def test_gpucheck_runs_without_snakemake_or_opacus_and_names_every_figure(tmp_pa
         "aggregate images/s",
         "Witches' Brew",
         "One victim, one epoch, through jobs.train.train_victim",
+        "Streamed data path (16 generated 500 x 375 JPEGs",
     ):
         assert figure in summary, figure
 

@@ -326,9 +326,9 @@ def test_table3_runs_through_snakemake_streaming_224px_jpegs(tmp_path):
     with the clean control) end to end on a generated ImageFolder tree of 224-px JPEGs, streamed.
     Memory: each job's sidecar records its resident memory when the data started loading and its
     peak. A job's growth includes the working set of 224-px convolutions, measured by the same
-    training job with as many steps on a 16-image tree; streaming adds well under the decoded
-    training set to it, and the same job with the set held in memory adds more than the set (the
-    measure can tell)."""
+    training job (the crafting model's) with as many steps on a 16-image tree: streaming adds a
+    small fraction of the decoded training set to it, every streamed job stays well under the set,
+    and the same job with the set held in memory adds more than the set (the measure can tell)."""
     import yaml
 
     from augdefense.runner import JobSpec
@@ -339,10 +339,11 @@ def test_table3_runs_through_snakemake_streaming_224px_jpegs(tmp_path):
     decoded_mb = classes * per_class * 3 * 224 * 224 / 2**20
     config = yaml.safe_load((REPO / "presets" / "imagenet.yaml").read_text())
     config["data"]["path"] = str(tree)
-    config["model"] = {"arch": "convnet", "width": 4}
+    config["model"] = {"arch": "convnet", "width": 2}
     config["threads"] = 1
     config["runtime"].update(device="cpu", amp=False, loader_workers=1, eval_batch_size=8)
-    config["recipes"]["targeted"].update(epochs=1, milestones=[1], batch_size=8)
+    # No crop or flip: at 224 px on the CPU the padded crop costs what the convolutions do.
+    config["recipes"]["targeted"].update(epochs=1, milestones=[1], batch_size=8, crop_pad=0, flip=False)
     # 0.01% of 1 200 images is no poison: the budget is raised to keep six.
     config["attacks"]["wb"].update(budget=0.005, iterations=2, restarts=1, batch_size=6)
     config["attacks"]["wb_control"]["budget"] = 0.005
@@ -386,7 +387,10 @@ def test_table3_runs_through_snakemake_streaming_224px_jpegs(tmp_path):
         )
         growth[name] = _job_growth(job)
     working_set = growth["small"]
-    assert max(streamed.values()) - working_set < decoded_mb / 3, (decoded_mb, working_set, streamed)
+    same_job = streamed["results/crafting_models/targeted/none/0.pt.prov.json"]
+    assert same_job - working_set < decoded_mb / 6, (decoded_mb, working_set, streamed)
+    # The victims under mixup hold their mixing buffers besides: still well under the set.
+    assert max(streamed.values()) - working_set < decoded_mb / 2, (decoded_mb, working_set, streamed)
     assert growth["memory"] - working_set > decoded_mb, (decoded_mb, working_set, growth)
 
 

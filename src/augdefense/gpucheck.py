@@ -16,7 +16,9 @@ It writes ``gpucheck.json`` and ``gpucheck.md`` into the folder given:
   counted by torch's FlopCounterMode);
 - the aggregate throughput of k = 1, 2, 4 training processes sharing the GPU;
 - one Witches' Brew crafting iteration at paper scale (500 poisons, ResNet-18);
-- one victim trained for one epoch through the real job function (``jobs.train.train_victim``).
+- one victim trained for one epoch through the real job function (``jobs.train.train_victim``);
+- the streamed ImageFolder data path (``data.storage: stream``, Table 3): milliseconds per
+  ImageNet-sized JPEG decoded by 0, 8 and all-cores DataLoader workers (``bench.bench_data_path``).
 
 ``--tiny`` does all of it at a toy size (ConvNet, 8x8 images, k = 1, 2, no compile), on the CPU
 when there is no GPU (the gpu tests then run on the CPU): CI runs it so it cannot rot.
@@ -53,6 +55,8 @@ PAPER = {
     "craft_batch": 512,
     "concurrency": (1, 2, 4),
     "compile": (False, True),
+    "jpegs": 2048,
+    "loader_workers": (0, 8, os.cpu_count() or 1),
 }
 TINY = {
     "model": {"arch": "convnet", "width": 8},
@@ -64,6 +68,8 @@ TINY = {
     "craft_batch": 16,
     "concurrency": (1, 2),
     "compile": (False,),
+    "jpegs": 16,
+    "loader_workers": (0,),
 }
 # The defenses whose training cost the estimate needs, as config.yaml writes them.
 DEFENSES = {
@@ -96,6 +102,8 @@ class Workload:
     craft_batch: int
     concurrency: tuple
     compile: tuple
+    jpegs: int
+    loader_workers: tuple
 
 
 def synthetic(shape: tuple, n: int, classes: int = 10, seed: int = 0):
@@ -429,6 +437,9 @@ def run(folder: Path, tiny: bool, budget_seconds: float) -> dict:
     result["crafting"] = step("crafting", crafting_iteration, work, device)
     with tempfile.TemporaryDirectory() as tmp:
         result["pipeline"] = step("pipeline", pipeline_epoch, work, device, Path(tmp))
+    from augdefense.bench import bench_data_path
+
+    result["data_path"] = step("data path", bench_data_path, work.jpegs, sorted(set(work.loader_workers)))
     result["seconds"] = round(time.monotonic() - start, 1)
     result["costs"] = costs(result)
     return result
@@ -502,6 +513,15 @@ def to_markdown(result: dict) -> str:
             "",
             f"One victim, one epoch, through jobs.train.train_victim on {p['device']}: {p['seconds']:.1f} s "
             f"({p['train_seconds']:.1f} s training).",
+        ]
+    if result.get("data_path"):
+        d = result["data_path"]
+        rates = ", ".join(f"{r['ms_per_image']} ms with {r['workers']} workers" for r in d["rows"])
+        lines += [
+            "",
+            f"Streamed data path ({d['images']} generated {d['jpeg_size'][0]} x {d['jpeg_size'][1]} JPEGs to the "
+            f"224-px centre crop): {rates} per image; one ImageNet epoch at the best rate: "
+            f"{d['imagenet_epoch_minutes']} min.",
         ]
     if peak and flops:
         best = max((c["aggregate_images_per_s"] for c in result["concurrency"] if c), default=0)
