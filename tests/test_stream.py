@@ -137,7 +137,7 @@ def test_loader_crops_do_not_depend_on_the_workers_and_leave_the_global_rng(both
     assert not torch.equal(in_process, torch.cat([stream.train_images[b] for b in order]))  # it does crop
 
 
-def test_a_moved_tree_is_refused_naming_the_file(both, tmp_path):
+def test_a_moved_tree_or_a_mangled_index_is_refused_naming_it(both, tmp_path):
     import shutil
 
     _, _, root = both
@@ -146,6 +146,12 @@ def test_a_moved_tree_is_refused_naming_the_file(both, tmp_path):
         spec={"source": "imagefolder", "path": str(tmp_path / "tree"), "image_size": SIZE, "storage": "stream"},
         out=tmp_path / "stream.pt",
     )
+    index = torch.load(tmp_path / "stream.pt", weights_only=True)
+    from augdefense.io import save_tensors
+
+    save_tensors(tmp_path / "mangled.pt", {**index, "train_files": "class0/0000.jpg"})
+    with pytest.raises(ArtifactError, match="mangled.pt: entry 'train_files' should be list"):
+        data.load(tmp_path / "mangled.pt")
     first = sorted((tmp_path / "tree" / "train" / "class0").iterdir())[0]
     first.unlink()
     with pytest.raises(ArtifactError, match=f"indexed image {first} is missing"):

@@ -462,9 +462,11 @@ def load(path: str | Path) -> Dataset:
     obj = load_tensors(
         path, {k: torch.Tensor for k in ("train_labels", "test_labels", "mean", "std")} | {"classes": list}
     )
-    storage = obj.get("storage", "memory")
-    if storage == "stream":
-        dataset = _load_stream(path, load_tensors(path, {"root": str, "image_size": int, "train_files": list}))
+    if obj.get("storage", "memory") == "stream":
+        for key, kind in {"root": str, "image_size": int, "train_files": list, "test_files": list}.items():
+            if not isinstance(obj.get(key), kind):
+                raise ArtifactError(f"{path}: entry '{key}' should be {kind.__name__} (a storage: stream index)")
+        dataset = _load_stream(path, obj)
     else:
         for key in ("train_images", "test_images"):
             if not isinstance(obj.get(key), torch.Tensor):
