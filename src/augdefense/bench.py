@@ -10,7 +10,7 @@
 - The workflow's wall time and each rule family's time, from Snakemake's log and ``benchmark:``
   files of the last run in this folder (run ``make demo`` first).
 - The streamed data path (``data.storage: stream``): seconds per image to decode generated
-  ImageNet-sized JPEGs (500 x 375, about ImageNet's median) to forest's 224-px centre crop and
+  ImageNet-sized JPEGs (500 x 375, a common ImageNet size) to forest's 224-px centre crop and
   batch them through the DataLoader, per worker count, and what that makes one ImageNet epoch
   (1 281 167 images) on this machine.
 - With ``--demo``: the CPU demo run here from scratch (``presets/quick.yaml``, in
@@ -334,7 +334,7 @@ IMAGENET_JPEG_SIZE = (500, 375)
 
 
 def _imagenet_like_jpegs(folder: Path, n: int) -> list[str]:
-    """``n`` JPEGs of ImageNet's typical size: smooth colour fields with texture, so that they
+    """``n`` JPEGs of a common ImageNet size: smooth colour fields with texture, so that they
     compress (and decode) like photographs rather than like noise."""
     from PIL import Image
 

@@ -102,7 +102,11 @@ class ImageFiles:
 
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, int | np.integer) or (isinstance(key, torch.Tensor) and key.ndim == 0):
-            return self._decode(int(self._file_positions([int(key)])[0]))
+            # One image (the DataLoader's call, once per image): no index tensor to build.
+            n, key = len(self), int(key)
+            if not -n <= key < n:
+                raise IndexError(f"index {key} out of range for {n} images")
+            return self._decode(key % n if self.selection is None else int(self.selection[key]))
         positions = self._file_positions(key).tolist()
         if not positions:
             return torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8)

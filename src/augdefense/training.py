@@ -213,21 +213,27 @@ class Checkpointer:
             Path(self.path).unlink(missing_ok=True)
 
 
+def _indexed_on_device(images, recipe: Recipe) -> bool:
+    """In-memory data with the batched crop: the set lives on the device and batches are indexed
+    there; anything else goes through the DataLoader (``data.loader``)."""
+    return isinstance(images, torch.Tensor) and recipe.crop == "pad"
+
+
 def _epoch_batches(images, order: torch.Tensor, recipe: Recipe, device: torch.device, workers: int, seed: tuple):
-    """One epoch's uint8 batches in ``order``: indexed on the device from the in-memory tensor, or
-    decoded (streamed images) and cropped per image (``crop: random_resized``) by DataLoader workers."""
+    """One epoch's (indices, uint8 batch) in ``order``, both on the device: indexed from the
+    in-memory tensor there, or decoded (streamed images) and cropped per image
+    (``crop: random_resized``) by DataLoader workers."""
     from augdefense import augment, data
 
-    index_batches = order.split(recipe.batch_size)
-    if isinstance(images, torch.Tensor) and recipe.crop == "pad":
-        yield from (images[idx.to(device)] for idx in index_batches)
+    index_batches, on_device = order.split(recipe.batch_size), order.to(device).split(recipe.batch_size)
+    if _indexed_on_device(images, recipe):
+        yield from ((idx, images[idx]) for idx in on_device)
         return
-    size = images.shape[-1]
-    transform = augment.random_resized_crop(size, recipe.flip) if recipe.crop == "random_resized" else None
+    transform = augment.random_resized_crop(images.shape[-1], recipe.flip) if recipe.crop == "random_resized" else None
     batches = data.loader(
         images, index_batches, workers=workers, transform=transform, seed=seed, pin=device.type == "cuda"
     )
-    yield from (batch.to(device, non_blocking=True) for batch in batches)
+    yield from ((idx, batch.to(device, non_blocking=True)) for idx, batch in zip(on_device, batches))
 
 
 def train(
@@ -255,7 +261,7 @@ def train(
     model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
-    if isinstance(images, torch.Tensor) and recipe.crop == "pad":
+    if _indexed_on_device(images, recipe):
         images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
     optimizer = torch.optim.SGD(
@@ -305,7 +311,7 @@ def train(
         order = torch.randperm(n, generator=shuffle)
         total, steps, start = 0.0, 0, time.perf_counter()
         batches = _epoch_batches(images, order, recipe, device, loader_workers, (seed, epoch))
-        for step, (idx, batch) in enumerate(zip(order.to(device).split(recipe.batch_size), batches)):
+        for step, (idx, batch) in enumerate(batches):
             x = batch.float().div_(255)
             if recipe.crop == "pad":
                 x = augment.baseline(x, recipe.crop_pad, recipe.flip)
