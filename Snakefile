@@ -47,6 +47,14 @@ rule all:
     default_target: True
 
 
+onstart:
+    # Not on remote executors (SLURM): their jobs run elsewhere, in their own processes.
+    if config["warm_worker"] and config["runtime"]["device"] == "cpu" and workflow.local_exec and not workflow.remote_exec:
+        from augdefense import forkserver
+
+        forkserver.start("logs/warm_worker.log")
+
+
 onsuccess:
     tables = ", ".join(f"results/tables/{t}.md" for t in config["experiments"])
     print(f"\naugdefense: tables in {tables}; figures in results/figures/; "

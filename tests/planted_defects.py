@@ -120,6 +120,27 @@ DEFECTS = [
         "",
         "tests/test_stream.py::test_a_set_that_would_not_fit_in_memory_is_refused_at_dry_run",
     ),
+    (
+        "a forked job keeps the worker's directory",
+        "src/augdefense/forkserver.py",
+        '    os.chdir(request["cwd"])\n',
+        "",
+        "tests/test_forkserver.py::test_a_forked_job_writes_the_bytes_of_a_job_in_its_own_process",
+    ),
+    (
+        "a killed script leaves its job running",
+        "src/augdefense/forkserver.py",
+        "        conn.close()\n        _kill_group(pid)\n",
+        "        conn.close()\n",
+        "tests/test_forkserver.py::test_killing_the_script_kills_its_job",
+    ),
+    (
+        "a stale worker runs edited code",
+        "src/augdefense/forkserver.py",
+        "    if sources_fingerprint() != fingerprint:",
+        "    if False:",
+        "tests/test_forkserver.py::test_a_job_the_worker_cannot_run_runs_in_its_own_process",
+    ),
 ]
 IGNORE = shutil.ignore_patterns(
     ".venv", "results", "resources", ".snakemake", "scratch", "logs", "benchmarks", "mutants", ".git"

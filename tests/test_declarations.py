@@ -123,7 +123,7 @@ def test_every_rule_script_calls_one_function_whose_closure_is_its_code_input():
 @pytest.mark.workflow
 def test_code_inputs_cover_the_modules_each_job_ran(tiny_run):
     """Every module a job of the tiny run loaded (its sidecar records them) is among its rule's code
-    inputs, except the runner, provenance and timing modules, which no result depends on."""
+    inputs, except the runner, provenance, timing and warm-worker modules, which no result depends on."""
     workdir, _ = tiny_run
     checked = set()
     for sidecar in [*(workdir / "results").rglob("*.prov.json"), *(workdir / "resources").rglob("*.prov.json")]:

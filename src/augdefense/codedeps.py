@@ -19,7 +19,7 @@ from pathlib import Path
 
 PACKAGE = "augdefense"
 SRC = Path(__file__).resolve().parent
-RUNNER_MODULES = frozenset({"augdefense.runner", "augdefense.provenance", "augdefense.timing"})
+RUNNER_MODULES = frozenset({"augdefense.runner", "augdefense.provenance", "augdefense.timing", "augdefense.forkserver"})
 _PACKAGE_DATA = re.compile(r"""files\(["']augdefense["']\)\.joinpath\(["']([\w.\-]+)["']\)""")
 
 

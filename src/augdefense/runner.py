@@ -134,13 +134,14 @@ def verify_inputs(files: list[str]) -> dict[str, str]:
     return digests
 
 
-def execute(job: JobSpec, function: Callable) -> None:
+def execute(job: JobSpec, function: Callable, startup: float | None = None) -> None:
     """Check the job's inputs, call ``function`` with its arguments, write each output's sidecar
-    (with where the job's time went: ``augdefense.timing``)."""
+    (with where the job's time went: ``augdefense.timing``; ``startup`` when this process did not
+    start with the job)."""
     from augdefense import provenance, timing
 
     timing.reset()
-    timing.record("startup", timing.process_age())
+    timing.record("startup", timing.process_age() if startup is None else startup)
     started = provenance.now()
     with timing.imports_timed():
         with timing.phase("verify_inputs"):
@@ -159,13 +160,25 @@ def execute(job: JobSpec, function: Callable) -> None:
     logging.getLogger("augdefense").info("timings %s; memory %s", timing.recorded(), timing.memory())
 
 
-def run_rule(snakemake, function: Callable) -> None:
+def run_rule(snakemake, function: Callable, startup: float | None = None, forked: bool = False) -> None:
     """Run one Snakemake job (or a ``JobSpec``): output to its log, and a one-line error with exit
-    status 2 for what a user can fix."""
-    job = snakemake if isinstance(snakemake, JobSpec) else JobSpec.from_snakemake(snakemake)
+    status 2 for what a user can fix. A Snakemake job runs in a child of the warm worker when there
+    is one (``augdefense.forkserver``), else in this process."""
+    if not isinstance(snakemake, JobSpec):
+        from augdefense import forkserver
+
+        job = JobSpec.from_snakemake(snakemake)
+        status = forkserver.delegate(job, function)
+        if status is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            raise SystemExit(status)
+    job = snakemake if isinstance(snakemake, JobSpec) else job
     with _logging_to(job.log):
+        if forked:
+            logging.getLogger("augdefense").info("forked from the warm worker (pid %d)", os.getppid())
         try:
-            execute(job, function)
+            execute(job, function, startup)
         except AugdefenseError as exc:
             print(f"augdefense {job.rule}: error: {exc}", file=sys.stderr)
             sys.stderr.flush()

@@ -49,6 +49,12 @@ EXPERIMENT_PARAMS = {
     ),
 }
 THREADS = Param("integer", "CPU threads per compute job", default=1, minimum=1)
+WARM_WORKER = Param(
+    "boolean",
+    "local runs with runtime.device cpu: fork each job from one process that has imported torch "
+    "(augdefense.forkserver; the same outputs, less start-up)",
+    default=True,
+)
 
 
 def _registry_branches(registry: dict, what: str) -> dict:
@@ -98,6 +104,7 @@ def build() -> dict:
                 ],
             },
             "threads": THREADS.schema(),
+            "warm_worker": WARM_WORKER.schema(),
             "runtime": {**object_schema(training.RUNTIME_PARAMS), "default": {}},
         },
         "$defs": {

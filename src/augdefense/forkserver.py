@@ -1,0 +1,327 @@
+"""The warm worker: on a local run on the CPU, one process imports torch and the job modules once,
+and each job's script asks it to fork a child that runs the job, instead of importing them itself.
+
+A demo job trains for a few seconds, and a process that imports torch pays about as much again in
+imports and exit (README "Where the demo's time goes"). The child is forked from a worker that has
+only imported (it never computes, so no thread pool or random state is shared), takes the job's
+working directory, environment, stdout and stderr, runs the same ``runner.run_rule`` call, and its
+exit status becomes the script's. A job writes the same bytes either way (tests/test_forkserver.py).
+
+The script runs the job itself when there is no worker (dry runs, SLURM and other remote
+executors, ``runtime.device`` other than ``cpu``, ``warm_worker: false``), when its interpreter is
+not the worker's (a rule's conda environment), or when a package source changed since the worker
+imported it. If the script is killed (Snakemake stopping a job), the worker kills the child and its
+process group; the worker ends with the Snakemake process that started it.
+
+What changes: Snakemake's ``benchmark:`` file of a forked job measures the script's process, so its
+``s`` (wall time) is the job's, but its CPU and memory columns are the script's, not the job's (the
+job's phases and peak memory are in its sidecar); the peak memory counts what the child shares with
+the worker. (Python's ``multiprocessing`` forkserver serves the processes of one program; this one
+serves independent scripts, so it is written here.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+# The variable through which jobs find the worker's socket (set by the Snakefile's onstart).
+SOCKET_ENV = "AUGDEFENSE_WARM_WORKER"
+# What the jobs import from other packages: torch (and torch._dynamo, which every optimizer's first
+# step imports), and the libraries of the filters, tables and figures. The package's own modules are
+# imported by each child, so a job's sidecar records the modules it ran and a source edited since
+# the worker started is the one a job runs.
+PRELOAD = (
+    "numpy",
+    "torch",
+    "torch._dynamo",
+    "torch.optim",
+    "torch.utils.data",
+    "sklearn.decomposition",
+    "sklearn.cluster",
+    "sklearn.neighbors",
+    "pandas",
+    "matplotlib.pyplot",
+)
+PACKAGE_DIR = Path(__file__).resolve().parent
+_HEADER = struct.Struct("!I")
+
+
+def sources_fingerprint() -> dict[str, list[int]]:
+    """(mtime, size) of every package source: a worker whose own code (this module, the package's
+    ``__init__``) is stale is not used."""
+    return {
+        str(path.relative_to(PACKAGE_DIR)): [path.stat().st_mtime_ns, path.stat().st_size]
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+    }
+
+
+def _send(conn: socket.socket, message: dict) -> None:
+    data = json.dumps(message).encode()
+    conn.sendall(_HEADER.pack(len(data)) + data)
+
+
+def _receive(conn: socket.socket) -> dict | None:
+    """One message, or None if the other end closed first."""
+    header = _read_exactly(conn, _HEADER.size)
+    if header is None:
+        return None
+    data = _read_exactly(conn, _HEADER.unpack(header)[0])
+    return None if data is None else json.loads(data)
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = conn.recv(left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+# --- the job's side -------------------------------------------------------------------------------
+
+
+def delegate(job, function) -> int | None:
+    """Run ``job`` (a ``runner.JobSpec``) in a child of the warm worker; its exit status, or None
+    when there is no usable worker (the caller then runs the job itself)."""
+    from augdefense import timing
+
+    path = os.environ.get(SOCKET_ENV)
+    if not path or not os.path.exists(path):
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(path)
+    except OSError:
+        return None  # not listening yet (still importing) or gone
+    with conn:
+        socket.send_fds(conn, [b"j"], [0, 1, 2])
+        _send(
+            conn,
+            {
+                "job": asdict(job),
+                "function": f"{function.__module__}:{function.__qualname__}",
+                "executable": sys.executable,
+                "cwd": os.getcwd(),
+                "env": dict(os.environ),
+                "startup": timing.process_age(),
+                "sent": time.time(),
+            },
+        )
+        answer = _receive(conn)
+        if answer is None or not answer.get("accepted"):
+            return None
+        done = _receive(conn)
+    if done is None:
+        print("augdefense: the warm worker ended before the job did", file=sys.stderr)
+        return 1
+    return done["exit"]
+
+
+# --- the worker's side ----------------------------------------------------------------------------
+
+
+def _refusal(request: dict, fingerprint: dict) -> str | None:
+    if request["executable"] != sys.executable:
+        return f"the job's interpreter {request['executable']} is not the worker's {sys.executable}"
+    if not request["function"].startswith("augdefense."):
+        return f"{request['function']} is not a job function of this package"
+    if sources_fingerprint() != fingerprint:
+        return "package sources changed since the worker imported them"
+    return None
+
+
+def _run_child(request: dict, fds: list[int]) -> int:
+    """In the forked child: become the job's process and run it; the exit status."""
+    from augdefense import runner
+
+    os.setpgid(0, 0)
+    for number, fd in enumerate(fds):
+        os.dup2(fd, number)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = ["augdefense-job"]
+    job = runner.JobSpec(**request["job"])
+    # The script's own start-up, and the hand-over.
+    startup = (request["startup"] or 0.0) + max(0.0, time.time() - request["sent"])
+    try:
+        runner.run_rule(job, runner.function_named(request["function"]), startup=startup, forked=True)
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+class _Worker:
+    def __init__(self, path: str, parent: int):
+        self.fingerprint = sources_fingerprint()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(64)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
+        self.parent_fd = os.pidfd_open(parent)
+        self.selector.register(self.parent_fd, selectors.EVENT_READ, ("parent", None))
+        self.children: dict[int, tuple[socket.socket, int]] = {}  # pid -> (connection, pidfd)
+
+    def serve(self) -> None:
+        while True:
+            for key, _ in self.selector.select():
+                kind, pid = key.data
+                if kind == "accept":
+                    self._accept()
+                elif kind == "exited":
+                    self._reap(pid)
+                elif kind == "client":
+                    self._client_gone(pid)
+                elif kind == "parent":
+                    return
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(10)
+        try:
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            _, fds, _, _ = socket.recv_fds(conn, 1, 3)
+            request = _receive(conn)
+        except (OSError, ValueError) as exc:
+            print(f"warm worker: a malformed request: {exc}", file=sys.stderr, flush=True)
+            conn.close()
+            return
+        refusal = "not this user's job" if uid != os.getuid() else None
+        if request is None or len(fds) != 3:
+            refusal = "an incomplete request"
+        refusal = refusal or _refusal(request, self.fingerprint)
+        if refusal:
+            print(f"warm worker: a job runs in its own process: {refusal}", file=sys.stderr, flush=True)
+            _send(conn, {"accepted": False, "reason": refusal})
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return
+        _send(conn, {"accepted": True})
+        pid = os.fork()
+        if pid == 0:
+            self._close_inherited(conn)
+            os._exit(_run_child(request, fds))
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        self.children[pid] = (conn, pidfd)
+        self.selector.register(pidfd, selectors.EVENT_READ, ("exited", pid))
+        self.selector.register(conn, selectors.EVENT_READ, ("client", pid))
+
+    def _close_inherited(self, conn: socket.socket) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.selector.close()
+        self.listener.close()
+        os.close(self.parent_fd)
+        conn.close()
+        for other, pidfd in self.children.values():
+            other.close()
+            os.close(pidfd)
+
+    def _reap(self, pid: int) -> None:
+        conn, pidfd = self.children.pop(pid)
+        _, status = os.waitpid(pid, 0)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        if conn.fileno() != -1:
+            self.selector.unregister(conn)
+            try:
+                _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+            except OSError:
+                pass  # the script is gone
+            conn.close()
+
+    def _client_gone(self, pid: int) -> None:
+        """The script's end of a running job closed: it was killed, so the job is killed too."""
+        conn, _ = self.children[pid]
+        self.selector.unregister(conn)
+        conn.close()
+        _kill_group(pid)
+
+    def close(self) -> None:
+        for pid in list(self.children):
+            _kill_group(pid)
+        self.listener.close()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def serve(path: str, parent: int) -> None:
+    """Import what the jobs import, then fork a child per job until ``parent`` exits."""
+    started = time.perf_counter()
+    import matplotlib
+
+    matplotlib.use("Agg")  # as augdefense.figures does, before pyplot
+    for module in PRELOAD:
+        importlib.import_module(module)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    worker = _Worker(path, parent)
+    print(f"warm worker {os.getpid()}: imported in {time.perf_counter() - started:.1f} s, serving {path}", flush=True)
+    try:
+        worker.serve()
+    finally:
+        worker.close()
+        shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
+def start(log: str | Path) -> str:
+    """Start a worker for this process (the Snakemake run) and point its jobs at it (``SOCKET_ENV``);
+    the socket's path. Jobs that start before it listens run in their own processes."""
+    directory = tempfile.mkdtemp(prefix="augdefense-")  # 0700: only this user can connect
+    path = os.path.join(directory, "worker.sock")
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        subprocess.Popen(
+            [sys.executable, "-m", "augdefense.forkserver", path, "--parent", str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C reaches the jobs, not the worker: it ends with its parent
+        )
+    os.environ[SOCKET_ENV] = path
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m augdefense.forkserver", description=__doc__.split("\n\n")[0])
+    parser.add_argument("socket")
+    parser.add_argument("--parent", type=int, required=True, help="serve until this process exits")
+    args = parser.parse_args(argv)
+    serve(args.socket, args.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
