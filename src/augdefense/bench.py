@@ -407,7 +407,7 @@ def workflow_timings(root: Path) -> dict:
     return out
 
 
-def run_demo(repo: Path, workdir: Path, cores: int = 2) -> dict:
+def run_demo(repo: Path, workdir: Path, cores: int = 2, warm_worker: bool = True) -> dict:
     """Run the CPU demo in ``workdir`` from scratch and measure Snakemake's own CPU time (its
     process alone: its jobs are children, counted apart) by polling it."""
     import shutil
@@ -420,22 +420,47 @@ def run_demo(repo: Path, workdir: Path, cores: int = 2) -> dict:
     workdir.mkdir(parents=True)
     snakemake = Path(sys.executable).with_name("snakemake")
     cmd = [str(snakemake), "--snakefile", str(repo / "Snakefile"), "-d", str(workdir), "--cores", str(cores)]
-    cmd += ["--configfile", str(repo / "presets" / "quick.yaml")]
+    cmd += ["--configfile", str(repo / "presets" / "quick.yaml"), "--config", f"warm_worker={warm_worker}"]
     start = time.perf_counter()
+    worker_log = workdir / "logs" / "warm_worker.log"
     with open(workdir / "snakemake.out", "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         watched, cpu = psutil.Process(proc.pid), 0.0
+        worker, worker_cpu = None, 0.0
         while proc.poll() is None:
             try:
                 times = watched.cpu_times()
                 cpu = times.user + times.system
             except psutil.Error:
                 break
+            worker = worker or _warm_worker(worker_log)
+            if worker is not None:
+                try:
+                    times = worker.cpu_times()  # its own: the forked jobs are counted by their benchmarks
+                    worker_cpu = times.user + times.system
+                except psutil.Error:
+                    pass
             time.sleep(0.2)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"the demo failed (exit {proc.returncode}); see {workdir / 'snakemake.out'}")
-    return {"wall_seconds": round(wall, 1), "snakemake_cpu_seconds": round(cpu, 1), "cores": cores}
+    return {
+        "wall_seconds": round(wall, 1),
+        "snakemake_cpu_seconds": round(cpu, 1),
+        "warm_worker_cpu_seconds": round(worker_cpu, 1) if worker is not None else None,
+        "cores": cores,
+    }
+
+
+def _warm_worker(log: Path):
+    """The warm worker's process, once its log names it (``augdefense.forkserver``)."""
+    import psutil
+
+    match = re.match(r"warm worker (\d+):", log.read_text()) if log.is_file() else None
+    try:
+        return psutil.Process(int(match.group(1))) if match else None
+    except psutil.Error:
+        return None
 
 
 OVERHEAD_PHASES = ("startup", "imports", "verify_inputs", "load", "model", "write")
@@ -493,13 +518,24 @@ def job_breakdown(root: Path) -> dict:
     }
 
 
+def overhead_share(demo: dict) -> float | None:
+    """Everything but the work, as a share of the jobs' summed wall time plus the warm worker's own
+    CPU time (its imports, and the forks: time no job's benchmark holds)."""
+    b = demo["breakdown"]
+    total = b["summed_job_seconds"] + (demo.get("warm_worker_cpu_seconds") or 0.0)
+    return round(1 - b["work_seconds"] / total, 3) if total else None
+
+
 def _breakdown_markdown(demo: dict) -> list[str]:
     b = demo["breakdown"]
+    worker = demo.get("warm_worker_cpu_seconds")
     lines = [
         f"The CPU demo from scratch: {demo['wall_seconds']} s wall on {demo['cores']} cores; Snakemake's own "
-        f"process used {demo['snakemake_cpu_seconds']} s of CPU. Jobs' summed wall time {b['summed_job_seconds']} s, "
-        f"of which the work (training, crafting, evaluation, filtering) {b['work_seconds']} s: overhead "
-        f"{100 * b['overhead_share']:.1f}%. Mean seconds per job:",
+        f"process used {demo['snakemake_cpu_seconds']} s of CPU"
+        + (f", the warm worker's {worker} s" if worker is not None else ", no warm worker")
+        + f". Jobs' summed wall time {b['summed_job_seconds']} s, of which the work (training, crafting, "
+        f"evaluation, filtering) {b['work_seconds']} s: overhead {100 * demo['overhead_share']:.1f}% (of the "
+        "jobs' time and the worker's CPU). Mean seconds per job:",
         "",
         "| rule | jobs | wall | start-up | imports | verify inputs | load | model | work | write | other |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -538,6 +574,12 @@ def _crafting_markdown(c: dict) -> list[str]:
 
 def to_markdown(result: dict) -> str:
     m = result["machine"]
+    if "training" not in result:  # --demo-only
+        machine = f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['when']}."
+        return (
+            "\n".join(["# augdefense benchmark: the demo", "", machine, "", *_breakdown_markdown(result["demo"])])
+            + "\n"
+        )
     lines = [
         "# augdefense benchmark",
         "",
@@ -605,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
         help="gradient-matching iterations per crafting measurement (20; 2 with --tiny)",
     )
     parser.add_argument("--jpegs", type=int, default=512, help="generated JPEGs the data-path measurement decodes")
+    parser.add_argument("--demo-only", action="store_true", help="only the demo and its breakdown (implies --demo)")
+    parser.add_argument(
+        "--no-warm-worker", action="store_true", help="run the demo's jobs each in its own process (for comparison)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = data.build({"source": "digits", "image_size": 16})
@@ -612,34 +658,41 @@ def main(argv: list[str] | None = None) -> int:
     n, repeats, names = (1437, args.repeats, list(DEFENSES)) if not args.tiny else (256, 1, ["none", "mixup k=2"])
     workers = 0 if args.tiny else args.workers
     craft_iterations = args.craft_iterations or (2 if args.tiny else 20)
-    result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        },
-        "setup": {
-            "model": "convnet width 32",
-            "images": n,
-            "image_shape": list(dataset.image_shape),
-            "batch_size": 128,
-            "repeats": repeats,
-            "workers": workers,
-        },
-        "training": bench_training(dataset, model_spec, n, 128, repeats, workers, names),
-        "crafting": bench_crafting(
-            dataset, model_spec, craft_iterations, repeats, model_epochs=0 if args.tiny else CRAFT_MODEL_EPOCHS
-        ),
-        "data_path": bench_data_path(
-            16 if args.tiny else args.jpegs, [0] if args.tiny else sorted({0, 1, os.cpu_count() or 1})
-        ),
-        "workflow": workflow_timings(Path(".")),
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    if args.demo:
+    result = (
+        {"machine": machine}
+        if args.demo_only
+        else {
+            "machine": machine,
+            "setup": {
+                "model": "convnet width 32",
+                "images": n,
+                "image_shape": list(dataset.image_shape),
+                "batch_size": 128,
+                "repeats": repeats,
+                "workers": workers,
+            },
+            "training": bench_training(dataset, model_spec, n, 128, repeats, workers, names),
+            "crafting": bench_crafting(
+                dataset, model_spec, craft_iterations, repeats, model_epochs=0 if args.tiny else CRAFT_MODEL_EPOCHS
+            ),
+            "data_path": bench_data_path(
+                16 if args.tiny else args.jpegs, [0] if args.tiny else sorted({0, 1, os.cpu_count() or 1})
+            ),
+            "workflow": workflow_timings(Path(".")),
+        }
+    )
+    if args.demo or args.demo_only:
         repo, workdir = Path(__file__).resolve().parents[2], Path("scratch") / "bench-demo"
-        result["demo"] = {**run_demo(repo, workdir), "breakdown": job_breakdown(workdir)}
+        demo = run_demo(repo, workdir, warm_worker=not args.no_warm_worker)
+        result["demo"] = {**demo, "breakdown": job_breakdown(workdir)}
+        result["demo"]["overhead_share"] = overhead_share(result["demo"])
     out = Path(args.out)
     write_json(out / "bench.json", result)
     with atomic_path(out / "bench.md") as tmp:
