@@ -75,6 +75,12 @@ def test_breakdown_splits_work_from_overhead_per_rule(tmp_path):
         bench._breakdown_markdown({"wall_seconds": 30.0, "cores": 2, "snakemake_cpu_seconds": 4.2, "breakdown": result})
     )
     assert "Snakemake's own process used 4.2 s of CPU" in markdown and "| train_victim | 2 | 9.5 |" in markdown
+    assert "no warm worker" in markdown and "overhead 43.5%" in markdown
+    # The warm worker's own CPU (its imports, the forks) is overhead that no job's benchmark holds.
+    demo = {"wall_seconds": 30.0, "cores": 2, "snakemake_cpu_seconds": 4.2, "warm_worker_cpu_seconds": 2.0}
+    demo["breakdown"] = result
+    assert bench.overhead_share(demo) == pytest.approx(1 - 13 / 25, abs=0.001)
+    assert "the warm worker's 2.0 s" in "\n".join(bench._breakdown_markdown(demo))
 
 
 @pytest.mark.workflow

@@ -534,7 +534,7 @@ def _breakdown_markdown(demo: dict) -> list[str]:
         f"process used {demo['snakemake_cpu_seconds']} s of CPU"
         + (f", the warm worker's {worker} s" if worker is not None else ", no warm worker")
         + f". Jobs' summed wall time {b['summed_job_seconds']} s, of which the work (training, crafting, "
-        f"evaluation, filtering) {b['work_seconds']} s: overhead {100 * demo['overhead_share']:.1f}% (of the "
+        f"evaluation, filtering) {b['work_seconds']} s: overhead {100 * overhead_share(demo):.1f}% (of the "
         "jobs' time and the worker's CPU). Mean seconds per job:",
         "",
         "| rule | jobs | wall | start-up | imports | verify inputs | load | model | work | write | other |",

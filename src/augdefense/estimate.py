@@ -57,7 +57,8 @@ CPU_DEFAULTS = {
     "crafting_seconds_per_iteration_per_poison": 0.0470 / 72,
     "model": {"arch": "convnet", "width": 32},
     "shape": [1, 16, 16],
-    "startup_seconds": 4.0,
+    # A job's overhead with the warm worker (README "Where the demo's time goes").
+    "startup_seconds": 0.5,
 }
 # Per-sample DP-SGD (opacus) is not measured (opacus is not on the GPU node): assumed this many times
 # batch DP-SGD's cost.

@@ -204,6 +204,7 @@ class _Worker:
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
         conn.settimeout(10)
+        fds: list[int] = []
         try:
             uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
             _, fds, _, _ = socket.recv_fds(conn, 1, 3)
@@ -211,6 +212,8 @@ class _Worker:
         except (OSError, ValueError) as exc:
             print(f"warm worker: a malformed request: {exc}", file=sys.stderr, flush=True)
             conn.close()
+            for fd in fds:
+                os.close(fd)
             return
         refusal = "not this user's job" if uid != os.getuid() else None
         if request is None or len(fds) != 3:
@@ -223,13 +226,21 @@ class _Worker:
             for fd in fds:
                 os.close(fd)
             return
-        _send(conn, {"accepted": True})
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory: the script runs the job itself
+            print(f"warm worker: cannot fork: {exc}", file=sys.stderr, flush=True)
+            _send(conn, {"accepted": False, "reason": f"cannot fork: {exc}"})
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return
         if pid == 0:
             self._close_inherited(conn)
             os._exit(_run_child(request, fds))
         for fd in fds:
             os.close(fd)
+        _send(conn, {"accepted": True})
         pidfd = os.pidfd_open(pid)
         self.children[pid] = (conn, pidfd)
         self.selector.register(pidfd, selectors.EVENT_READ, ("exited", pid))
