@@ -162,15 +162,23 @@ def test_a_job_the_worker_cannot_run_runs_in_its_own_process(monkeypatch, worker
     assert refused.wait(timeout=60) == 99
 
 
-def test_the_worker_ends_with_the_process_that_started_it(tmp_path):
+@pytest.mark.parametrize("parent_ends", ["while it serves", "while it imports"])
+def test_the_worker_ends_with_the_process_that_started_it(parent_ends):
     parent = subprocess.Popen(["sleep", "600"])
     folder = Path(f"/tmp/augdefense-test-parent-{os.getpid()}")
+    folder.mkdir()
     try:
-        proc, path = start_worker(folder, parent.pid)
+        if parent_ends == "while it serves":
+            proc, _ = start_worker(folder, parent.pid)
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "augdefense.forkserver", str(folder / "w.sock"), "--parent", str(parent.pid)],
+                env=ENV,
+            )
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        assert proc.wait(timeout=30) == 0
-        assert not folder.exists()  # the socket's folder is removed
+        assert proc.wait(timeout=60) == 0
+        assert not folder.exists()  # the socket and its folder are removed
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -1,7 +1,7 @@
 """The warm worker: on a local run on the CPU, one process imports torch and the job modules once,
 and each job's script asks it to fork a child that runs the job, instead of importing them itself.
 
-A demo job trains for a few seconds, and a process that imports torch pays about as much again in
+A demo job's training is short, and a process that imports torch pays a large share of it again in
 imports and exit (README "Where the demo's time goes"). The child is forked from a worker that has
 only imported (it never computes, so no thread pool or random state is shared), takes the job's
 working directory, environment, stdout and stderr, runs the same ``runner.run_rule`` call, and its
@@ -27,7 +27,6 @@ import importlib
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import struct
@@ -111,24 +110,28 @@ def delegate(job, function) -> int | None:
         conn.connect(path)
     except OSError:
         return None  # not listening yet (still importing) or gone
+    request = {
+        "job": asdict(job),
+        "function": f"{function.__module__}:{function.__qualname__}",
+        "executable": sys.executable,
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "startup": timing.process_age(),
+        "sent": time.time(),
+    }
     with conn:
-        socket.send_fds(conn, [b"j"], [0, 1, 2])
-        _send(
-            conn,
-            {
-                "job": asdict(job),
-                "function": f"{function.__module__}:{function.__qualname__}",
-                "executable": sys.executable,
-                "cwd": os.getcwd(),
-                "env": dict(os.environ),
-                "startup": timing.process_age(),
-                "sent": time.time(),
-            },
-        )
-        answer = _receive(conn)
+        try:
+            socket.send_fds(conn, [b"j"], [0, 1, 2])
+            _send(conn, request)
+            answer = _receive(conn)
+        except OSError:
+            return None  # the worker went away before taking the job
         if answer is None or not answer.get("accepted"):
             return None
-        done = _receive(conn)
+        try:
+            done = _receive(conn)
+        except OSError:
+            done = None
     if done is None:
         print("augdefense: the warm worker ended before the job did", file=sys.stderr)
         return 1
@@ -177,14 +180,14 @@ def _run_child(request: dict, fds: list[int]) -> int:
 
 
 class _Worker:
-    def __init__(self, path: str, parent: int):
+    def __init__(self, path: str, parent_fd: int):
         self.fingerprint = sources_fingerprint()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
-        self.parent_fd = os.pidfd_open(parent)
+        self.parent_fd = parent_fd
         self.selector.register(self.parent_fd, selectors.EVENT_READ, ("parent", None))
         self.children: dict[int, tuple[socket.socket, int]] = {}  # pid -> (connection, pidfd)
 
@@ -291,20 +294,38 @@ def _kill_group(pid: int) -> None:
 
 def serve(path: str, parent: int) -> None:
     """Import what the jobs import, then fork a child per job until ``parent`` exits."""
-    started = time.perf_counter()
-    import matplotlib
-
-    matplotlib.use("Agg")  # as augdefense.figures does, before pyplot
-    for module in PRELOAD:
-        importlib.import_module(module)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    worker = _Worker(path, parent)
-    print(f"warm worker {os.getpid()}: imported in {time.perf_counter() - started:.1f} s, serving {path}", flush=True)
     try:
+        parent_fd = os.pidfd_open(parent)
+    except ProcessLookupError:  # the run ended before its worker started
+        _remove(path)
+        return
+    worker = None
+    try:
+        started = time.perf_counter()
+        import matplotlib
+
+        matplotlib.use("Agg")  # as augdefense.figures does, before pyplot
+        for module in PRELOAD:
+            importlib.import_module(module)
+        worker = _Worker(path, parent_fd)
+        print(
+            f"warm worker {os.getpid()}: imported in {time.perf_counter() - started:.1f} s, serving {path}", flush=True
+        )
         worker.serve()
     finally:
-        worker.close()
-        shutil.rmtree(Path(path).parent, ignore_errors=True)
+        if worker is not None:
+            worker.close()
+        _remove(path)
+
+
+def _remove(path: str) -> None:
+    """The socket, and its folder if nothing else is in it (``start`` made it for the socket)."""
+    for remove, target in ((os.unlink, path), (os.rmdir, os.path.dirname(os.path.abspath(path)))):
+        try:
+            remove(target)
+        except OSError:
+            pass
 
 
 def start(log: str | Path) -> str:
