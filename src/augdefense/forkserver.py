@@ -103,7 +103,7 @@ def delegate(job, function) -> int | None:
     from augdefense import timing
 
     path = os.environ.get(SOCKET_ENV)
-    if not path or not os.path.exists(path):
+    if not path:
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -213,31 +213,18 @@ class _Worker:
             _, fds, _, _ = socket.recv_fds(conn, 1, 3)
             request = _receive(conn)
         except (OSError, ValueError) as exc:
-            print(f"warm worker: a malformed request: {exc}", file=sys.stderr, flush=True)
-            conn.close()
-            for fd in fds:
-                os.close(fd)
-            return
-        refusal = "not this user's job" if uid != os.getuid() else None
+            return _refuse(conn, fds, f"a malformed request: {exc}")
+        if uid != os.getuid():
+            return _refuse(conn, fds, "not this user's job")
         if request is None or len(fds) != 3:
-            refusal = "an incomplete request"
-        refusal = refusal or _refusal(request, self.fingerprint)
+            return _refuse(conn, fds, "an incomplete request")
+        refusal = _refusal(request, self.fingerprint)
         if refusal:
-            print(f"warm worker: a job runs in its own process: {refusal}", file=sys.stderr, flush=True)
-            _send(conn, {"accepted": False, "reason": refusal})
-            conn.close()
-            for fd in fds:
-                os.close(fd)
-            return
+            return _refuse(conn, fds, refusal)
         try:
             pid = os.fork()
-        except OSError as exc:  # out of processes or memory: the script runs the job itself
-            print(f"warm worker: cannot fork: {exc}", file=sys.stderr, flush=True)
-            _send(conn, {"accepted": False, "reason": f"cannot fork: {exc}"})
-            conn.close()
-            for fd in fds:
-                os.close(fd)
-            return
+        except OSError as exc:  # out of processes or memory
+            return _refuse(conn, fds, f"cannot fork: {exc}")
         if pid == 0:
             self._close_inherited(conn)
             os._exit(_run_child(request, fds))
@@ -283,6 +270,18 @@ class _Worker:
         for pid in list(self.children):
             _kill_group(pid)
         self.listener.close()
+
+
+def _refuse(conn: socket.socket, fds: list[int], reason: str) -> None:
+    """Tell the script to run its job itself, and let go of its connection and descriptors."""
+    print(f"warm worker: a job runs in its own process: {reason}", file=sys.stderr, flush=True)
+    try:
+        _send(conn, {"accepted": False, "reason": reason})
+    except OSError:
+        pass  # the script is gone
+    conn.close()
+    for fd in fds:
+        os.close(fd)
 
 
 def _kill_group(pid: int) -> None:

@@ -164,7 +164,9 @@ def run_rule(snakemake, function: Callable, startup: float | None = None, forked
     """Run one Snakemake job (or a ``JobSpec``): output to its log, and a one-line error with exit
     status 2 for what a user can fix. A Snakemake job runs in a child of the warm worker when there
     is one (``augdefense.forkserver``), else in this process."""
-    if not isinstance(snakemake, JobSpec):
+    if isinstance(snakemake, JobSpec):
+        job = snakemake
+    else:
         from augdefense import forkserver
 
         job = JobSpec.from_snakemake(snakemake)
@@ -173,7 +175,6 @@ def run_rule(snakemake, function: Callable, startup: float | None = None, forked
             sys.stdout.flush()
             sys.stderr.flush()
             raise SystemExit(status)
-    job = snakemake if isinstance(snakemake, JobSpec) else job
     with _logging_to(job.log):
         if forked:
             logging.getLogger("augdefense").info("forked from the warm worker (pid %d)", os.getppid())
