@@ -28,6 +28,10 @@ validate(config, "workflow/schemas/config.schema.yaml")
 grid.check_config(config)
 
 
+# The HTML report's front page (make report): what ran, at what scale, where the claims are.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/poison.smk"

@@ -1,5 +1,10 @@
 """Figures: each experiment's figure by its plot kind (the papers' Figures 2-5), the augmentation
-illustrations (Figures 1 and 3) and DP-InstaHide's Figure 4a. One writer, ``save``, for all."""
+illustrations' writer (``augdefense.illustrations`` draws them) and DP-InstaHide's Figure 4a. One
+writer, ``save``, for all.
+
+The table figures show every seed as a point (the seed is the unit of replication) and each cell's
+95% interval as the table computes it (``tables.summarize``, i.e. ``metrics.seed_interval``), so a
+cell of one 0/1 target per seed reads as so many hits out of so many seeds, not as mean +- std."""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import pandas as pd
 
 from augdefense.errors import ArtifactError
 from augdefense.io import atomic_path
+from augdefense.titles import experiment_title
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +30,7 @@ def _pyplot():
 
 def save(fig, *outs: str | Path, scale: str | None = None) -> None:
     """Write ``fig`` to each path (format from the suffix), noting the run's scale under it."""
-    plt = _pyplot()
+    plt = pyplot()
     if scale:
         fig.text(0.5, 0.002, f"computed at: {scale}", ha="center", va="bottom", fontsize=6, color="grey")
     fig.tight_layout(rect=(0, 0.03 if scale else 0, 1, 1))
@@ -47,32 +53,95 @@ def render_figure(
     if missing:
         raise ArtifactError(f"figure {table}: needs the defenses' config entries; missing {missing}")
     summary = summarize(frame, table, attacks, names, experiment.get("control"))
+    seeds = SeedValues(frame, experiment.get("control"))
     kind = experiment.get("plot", "tradeoff")
-    fig = PLOTS[kind](summary, attacks, names, defenses)
+    fig = PLOTS[kind](summary, seeds, attacks, names, defenses)
+    fig.suptitle(experiment_title(table), fontsize=10)
     save(fig, png, pdf, scale=scale)
 
 
-def tradeoff_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str], specs: dict):
+class SeedValues:
+    """The per-seed values behind a summary's cells (one row of metrics.csv per seed), and the
+    deterministic jitter that keeps equal values (a 0/1 success) from hiding one another."""
+
+    def __init__(self, frame: pd.DataFrame, control: str | None):
+        import numpy as np
+
+        self.frame, self.control = frame, control
+        self.rng = np.random.default_rng(0)
+
+    def cell(self, attack: str, defense: str) -> pd.DataFrame:
+        runs = self.frame[(self.frame.attack == attack) & (self.frame.defense == defense)].sort_values("seed")
+        if self.control is not None and "goal_margin" in runs:
+            twins = self.frame[(self.frame.attack == self.control) & (self.frame.defense == defense)]
+            twin_margin = runs.seed.map(twins.set_index("seed").goal_margin)
+            runs = runs.assign(goal_margin_shift=runs.goal_margin - twin_margin)
+        return runs
+
+    def jitter(self, values, spread: float):
+        """``values`` plus uniform noise of +- ``spread``."""
+        import numpy as np
+
+        values = np.asarray(values, dtype=float)
+        return values + self.rng.uniform(-spread, spread, len(values))
+
+
+def _one_trial_per_seed(runs: pd.DataFrame) -> bool:
+    return "n_eval" in runs and len(runs) > 0 and bool((runs.n_eval == 1).all())
+
+
+def _center(row, metric: str) -> float:
+    """A cell's mean of ``metric`` (``{metric}_mean``; a shift's column is the mean itself)."""
+    return row[f"{metric}_mean"] if f"{metric}_mean" in row.index else row[metric]
+
+
+def _interval_bar(row, metric: str, scale: float = 100.0):
+    """errorbar's [[below], [above]] around the cell's mean, from the table's interval columns
+    ``{metric}_ci_low`` and ``{metric}_ci_high``; None where the interval is undefined (one seed)."""
+    mean = _center(row, metric)
+    low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
+    if not (low == low and high == high and mean == mean):
+        return None
+    return [[scale * max(0.0, mean - low)], [scale * max(0.0, high - mean)]]
+
+
+def _methods(summary: pd.DataFrame) -> str:
+    methods = [m for m in summary.get("poison_success_ci_method", []) if isinstance(m, str)]
+    return "; ".join(dict.fromkeys(methods)) or "t over seeds"
+
+
+SEED_POINT = {"s": 12, "alpha": 0.35, "linewidths": 0, "zorder": 1}
+SUCCESS_JITTER = 2.0  # percentage points, for 0/1 successes only
+
+
+def tradeoff_figure(summary: pd.DataFrame, seeds: SeedValues, attacks: list[str], defenses: list[str], specs: dict):
     """The papers' Figures 2 and 3: poison success against clean accuracy per defense, one panel per
-    attack; hollow markers are the paper's values."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.6), squeeze=False)
+    attack. Small translucent points are the seeds (successes of one target per seed jittered
+    vertically), a filled marker with bars the mean and the table's 95% intervals of both, hollow
+    markers the paper's values."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks) + 1.8, 3.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, attack in zip(axes[0], attacks):
         for i, defense in enumerate(defenses):
             row = summary[(summary.attack == attack) & (summary.defense == defense)]
             if row.empty or "poison_success_mean" not in row:
                 continue
-            r = row.iloc[0]
-            color = colors[i % len(colors)]
+            r, color = row.iloc[0], colors[i % len(colors)]
+            runs = seeds.cell(attack, defense).dropna(subset=["poison_success"])
+            success = 100 * runs.poison_success
+            if _one_trial_per_seed(runs):
+                success = seeds.jitter(success, SUCCESS_JITTER)
+            ax.scatter(100 * runs.clean_acc, success, color=color, **SEED_POINT)
             ax.errorbar(
                 100 * r.clean_acc_mean,
                 100 * r.poison_success_mean,
-                xerr=100 * _or_zero(r.clean_acc_std),
-                yerr=100 * _or_zero(r.poison_success_std),
+                xerr=_interval_bar(r, "clean_acc"),
+                yerr=_interval_bar(r, "poison_success"),
                 fmt="o",
                 color=color,
                 capsize=3,
+                zorder=2,
                 label=defense,
             )
             if r.paper_poison_success == r.paper_poison_success:
@@ -82,11 +151,33 @@ def tradeoff_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[st
         ax.set_ylabel("poison success (%)")
         ax.set_ylim(-5, 105)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, title="filled: ours (mean ± std)\nhollow: paper", title_fontsize=7)
+    _legend(axes[0], _legend_title(summary, "hollow: paper"))
     return fig
 
 
-def width_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str], specs: dict):
+def _legend(row, title: str) -> None:
+    """One legend for a row of panels, right of the last: every label any panel drew, once (a
+    defense excluded from one attack still appears)."""
+    entries = {}
+    for ax in row:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    row[-1].legend(
+        list(entries.values()),
+        list(entries),
+        fontsize=7,
+        title=title,
+        title_fontsize=6,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+    )
+
+
+def _legend_title(summary: pd.DataFrame, extra: str) -> str:
+    return f"points: seeds\nfilled: mean, 95% interval\n({_methods(summary)})\n{extra}"
+
+
+def width_figure(summary: pd.DataFrame, seeds: SeedValues, attacks: list[str], defenses: list[str], specs: dict):
     """DP-InstaHide Figure 4b: success against mixture width k, one line per Laplacian noise level."""
 
     def curves(rows: pd.DataFrame):
@@ -94,13 +185,12 @@ def width_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str],
             k=[specs[d].get("k", 1) if specs[d]["type"] in ("mixup", "none") else math.nan for d in rows.defense]
         )
         for noise, group in rows.groupby("noise"):
-            group = group.sort_values("k")
-            yield f"s = {noise:g}/255", group.k, group, None
+            yield f"s = {noise:g}/255", group.sort_values("k"), "k", None
 
-    return _curve_figure(summary, attacks, specs, curves, "mixture width k", "Laplacian noise")
+    return _curve_figure(summary, seeds, attacks, specs, curves, "mixture width k", "Laplacian noise")
 
 
-def noise_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str], specs: dict):
+def noise_figure(summary: pd.DataFrame, seeds: SeedValues, attacks: list[str], defenses: list[str], specs: dict):
     """DP-InstaHide Figure 5: each augmentation's trade-off curve (success against clean accuracy) as
     its Laplacian noise grows; points are labelled with the noise level."""
 
@@ -110,101 +200,91 @@ def noise_figure(summary: pd.DataFrame, attacks: list[str], defenses: list[str],
             group = group.sort_values("noise")
             spec = specs[group.defense.iloc[0]]
             name = spec["type"] + (f" k={spec['k']}" if "k" in spec else "")
-            yield name, 100 * group.clean_acc_mean, group, group.noise
+            yield name, group, "clean_acc", group.noise
 
-    return _curve_figure(summary, attacks, specs, curves, "clean accuracy (%)", "augmentation (labels: s/255)")
+    return _curve_figure(summary, seeds, attacks, specs, curves, "clean accuracy (%)", "augmentation (labels: s/255)")
 
 
-def _curve_figure(summary: pd.DataFrame, attacks: list[str], specs: dict, curves, xlabel: str, legend: str):
-    """Curves per attack panel; with a control, a second row shows the goal log-odds shift against it
-    (the finer measure at small scale). ``curves(rows)`` yields (label, x, rows, point labels)."""
-    plt = _pyplot()
+def _curve_figure(summary: pd.DataFrame, seeds: SeedValues, attacks: list[str], specs: dict, curves, xlabel, legend):
+    """Curves per attack panel, through the cells' means, with the table's 95% intervals as bars and
+    the seeds as points; with a control, a second row shows the goal log-odds shift against it (the
+    finer measure at small scale), per seed and with its paired t-interval. ``curves(rows)`` yields
+    (label, rows, x, point labels): x is a column of ``rows`` (k) or ``clean_acc``, whose per-seed
+    values and interval are then drawn too."""
+    plt = pyplot()
     shift = "goal_margin_shift" in summary
-    fig, axes = plt.subplots(1 + shift, len(attacks), figsize=(4.6 * len(attacks), 3.6 * (1 + shift)), squeeze=False)
+    fig, axes = plt.subplots(
+        1 + shift, len(attacks), figsize=(4.6 * len(attacks) + 1.8, 3.8 * (1 + shift)), squeeze=False
+    )
     for col, attack in enumerate(attacks):
         rows = summary[summary.attack == attack]
         rows = rows.assign(noise=[float(specs[d].get("laplace", 0)) for d in rows.defense])
-        for name, xs, group, point_labels in curves(rows):
-            line = axes[0][col].plot(xs, 100 * group.poison_success_mean, marker="o", label=name)[0]
+        series = list(curves(rows))
+        for i, (name, group, x, point_labels) in enumerate(series):
+            by_accuracy = x == "clean_acc"
+            if by_accuracy:
+                xs = 100 * group.clean_acc_mean
+            else:  # each series a little aside (log2 axis), so that curves at the same k do not cover each other
+                xs = group[x] * 2 ** (DODGE * (i - (len(series) - 1) / 2))
+            line = axes[0][col].plot(xs, 100 * group.poison_success_mean, marker="o", label=name, zorder=2)[0]
+            color = line.get_color()
+            panels = [(axes[0][col], "poison_success", 100.0)] + ([(axes[1][col], "goal_margin_shift", 1.0)] * shift)
+            for ax, metric, scale in panels:
+                for xv, (_, r) in zip(xs, group.iterrows()):
+                    _draw_cell(ax, seeds, r, xv, metric, scale, color, by_accuracy)
             if point_labels is not None:
                 for xv, yv, s in zip(xs, 100 * group.poison_success_mean, point_labels):
                     axes[0][col].annotate(f"{s:g}", (xv, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
             if shift:
-                axes[1][col].plot(xs, group.goal_margin_shift, marker="o", color=line.get_color(), label=name)
+                axes[1][col].plot(xs, group.goal_margin_shift, marker="o", color=color, label=name, zorder=2)
         axes[0][col].set_title(attack)
         axes[0][col].set_ylabel("poison success (%)")
         axes[0][col].set_ylim(-5, 105)
         for ax in axes[:, col]:
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
+            if series and series[0][2] != "clean_acc":
+                ks = sorted({float(k) for _, group, x, _ in series for k in group[x].dropna()})
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(ks, [f"{k:g}" for k in ks])
+                ax.minorticks_off()
         if shift:
             axes[1][col].set_ylabel("goal log-odds shift vs control")
             axes[1][col].axhline(0, color="grey", lw=0.8)
-    axes[0][0].legend(fontsize=7, title=legend, title_fontsize=7)
+    _legend(axes[0], f"{legend}\n" + _legend_title(summary, ""))
     return fig
+
+
+DODGE = 0.06  # log2 units between the series of a width plot
+
+
+def _draw_cell(ax, seeds: SeedValues, row, x: float, metric: str, scale: float, color, by_accuracy: bool):
+    """One cell of a curve: its seeds as points and the table's interval as a bar, at ``x``."""
+    runs = seeds.cell(row.attack, row.defense)
+    if metric not in runs:
+        return
+    runs = runs.dropna(subset=[metric])
+    ys = scale * runs[metric]
+    if metric == "poison_success" and _one_trial_per_seed(runs):
+        ys = seeds.jitter(ys, SUCCESS_JITTER)
+    # Seeds by their own clean accuracy, or spread narrowly around the cell's k (log2 axis).
+    xs = 100 * runs.clean_acc if by_accuracy else x * 2 ** seeds.jitter([0.0] * len(runs), DODGE / 3)
+    ax.scatter(xs, ys, color=color, **SEED_POINT)
+    ax.errorbar(
+        x,
+        scale * _center(row, metric),
+        xerr=_interval_bar(row, "clean_acc") if by_accuracy else None,
+        yerr=_interval_bar(row, metric, scale),
+        fmt="none",
+        ecolor=color,
+        capsize=2,
+        lw=1,
+        zorder=2,
+    )
 
 
 # An experiment's `plot` key -> the function drawing its figure.
 PLOTS = {"tradeoff": tradeoff_figure, "width": width_figure, "noise": noise_figure}
-
-
-def _or_zero(value: float) -> float:
-    return value if value == value else 0.0
-
-
-def render_illustrations(*, data: str | Path, poison: str | Path, png: str | Path, pdf: str | Path) -> None:
-    """As the papers' Figures 1 and 3: a training image, its backdoored version, and that poison
-    after mixup, CutMix and DP-InstaHide (4-way equal mixup, then Laplacian noise), from this
-    run's own data and poison, through the project's own defense implementations."""
-    import torch
-
-    from augdefense import data as datasets
-    from augdefense import defenses, poisons
-
-    plt = _pyplot()
-    dataset = datasets.load(data)
-    poison = poisons.load(poison, dataset.image_shape, len(dataset.train_labels), dataset.num_classes)
-    if len(poison["train_indices"]):
-        index = int(poison["train_indices"][0])
-        poisoned = poison["train_images"][0]
-    else:  # a clean control poisons nothing: show a patched test image instead
-        index, poisoned = None, poison["eval_images"][0]
-    clean = dataset.train_images[index] if index is not None else dataset.test_images[0]
-    label = int(dataset.train_labels[index]) if index is not None else int(poison["eval_labels"][0])
-    others = torch.nonzero(dataset.train_labels != label).flatten()[:3]
-    batch = torch.cat([poisoned[None], dataset.train_images[others]]).float() / 255
-    y = torch.cat([torch.tensor([label]), dataset.train_labels[others]])
-    torch.manual_seed(0)
-    k = dataset.num_classes
-    mixed = {
-        "mixup (2-way)": defenses.build({"type": "mixup", "k": 2, "weights": "equal"}, k, seed=1).transform(
-            batch, y, 0
-        ),
-        "CutMix": defenses.build({"type": "cutmix", "alpha": 1.0, "p": 1.0}, k, seed=1).transform(batch, y, 0),
-        "DP-InstaHide\n(k=4, s=16/255)": defenses.build(
-            {"type": "mixup", "k": 4, "weights": "equal", "laplace": 16}, k, seed=1
-        ).transform(batch, y, 0),
-    }
-    panels = [("clean", clean.float() / 255, None), ("backdoor patch", poisoned.float() / 255, None)]
-    panels += [(name, x[0], soft[0]) for name, (x, soft) in mixed.items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 3.0))
-    for ax, (name, image, soft) in zip(axes, panels):
-        picture = image.clamp(0, 1).permute(1, 2, 0).numpy()
-        ax.imshow(
-            picture.squeeze(-1) if picture.shape[-1] == 1 else picture,
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-        )
-        if soft is not None:
-            top = torch.topk(soft, min(2, len(soft)))
-            name += "\n" + ", ".join(f"{dataset.classes[int(c)]}:{w:.2f}" for w, c in zip(top.values, top.indices))
-        else:
-            name += f"\nlabel {dataset.classes[label]}"
-        ax.set_title(name, fontsize=8)
-        ax.axis("off")
-    save(fig, png, pdf)
 
 
 FIGURE4A = {
@@ -223,7 +303,7 @@ def render_privacy_figure(*, png: str | Path, pdf: str | Path, csv: str | Path) 
     CIFAR-10's actual l1-diameter 3*32*32 (what the theorem's assumption requires)."""
     from augdefense import privacy
 
-    plt = _pyplot()
+    plt = pyplot()
     p = FIGURE4A
     rows = []
     for s in p["noise_levels"]:

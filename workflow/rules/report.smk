@@ -1,9 +1,13 @@
+from augdefense import titles
+from augdefense.illustrations import illustrated_defenses
+
+
 rule collect_metrics:
     input:
         runs=[grid.victim_path(a, d, s) for a, d, s in grid.victim_runs(config)],
         code=code("augdefense.tables"),
     output:
-        out=report("results/metrics.csv", category="Per-run metrics", caption="../report/metrics.rst"),
+        out=report("results/metrics.csv", category=titles.METRICS, caption="../report/metrics.rst"),
     log:
         "logs/collect_metrics.log",
     conda:
@@ -17,8 +21,8 @@ rule render_tables:
         metrics="results/metrics.csv",
         code=code("augdefense.tables"),
     output:
-        csv=report("results/tables/{table}.csv", category="{table}", subcategory="table",
-                   caption="../report/table.rst"),
+        csv=report("results/tables/{table}.csv", category=lambda w: titles.experiment_title(w.table),
+                   subcategory="Table", caption="../report/table.rst"),
         md="results/tables/{table}.md",
     params:
         table=lambda w: w.table,
@@ -37,8 +41,8 @@ rule render_figures:
         metrics="results/metrics.csv",
         code=code("augdefense.figures"),
     output:
-        png=report("results/figures/{table}.png", category="{table}", subcategory="figure",
-                   caption="../report/figure.rst"),
+        png=report("results/figures/{table}.png", category=lambda w: titles.experiment_title(w.table),
+                   subcategory="Figure", caption="../report/figure.rst"),
         pdf="results/figures/{table}.pdf",
     params:
         table=lambda w: w.table,
@@ -57,11 +61,14 @@ rule render_illustrations:
     input:
         data=PREPARED_DATA,
         poison=ILLUSTRATED_POISON,
-        code=code("augdefense.figures"),
+        code=code("augdefense.illustrations"),
     output:
-        png=report("results/figures/illustrations.png", category="Illustrations",
+        png=report("results/figures/illustrations.png", category=titles.ILLUSTRATIONS,
                    caption="../report/illustrations.rst"),
         pdf="results/figures/illustrations.pdf",
+    params:
+        # Only the defenses drawn: editing another one does not redraw the illustrations.
+        defenses=spec(illustrated_defenses(config["experiments"], config["defenses"])),
     log:
         "logs/render_illustrations.log",
     conda:
@@ -74,7 +81,7 @@ rule render_privacy_figure:
     input:
         code=code("augdefense.figures"),
     output:
-        png=report("results/figures/figure4a.png", category="Figure 4a (DP-InstaHide)",
+        png=report("results/figures/figure4a.png", category=titles.FIGURE4A,
                    caption="../report/figure4a.rst"),
         pdf="results/figures/figure4a.pdf",
         csv="results/figures/figure4a.csv",
@@ -91,7 +98,7 @@ rule compare_papers:
         metrics="results/metrics.csv",
         code=code("augdefense.tables"),
     output:
-        csv=report("results/paper_comparison.csv", category="Paper comparison",
+        csv=report("results/paper_comparison.csv", category=titles.COMPARISON,
                    caption="../report/comparison.rst"),
         md="results/paper_comparison.md",
     params:
@@ -110,7 +117,7 @@ rule render_claims:
         metrics="results/metrics.csv",
         code=code("augdefense.claims"),
     output:
-        csv=report("results/claims.csv", category="Claims", caption="../report/claims.rst"),
+        csv=report("results/claims.csv", category=titles.CLAIMS, caption="../report/claims.rst"),
         md="results/claims.md",
     params:
         experiments=spec(config["experiments"]),
