@@ -91,3 +91,12 @@ def test_loading_a_trigger_does_not_import_torchvision():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_crafting_rule_lists_the_trigger_images_among_its_code_inputs():
+    """A changed trigger image reruns crafting, and the provenance archive records it."""
+    from augdefense import codedeps
+
+    files = codedeps.code_files("augdefense.jobs.craft")
+    for name in triggers.FILES:
+        assert str(Path(codedeps.SRC, "attacks", "triggers", name)) in files

@@ -19,7 +19,12 @@ from importlib import resources
 import numpy as np
 import torch
 
-FILES = ("htbd.png", "clbd.png")
+# Spelled out as codedeps reads package data, so the crafting rule lists both images among its inputs.
+PATHS = {
+    "htbd.png": resources.files("augdefense").joinpath("attacks/triggers/htbd.png"),
+    "clbd.png": resources.files("augdefense").joinpath("attacks/triggers/clbd.png"),
+}
+FILES = tuple(PATHS)
 
 
 def load(name: str, size: int, channels: int) -> torch.Tensor:
@@ -37,7 +42,7 @@ def load(name: str, size: int, channels: int) -> torch.Tensor:
 def _load(name: str, size: int, channels: int) -> torch.Tensor:
     from PIL import Image
 
-    with resources.as_file(resources.files(__name__) / name) as path, Image.open(path) as img:
+    with resources.as_file(PATHS[name]) as path, Image.open(path) as img:
         img = img.convert("RGB")
         if img.size != (size, size):  # torchvision's resize leaves an image of the right size alone
             img = img.resize((size, size), Image.BILINEAR)
