@@ -24,6 +24,29 @@ def test_presets_and_paper_config_pass():
         grid.load(path, facts=IMAGENET if path.name == "imagenet.yaml" else None)
 
 
+def test_the_paper_config_gives_the_transfer_setting_the_benchmarks_constants_and_the_rest_the_datas():
+    """learning_module.data_mean_std_dict["cifar10"]: fine-tuning and crafting in Tables 4 and 6;
+    Tables 1, 2 and 5 (forest) keep the statistics computed from the training set."""
+    paper = grid.load(REPO / "config.yaml")
+    assert "mean" not in paper["data"] and "std" not in paper["data"]
+    transfer = paper["recipes"]["transfer"]["transfer"]
+    assert transfer["mean"] == [0.4914, 0.4822, 0.4465] and transfer["std"] == [0.2023, 0.1994, 0.2010]
+    for name in ("backdoor", "targeted", "pretrain"):
+        assert "transfer" not in paper["recipes"][name]
+
+
+def test_the_paper_config_follows_the_reference_code_where_it_departs_from_the_libraries_defaults():
+    """fp32 victims (forest and the benchmark did not autocast), forest's default cutout strength in
+    the MaxUp-cutout row that reproduces forest's code, and the benchmark's triggers and truncation."""
+    from augdefense.training import Runtime
+
+    paper = grid.load(REPO / "config.yaml")
+    assert paper["runtime"]["amp"] is False and Runtime.from_spec({}).amp is False
+    assert paper["defenses"]["maxup_cutout_forest"]["inner"]["strength"] == 0
+    for name in ("htbd", "clbd"):
+        assert paper["attacks"][name].get("trigger", "benchmark") == "benchmark"
+
+
 def test_grid_is_the_union_of_experiments(config):
     config["experiments"]["other"] = {"attacks": ["patch10"], "defenses": ["none", "cutmix"]}
     cells = grid.cells(config)
@@ -169,6 +192,14 @@ def test_feasibility_limits_are_exact(config):
         (
             lambda c: c["recipes"]["transfer"]["transfer"].update(pretrain_recipe="missing"),
             r"^recipes\.transfer\.transfer\.pretrain_recipe: 'missing' must name a recipe",
+        ),
+        (
+            lambda c: c["recipes"]["transfer"]["transfer"].update(mean=[0.5]),
+            r"^recipes\.transfer\.transfer\.mean, recipes\.transfer\.transfer\.std: give both",
+        ),
+        (
+            lambda c: c["recipes"]["transfer"]["transfer"].update(mean=[0.5], std=[0.2, 0.2]),
+            r"^recipes\.transfer\.transfer\.mean, recipes\.transfer\.transfer\.std: give both",
         ),
         (
             lambda c: c["attacks"]["wb_adapt"].update(recipe="transfer"),

@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from augdefense import attacks, poisons
+from augdefense.attacks import triggers
 from augdefense.attacks.base import CraftingContext
 from augdefense.attacks.clean_label import pgd_perturb
+from augdefense.attacks.constraints import frozen, quantize
 from augdefense.attacks.convex_polytope import convex_polytope, simplex_least_squares, simplex_projection
-from augdefense.attacks.feature_collision import feature_collision, frozen, quantize
+from augdefense.attacks.feature_collision import feature_collision
 from augdefense.attacks.hidden_trigger import greedy_assignment, hidden_trigger
 from augdefense.attacks.patch import paste
 from augdefense.errors import ConfigError
@@ -195,6 +197,27 @@ def test_quantize_keeps_the_ball_after_rounding():
     poisons = torch.tensor([[-0.5, 200.0, 300.0, 135.6]]).view(1, 1, 1, 4) / 255
     assert quantize(clean, poisons, 8).flatten().tolist() == [0, 18, 255, 136]
     assert quantize(clean, poisons, 8.9).flatten().tolist() == [0, 18, 255, 136]  # floor(eps) levels
+
+
+def test_truncation_is_what_the_benchmarks_topilimage_saves_and_keeps_the_ball():
+    from torchvision import transforms
+
+    clean = torch.tensor([[0, 10, 250, 128, 100]], dtype=torch.uint8).view(1, 1, 1, 5)
+    poisons = torch.tensor([[-0.5, 200.0, 300.0, 135.6, 92.9]]).view(1, 1, 1, 5) / 255
+    assert quantize(clean, poisons, 8, "truncate").flatten().tolist() == [0, 18, 255, 135, 92]
+    assert quantize(clean, poisons, 8, "round").flatten().tolist() == [0, 18, 255, 136, 93]
+    x = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0))
+    saved = torch.from_numpy(np.asarray(transforms.ToPILImage()(x)).copy()).permute(2, 0, 1)
+    assert torch.equal(quantize(x.mul(255).round().byte()[None], x[None], 8, "truncate")[0], saved)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_transfer_poisons_are_truncated_by_default_and_rounded_as_an_option(kind, digits8, context):
+    truncated = craft(kind, digits8, context, seed=0)
+    rounded = craft(kind, digits8, context, seed=0, quantize="round")
+    assert truncated["info"]["quantize"] == "truncate" and rounded["info"]["quantize"] == "round"
+    up = rounded["train_images"].int() - truncated["train_images"].int()
+    assert set(up.unique().tolist()) == {0, 1}  # the same float poisons, stored one level apart at most
 
 
 # ----------------------------------------------------------------------------- targeted (FC, CP)
@@ -397,7 +420,7 @@ def test_scored_target_is_one_patched_source_image_and_all_images_are_kept(kind,
     put it; every patched source-class test image stays as the all-images rate."""
     poison = craft(kind, digits8, context, seed=1)
     info, patch = poison["info"], poison["patch"]
-    assert patch.shape == (1, 3, 3) and set(patch.unique().tolist()) <= {0, 255}
+    assert patch.shape == (1, 3, 3)
     (target,) = poison["eval_images"]
     assert digits8.test_labels[info["target_index"]] == info["source_class"]
     expected = paste(
@@ -415,11 +438,27 @@ def test_scored_target_is_one_patched_source_image_and_all_images_are_kept(kind,
     assert (poison["all_eval_goals"] == info["target_class"]).all()
     for image in poison["all_eval_images"]:
         assert _windows_with(image, patch).any()
-    # same pair and trigger as the plain patch attack of the seed
+    # same pair as the plain patch attack of the seed
     plain = attacks.build({"type": "patch", "recipe": "r", "patch_size": 3}, "p").craft(digits8, 1)
-    assert torch.equal(plain["patch"], patch)
     assert plain["info"]["target_class"] == info["target_class"]
     assert plain["info"]["victim_class"] == info["source_class"]
+
+
+TRIGGER_FILES = {"hidden_trigger": "htbd.png", "clean_label_backdoor": "clbd.png"}
+
+
+@pytest.mark.parametrize("kind", ["hidden_trigger", "clean_label_backdoor"])
+def test_the_trigger_is_the_benchmarks_image_by_default_and_the_seeds_random_one_as_an_option(kind, digits8, context):
+    """craft_poisons_htbd.py pastes triggers/htbd.png, craft_poisons_clbd.py triggers/clbd.png, each
+    resized to the patch size; trigger: random keeps the patch attack's Bernoulli trigger."""
+    poison = craft(kind, digits8, context, seed=1)
+    expected = triggers.load(TRIGGER_FILES[kind], 3, 1)
+    assert torch.equal(poison["patch"], expected) and poison["info"]["trigger"] == "benchmark"
+    assert len(expected.unique()) > 2  # not a 0/255 draw
+    random = craft(kind, digits8, context, seed=1, trigger="random")
+    plain = attacks.build({"type": "patch", "recipe": "r", "patch_size": 3}, "p").craft(digits8, 1)
+    assert torch.equal(random["patch"], plain["patch"]) and set(random["patch"].unique().tolist()) <= {0, 255}
+    assert random["info"]["source_class"] == poison["info"]["source_class"]
 
 
 class _Shape:
@@ -466,7 +505,7 @@ def test_pgd_raises_the_loss_of_the_true_label(digits8, context):
     with frozen(context.model):
         clean_loss = nn.functional.cross_entropy(context.logits(images), labels)
         result = pgd_perturb(context.logits, images, labels, eps, steps=10, step_size=2 / 255)
-        adv_loss = nn.functional.cross_entropy(context.logits(result["images"]), labels)
+        adv_loss = nn.functional.cross_entropy(context.logits(result["poisons"]), labels)
     assert adv_loss > clean_loss
     assert result["history"][-1] > result["history"][0]
-    assert (result["images"] - images).abs().max() <= eps + 1e-6
+    assert (result["poisons"] - images).abs().max() <= eps + 1e-6

@@ -165,11 +165,27 @@ def test_adaptive_poisons_match_better_through_the_defense_than_plain_ones(digit
     assert through_defense(adaptive) < through_defense(plain)
 
 
+@pytest.mark.parametrize("dp_gradients, calls", [(None, 0), ("plain", 0), ("clip_noise", 1)])
+def test_adaptive_crafting_against_dpsgd_matches_the_plain_gradient_by_default(digits8, dp_gradients, calls):
+    """forest's WitchGradientMatchingNoisy._hide_gradient clips out of place and its noise branch
+    raises NameError: the papers' adaptive DP-SGD cells are plain gradient matching on the model
+    trained under DP-SGD. Our clip + noise inside crafting is the option dp_gradients: clip_noise."""
+    defense = defenses.build({"type": "dpsgd_batch", "clip": 1.0, "noise": 0.01}, 10, seed=0)
+    seen = []
+    hook = defense.crafting_gradients
+    defense.crafting_gradients = lambda grads: seen.append(1) or hook(grads)
+    overrides = {"adaptive": True, "iterations": 1, "restarts": 1}
+    if dp_gradients is not None:
+        overrides["dp_gradients"] = dp_gradients
+    craft(digits8, seed=1, defense=defense, **overrides)
+    assert bool(seen) == bool(calls)
+
+
 def test_dpsgd_crafting_gradients_clip_and_noise_like_training():
     grads = (torch.full((10,), 3.0, requires_grad=True), torch.full((5,), 4.0))
     clipped = defenses.build({"type": "dpsgd_batch", "clip": 1.0, "noise": 0.0}, 10).crafting_gradients(grads)
     assert math.isclose(float(torch.sqrt(sum(g.detach().pow(2).sum() for g in clipped))), 1.0, rel_tol=1e-4)
-    clipped[0].sum().backward()  # differentiable: the straight-through estimate reaches the poison
+    clipped[0].sum().backward()  # differentiable: the clip's scale reaches the poison
     assert grads[0].grad is not None
     torch.manual_seed(0)
     noisy = defenses.build({"type": "dpsgd_batch", "clip": 1.0, "noise": 0.5}, 10).crafting_gradients(
@@ -230,7 +246,8 @@ def test_goal_margin_is_positive_exactly_when_the_goal_wins_and_shift_pairs_seed
         {"type": "dpsgd_batch", "clip": 1.0, "noise": 0.01},
     ],
 )
-def test_every_augmentation_and_dp_defense_can_be_crafted_through(digits8, spec):
+@pytest.mark.parametrize("dp_gradients", ["plain", "clip_noise"])
+def test_every_augmentation_and_dp_defense_can_be_crafted_through(digits8, spec, dp_gradients):
     """The adaptive crafting loop differentiates through each defense's loss and gradient hooks."""
     ctx = context(digits8, defenses.build(spec, 10, seed=0))
     idx = torch.nonzero(digits8.train_labels == 3).flatten()[:8]
@@ -243,6 +260,7 @@ def test_every_augmentation_and_dp_defense_can_be_crafted_through(digits8, spec)
         eps=8 / 255,
         iterations=2,
         restarts=1,
+        dp_gradients=dp_gradients,
     )
     assert result["delta"].abs().max() > 0 and math.isfinite(result["history"][-1])
 

@@ -1,5 +1,6 @@
 """Mixing defenses: labels are mixed exactly as the images are."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,40 @@ def test_forest_cutout_cuts_one_box_for_the_batch_in_the_mean_colour():
     cut = (x != 1).any(1)  # [B, H, W]
     assert cut.any() and (cut == cut[0]).all()  # the same box in every image
     assert torch.equal(x.permute(0, 2, 3, 1)[cut], mean.expand(int(cut.sum()), 3))
+
+
+def _forest_bbox(centre: int, side: int, strength: float) -> tuple[int, int]:
+    """forest's Cutout._rand_bbox along one side (mixing_data_augmentations.py), for a given centre."""
+    cut = int(side * np.sqrt(1.0 - strength * 0.66))
+    return int(np.clip(centre - cut // 2, 0, side)), int(np.clip(centre + cut // 2, 0, side))
+
+
+@pytest.mark.parametrize("strength, smallest, largest", [(0, 16, 32), (1, 9, 18), (0.5, 13, 26)])
+def test_cutout_at_a_strength_cuts_forests_box(strength, smallest, largest):
+    """forest's default mixing_strength 0 cuts centre +/- 16 clipped (16 to 32 px on CIFAR-10);
+    strength 1 cuts 18 px."""
+    torch.manual_seed(0)
+    cutout = defenses.build({"type": "cutout", "strength": strength}, C)
+    x, _ = cutout.transform(torch.ones(3000, 1, 32, 32), torch.zeros(3000, dtype=torch.long), epoch=0)
+    zero = x[:, 0] == 0
+    possible = {_forest_bbox(c, 32, strength) for c in range(32)}
+    seen = set()
+    for image in zero:
+        rows, cols = torch.nonzero(image.any(1)).flatten(), torch.nonzero(image.any(0)).flatten()
+        box_rows, box_cols = (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
+        assert box_rows in possible and box_cols in possible
+        assert int(image.sum()) == (box_rows[1] - box_rows[0]) * (box_cols[1] - box_cols[0])
+        seen.add(box_rows)
+    assert seen == possible
+    extents = {b - a for a, b in possible}
+    assert min(extents) == smallest and max(extents) == largest
+
+
+def test_cutout_takes_a_size_or_a_strength_not_both():
+    with pytest.raises(ConfigError, match=r"defenses\.d: give size or strength"):
+        defenses.build({"type": "cutout", "size": 16, "strength": 0}, C, name="d")
+    with pytest.raises(ConfigError, match=r"defenses\.d\.strength"):
+        defenses.build({"type": "cutout", "strength": 2}, C, name="d")
 
 
 def test_mean_fill_without_a_dataset_mean_is_refused():

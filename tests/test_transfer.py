@@ -202,3 +202,87 @@ def test_an_extractor_pretrained_on_other_classes_fine_tunes_and_crafts(digits8,
     loaded = load_model(extractor, digits8, head_may_differ=True).state_dict()
     assert loaded["linear.weight"].shape[0] == 10
     assert all(torch.equal(loaded[k], v) for k, v in saved["state_dict"].items() if not k.startswith("linear."))
+
+
+def test_normalizer_for_uses_the_transfer_entrys_constants_else_the_datas(digits8):
+    import pytest
+
+    from augdefense.errors import ConfigError
+    from augdefense.training import normalizer_for
+
+    plain = normalizer_for(digits8, Recipe.from_spec(SHORT))
+    assert torch.equal(plain.std.flatten(), digits8.std.float()) and torch.equal(plain.mean.flatten(), digits8.mean)
+    assert torch.equal(normalizer_for(digits8).std, plain.std)
+    own = normalizer_for(digits8, Recipe.from_spec({**SHORT, "transfer": {**TRANSFER, "mean": [0.3], "std": [0.2]}}))
+    assert own.mean.flatten().tolist() == pytest.approx([0.3]) and own.std.flatten().tolist() == pytest.approx([0.2])
+    three = Recipe.from_spec({**SHORT, "transfer": {**TRANSFER, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2] * 3}})
+    with pytest.raises(ConfigError, match=r"recipe\.transfer\.mean.*1-channel"):
+        normalizer_for(digits8, three)
+
+
+def test_the_transfer_setting_fine_tunes_crafts_and_filters_with_its_own_normalisation(digits8, tmp_path, monkeypatch):
+    """The benchmark fixes CIFAR-10's mean and std (learning_module.data_mean_std_dict) for fine-tuning
+    and for crafting against the extractor; the pretraining and a CLBD crafting model trained with
+    a crafting_recipe keep the data's (the normalisation they were trained with)."""
+    from augdefense import training
+    from augdefense.jobs.sanitize import sanitize
+
+    data_path, extractor = tmp_path / "digits.pt", tmp_path / "extractor.pt"
+    data.prepare(spec={"source": "digits"}, out=data_path)
+    _pretrain(data_path, {"pretrain_share": TRANSFER["pretrain_share"]}, extractor)
+    recipe = {**SHORT, "transfer": {**TRANSFER, "mean": [0.3], "std": [0.2]}}
+    used = []
+    real_for, real_train = training.normalizer_for, training.train
+
+    def spy_for(dataset, recipe=None):
+        normalizer = real_for(dataset, recipe)
+        used.append(round(float(normalizer.std.flatten()[0]), 4))
+        return normalizer
+
+    def spy_train(model, images, labels, defense, recipe_, normalizer, *args, **kwargs):
+        used.append(("train", round(float(normalizer.std.flatten()[0]), 4)))
+        return real_train(model, images, labels, defense, recipe_, normalizer, *args, **kwargs)
+
+    monkeypatch.setattr(training, "normalizer_for", spy_for)
+    monkeypatch.setattr(training, "train", spy_train)
+    data_std = round(float(digits8.std[0]), 4)
+
+    poison_path = tmp_path / "fc.pt"
+    _craft_feature_collision(data_path, extractor, recipe, poison_path)
+    assert used == [0.2]  # crafting against the extractor: the transfer constants
+    used.clear()
+    job = TrainingJob(
+        data=data_path, poison=poison_path, extractor=extractor, recipe=recipe, model=MODEL, runtime=RUNTIME, seed=0
+    )
+    train_victim(job, attack="fc", out=tmp_path / "run.json")
+    assert ("train", 0.2) in used  # fine-tuning
+    used.clear()
+    sanitize(
+        data=data_path,
+        poison=poison_path,
+        feature_model=extractor,
+        attack={"type": "feature_collision", "recipe": "transfer", "n_poisons": 4},
+        defense_name="ss",
+        defense={"type": "spectral_signatures"},
+        runtime=RUNTIME,
+        seed=0,
+        out=tmp_path / "ss.json",
+        recipe=recipe,
+    )
+    assert used == [0.2]  # the filters' features: as the feature model was fine-tuned
+    used.clear()
+    clbd = {"type": "clean_label_backdoor", "recipe": "transfer", "n_poisons": 4, "patch_size": 2, "steps": 1}
+    craft_poison(
+        data=data_path,
+        attack_name="clbd",
+        attack={**clbd, "crafting_recipe": "targeted"},
+        seed=0,
+        out=tmp_path / "clbd.pt",
+        crafting_model=extractor,
+        recipe=recipe,
+        runtime=RUNTIME,
+    )
+    assert used == [data_std]  # a crafting_recipe's model: the data's normalisation it was trained with
+    used.clear()
+    _pretrain(data_path, {"pretrain_share": TRANSFER["pretrain_share"]}, tmp_path / "again.pt")
+    assert ("train", data_std) in used  # pretraining (a recipe without transfer): the data's

@@ -20,7 +20,7 @@ from pathlib import Path
 PACKAGE = "augdefense"
 SRC = Path(__file__).resolve().parent
 RUNNER_MODULES = frozenset({"augdefense.runner", "augdefense.provenance", "augdefense.timing", "augdefense.forkserver"})
-_PACKAGE_DATA = re.compile(r"""files\(["']augdefense["']\)\.joinpath\(["']([\w.\-]+)["']\)""")
+_PACKAGE_DATA = re.compile(r"""files\(["']augdefense["']\)\.joinpath\(["']([\w.\-/]+)["']\)""")
 
 
 def module_file(module: str) -> Path | None:

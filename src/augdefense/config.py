@@ -122,7 +122,13 @@ def check_config(config: dict, facts=None) -> None:
                     f"(defined: {sorted(defenses)})"
                 )
     for name, recipe in recipes.items():
-        pretrain = recipe.get("transfer", {}).get("pretrain_recipe")
+        transfer = recipe.get("transfer", {})
+        if ("mean" in transfer) != ("std" in transfer) or len(transfer.get("mean", ())) != len(transfer.get("std", ())):
+            raise ConfigError(
+                f"recipes.{name}.transfer.mean, recipes.{name}.transfer.std: give both, one value per channel, "
+                "or neither"
+            )
+        pretrain = transfer.get("pretrain_recipe")
         if pretrain is not None and (pretrain not in recipes or "transfer" in recipes[pretrain]):
             raise ConfigError(
                 f"recipes.{name}.transfer.pretrain_recipe: '{pretrain}' must name a recipe without "

@@ -1,5 +1,15 @@
 """Models: CIFAR-style ResNet-18 (3x3 stem, no max-pool), torchvision's ImageNet ResNet-18, and a
 small ConvNet for the CPU presets. BatchNorm by default; GroupNorm as an option (for per-sample DP-SGD).
+
+Initialisation (``init``): the ResNets start as forest's do (JonasGeiping/data-poisoning,
+``forest/victims/models.py``, ``ResNet.__init__``): every convolution ``kaiming_normal_(mode="fan_out",
+nonlinearity="relu")``, every BatchNorm/GroupNorm weight 1 and bias 0, the final linear layer
+PyTorch's default, no zero-initialised residual branch. torchvision's ImageNet ResNet already
+initialises so. ``init: pytorch`` keeps PyTorch's layer defaults (a convolution's
+``kaiming_uniform_(a=sqrt(5))``, about 2.5x smaller weights in a 3x3x64 convolution), the
+ConvNet's default. The benchmark's ResNet-18 (aks2203/poisoning-benchmark, ``models/resnet.py``),
+which pretrained the transfer setting's extractor, kept PyTorch's defaults; one ``model`` entry
+serves every recipe here, so the extractor starts as forest's ResNets do.
 """
 
 from __future__ import annotations
@@ -26,9 +36,17 @@ MODEL_PARAMS = {
     ),
     "norm": Param("string", "BatchNorm, or GroupNorm (per-sample DP-SGD)", default="batch", enum=("batch", "group")),
     "groups": Param("integer", "GroupNorm groups (capped at the channels)", default=32, minimum=1),
+    "init": Param(
+        "string",
+        "forest: forest's ResNet initialisation (kaiming_normal fan_out convolutions, norm weight 1 bias 0); "
+        "pytorch: PyTorch's layer defaults (default: forest for the ResNets, pytorch for convnet)",
+        default=OPTIONAL,
+        enum=("forest", "pytorch"),
+    ),
 }
-# An architecture's width when the config gives none.
+# An architecture's width and initialisation when the config gives none.
 DEFAULT_WIDTH = {"resnet18_cifar": 64, "convnet": 32}
+DEFAULT_INIT = {"resnet18_cifar": "forest", "resnet18_imagenet": "forest", "convnet": "pytorch"}
 
 
 def _norm(kind: str, channels: int, groups: int) -> nn.Module:
@@ -119,11 +137,33 @@ def build(spec: dict, in_channels: int, num_classes: int, image_size: int) -> nn
     if arch == "resnet18_imagenet":
         if in_channels != 3:
             raise ConfigError("model.arch: resnet18_imagenet needs 3-channel images")
-        return _resnet18_imagenet(num_classes, norm)
-    width = spec.get("width", DEFAULT_WIDTH[arch])
-    if arch == "resnet18_cifar":
-        return ResNetCifar(in_channels, num_classes, width, norm)
-    return ConvNet(in_channels, num_classes, width, norm, image_size)
+        model = _resnet18_imagenet(num_classes, norm)
+    else:
+        width = spec.get("width", DEFAULT_WIDTH[arch])
+        if arch == "resnet18_cifar":
+            model = ResNetCifar(in_channels, num_classes, width, norm)
+        else:
+            model = ConvNet(in_channels, num_classes, width, norm, image_size)
+    init = spec.get("init", DEFAULT_INIT[arch])
+    if init == "forest" and arch != "resnet18_imagenet":  # torchvision's ResNet initialises so already
+        forest_init(model)
+    elif init == "pytorch" and arch == "resnet18_imagenet":
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.reset_parameters()
+    return model
+
+
+def forest_init(model: nn.Module) -> None:
+    """forest's ResNet initialisation (``forest/victims/models.py``, ``ResNet.__init__``): convolutions
+    ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, BatchNorm and GroupNorm weight 1 and
+    bias 0; linear layers keep PyTorch's default."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:

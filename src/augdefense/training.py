@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from augdefense import sources
-from augdefense.errors import ArtifactError, TrainingError
+from augdefense.errors import ArtifactError, ConfigError, TrainingError
 from augdefense.io import load_tensors, save_tensors
 from augdefense.params import OPTIONAL, Param, complete
 
@@ -54,6 +54,21 @@ TRANSFER_PARAMS = {
         "fine-tune the last layer only or the whole network",
         default="last_layer",
         enum=("last_layer", "end_to_end"),
+    ),
+    # The benchmark normalises fine-tuning and crafting with fixed constants (learning_module.py,
+    # data_mean_std_dict["cifar10"]), whose std is not CIFAR-10's; the data's own stay for the other tables.
+    "mean": Param(
+        "array",
+        "per-channel mean (in [0, 1] units, with std) that fine-tuning and crafting against the extractor "
+        "normalise with (the benchmark's CIFAR-10 constants); absent: the data's",
+        default=OPTIONAL,
+        items=Param("number", minimum=0, maximum=1),
+    ),
+    "std": Param(
+        "array",
+        "per-channel std (in [0, 1] units, with mean) of that normalisation; absent: the data's",
+        default=OPTIONAL,
+        items=Param("number", exclusive_minimum=0),
     ),
 }
 RECIPE_PARAMS = {
@@ -92,7 +107,12 @@ RUNTIME_PARAMS = {
         default="auto",
         enum=("auto", "cpu", "cuda"),
     ),
-    "amp": Param("boolean", "bf16 autocast on CUDA", default=True),
+    "amp": Param(
+        "boolean",
+        "bf16 autocast on CUDA (an option: forest and the benchmark trained in fp32; its effect on the tables "
+        "is not measured yet)",
+        default=False,
+    ),
     "deterministic": Param("boolean", "PyTorch's deterministic algorithms (slower on GPU)", default=False),
     "eval_batch_size": Param("integer", "batch size of evaluation and feature extraction", default=1024, minimum=1),
     "checkpoint_every": Param("integer", "epochs between resumable checkpoints", default=5, minimum=1),
@@ -171,6 +191,21 @@ class Normalizer(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+def normalizer_for(dataset, recipe: Recipe | None = None) -> Normalizer:
+    """How a model trained (or fine-tuned) with ``recipe`` sees ``dataset``: the transfer entry's own
+    ``mean``/``std`` when it gives them (the benchmark's constants), else the data's."""
+    transfer = recipe.transfer if recipe is not None else None
+    if not transfer or "mean" not in transfer:
+        return Normalizer(dataset.mean, dataset.std)
+    channels = len(dataset.mean)
+    if len(transfer["mean"]) != channels or len(transfer.get("std", ())) != channels:
+        raise ConfigError(
+            f"recipe.transfer.mean, recipe.transfer.std: one value per channel of the {channels}-channel "
+            f"images, got {len(transfer['mean'])} and {len(transfer.get('std', ()))}"
+        )
+    return Normalizer(torch.tensor(transfer["mean"]), torch.tensor(transfer["std"]))
 
 
 def _autocast(device: torch.device, amp: bool):

@@ -70,6 +70,7 @@ rule sanitize:
         attack=lambda w: spec(config["attacks"][w.attack]),
         defense_name=lambda w: w.defense,
         defense=lambda w: spec(config["defenses"][w.defense]),
+        recipe=lambda w: spec(attack_recipe(w.attack)),
         runtime=RUNTIME,
         seed=lambda w: int(w.seed),
     threads: THREADS

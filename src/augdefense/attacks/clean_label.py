@@ -2,8 +2,10 @@
 backdoor attacks"), in the setting of Schwarzschild et al. 2020 that DP-InstaHide §2.2 /
 appendix A evaluates.
 
-Per seed: a random (target, source) class pair and a random Bernoulli trigger of size p x p
-(``draws.backdoor``, as the ``patch`` and ``hidden_trigger`` attacks draw them). ``n_poisons`` random
+Per seed: a random (target, source) class pair (``draws.backdoor``, as the ``patch`` and
+``hidden_trigger`` attacks draw it) and the trigger: by default the benchmark's
+(``craft_poisons_clbd.py`` pastes ``triggers/clbd.png`` resized to p x p; ``trigger: benchmark``),
+or the seed's random Bernoulli trigger (``trigger: random``). ``n_poisons`` random
 target-class training images are made hard to learn by an untargeted PGD attack on the crafting
 model (maximise the cross-entropy of their true label; random start in the eps-ball, signed
 gradient steps, projection onto the ball and [0, 1] after each step), then the trigger is stamped
@@ -20,7 +22,8 @@ pretrained elsewhere (CIFAR-100) - standard, not adversarial, training.
 
 The benchmark's ``craft_poisons_clbd.py`` clamps the stamped image back into the eps-ball, which
 largely erases the trigger on the poisons (``trigger_on_poisons: clamped``, the default: the code
-behind the papers' numbers); Turner et al. keep the full trigger (``stamped``).
+behind the papers' numbers); Turner et al. keep the full trigger (``stamped``). The PGD images are
+stored truncated to uint8, as the benchmark's ``ToPILImage`` saves them (``quantize``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from augdefense.attacks import register
-from augdefense.attacks.constraints import frozen, project, quantize
+from augdefense.attacks.constraints import craft_frozen, project, quantize
 from augdefense.attacks.hidden_trigger import TriggerBackdoor
 from augdefense.attacks.patch import paste
 from augdefense.params import OPTIONAL, Param
@@ -55,7 +58,7 @@ def pgd_perturb(
     to logits (the caller freezes the model: see ``frozen``). The random start is drawn on the CPU
     from ``seed``, so it does not depend on the device.
 
-    Returns ``images`` (the perturbed images, inside the ball) and ``history`` (the mean loss of
+    Returns ``poisons`` (the perturbed images, inside the ball) and ``history`` (the mean loss of
     the start and after every step)."""
     images, labels = images.detach(), labels.to(images.device)
     x = images.clone()
@@ -76,7 +79,7 @@ def pgd_perturb(
         x = project(x.detach() + step_size * grad.sign(), images, eps)
     with torch.no_grad():
         history.append(float(loss_of(x)) / len(images))
-    return {"images": x.detach(), "history": history}
+    return {"poisons": x.detach(), "history": history}
 
 
 @register
@@ -84,6 +87,7 @@ class CleanLabelBackdoor(TriggerBackdoor):
     type_name = "clean_label_backdoor"
     description = "the clean-label backdoor"
     corner_margin = 0  # craft_poisons_clbd.py: start_x = image_size - patch_size
+    trigger_file = "clbd.png"  # craft_poisons_clbd.py: Image.open("./poison_crafting/triggers/clbd.png")
     # Defaults of the benchmark's craft_poisons_clbd.py (poison_crafting/README.md): PGD with a random
     # start, 20 steps of 2/255, eps 8/255 (Turner et al. use the same PGD, eps 8-32/255).
     params = {
@@ -116,25 +120,29 @@ class CleanLabelBackdoor(TriggerBackdoor):
     def poison(self, dataset, seed, context, draw, indices, place):
         # The poisons' trigger locations: [seed, 1], after the poisons.
         rows, cols = self.locations(place, dataset, self.n_poisons)
-        device = context.device
         clean = dataset.train_images[indices]
-        context.normalizer.to(device)
-        with frozen(context.model):
-            result = pgd_perturb(
+        labels = dataset.train_labels[indices].to(context.device)
+        adversarial, result = craft_frozen(
+            context,
+            clean,
+            self.eps,
+            lambda bases: pgd_perturb(
                 context.logits,
-                (clean.float() / 255).to(device),
-                dataset.train_labels[indices].to(device),
+                bases,
+                labels,
                 self.eps / 255,
                 steps=self.steps,
                 step_size=self.step_size / 255,
                 seed=seed,
-            )
+            ),
+            self.quantization,
+        )
         log.info(
             "clean-label backdoor: loss of the true label %.4f -> %.4f", result["history"][0], result["history"][-1]
         )
-        poisons = paste(quantize(clean, result["images"], self.eps), draw["patch"], rows, cols)
+        poisons = paste(adversarial, draw["patch"], rows, cols)
         if self.trigger_on_poisons == "clamped":  # craft_poisons_clbd.py: clamp(stamped - base, -eps, eps)
-            poisons = quantize(clean, poisons.float() / 255, self.eps)
+            poisons = quantize(clean, poisons.float() / 255, self.eps)  # integer levels: exact in either mode
         return poisons, {
             "patch_rows": rows.tolist(),
             "patch_cols": cols.tolist(),

@@ -1,4 +1,6 @@
-"""What the optimisation-based attacks share: common parameters, the l-inf ball, uint8 rounding, frozen models."""
+"""What the optimisation-based attacks share: common parameters, the l-inf ball, uint8 quantisation,
+frozen models, and ``craft_frozen``: crafting float poisons against a frozen model and storing them as
+uint8 pixels."""
 
 from __future__ import annotations
 
@@ -17,6 +19,16 @@ EPS_PARAM = Param(
 )
 N_POISONS_PARAM = Param("integer", "number of poisons (25 in the benchmark)", default=25, minimum=1)
 PATCH_SIZE_PARAM = Param("integer", "trigger side in pixels (5 in the benchmark)", default=5, minimum=1)
+QUANTIZATIONS = ("truncate", "round")
+# The benchmark saves every poison through transforms.ToPILImage, whose float path is
+# pic.mul(255).byte(): truncation (craft_poisons_fc.py, _cp.py, _htbd.py, _clbd.py, ``main``).
+QUANTIZE_PARAM = Param(
+    "string",
+    "how the float poisons become uint8 pixels: truncate (the benchmark saves them through ToPILImage, "
+    "mul(255).byte()) or round to the nearest level",
+    default="truncate",
+    enum=QUANTIZATIONS,
+)
 
 
 @contextmanager
@@ -45,20 +57,24 @@ def project(x: torch.Tensor, base: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.clamp(x, min=(base - eps).clamp(min=0), max=(base + eps).clamp(max=1))
 
 
-def _round_into_ball(base: torch.Tensor, levels: torch.Tensor, eps: float) -> torch.Tensor:
-    """Round float pixel ``levels`` (0..255 scale) to the nearest integer, then clamp them in
-    integer space into the eps-ball (``eps`` in 1/255 units) around the int32 ``base`` and into
-    [0, 255], so rounding can never leave the ball."""
+def _round_into_ball(base: torch.Tensor, levels: torch.Tensor, eps: float, mode: str = "round") -> torch.Tensor:
+    """Round float pixel ``levels`` (0..255 scale) to the nearest integer (``mode: round``) or
+    towards zero (``truncate``), then clamp them in integer space into the eps-ball (``eps`` in
+    1/255 units) around the int32 ``base`` and into [0, 255], so quantisation can never leave the ball."""
+    if mode not in QUANTIZATIONS:
+        raise ValueError(f"quantisation must be one of {QUANTIZATIONS}; got {mode!r}")
     bound = int(math.floor(eps + 1e-9))
-    levels = torch.clamp(torch.round(levels).to(torch.int32), min=base - bound, max=base + bound)
+    levels = torch.round(levels) if mode == "round" else torch.trunc(levels)
+    levels = torch.clamp(levels.to(torch.int32), min=base - bound, max=base + bound)
     return levels.clamp(0, 255).to(torch.uint8)
 
 
-def quantize(clean: torch.Tensor, poisons: torch.Tensor, eps: float) -> torch.Tensor:
-    """uint8 poisons from uint8 ``clean`` bases and float ``poisons`` in [0, 1]: rounded to the
-    nearest level, then clamped in integer space into the eps-ball (``eps`` in 1/255 units) around
-    the base and into [0, 255], so rounding can never leave the ball."""
-    return _round_into_ball(clean.to(torch.int32), poisons.detach().cpu().float() * 255, eps)
+def quantize(clean: torch.Tensor, poisons: torch.Tensor, eps: float, mode: str = "round") -> torch.Tensor:
+    """uint8 poisons from uint8 ``clean`` bases and float ``poisons`` in [0, 1]: ``poisons x 255``
+    rounded to the nearest level (``mode: round``) or truncated as ``ToPILImage`` does
+    (``truncate``), then clamped in integer space into the eps-ball (``eps`` in 1/255 units) around
+    the base and into [0, 255], so quantisation can never leave the ball."""
+    return _round_into_ball(clean.to(torch.int32), poisons.detach().cpu().float() * 255, eps, mode)
 
 
 def quantize_delta(clean: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -66,3 +82,16 @@ def quantize_delta(clean: torch.Tensor, delta: torch.Tensor, eps: float) -> torc
     units) instead of the poisons themselves."""
     base = clean.to(torch.int32)
     return _round_into_ball(base, base.float() + delta.detach().cpu().float() * 255, eps)
+
+
+def craft_frozen(context, clean: torch.Tensor, eps: float, optimise, mode: str = "round") -> tuple[torch.Tensor, dict]:
+    """What the optimisation-based transfer attacks share: ``optimise`` receives the uint8 ``clean``
+    bases as float images in [0, 1] on the crafting device and returns a dict whose ``poisons`` are
+    float images in [0, 1]; it runs with the crafting model frozen (``frozen``) and the normaliser on
+    the device. Returns the poisons quantised into the eps-ball (``quantize`` with ``mode``) and
+    the optimiser's dict."""
+    device = context.device
+    context.normalizer.to(device)
+    with frozen(context.model):
+        result = optimise((clean.float() / 255).to(device))
+    return quantize(clean, result["poisons"], eps, mode), result

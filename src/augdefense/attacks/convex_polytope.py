@@ -17,8 +17,10 @@ relative), then takes one Adam step on the poisons and projects them back onto t
 
 The benchmark optimises the normalised images with Adam; Adam's step does not depend on the
 gradient's scale, so an Adam step of ``lr`` on a normalised image is a step of ``lr * std`` per
-channel in [0, 1] pixels. ``scale`` (the data's per-channel std) reproduces that: the optimiser
-works on x / scale.
+channel in [0, 1] pixels. ``scale`` (the crafting normaliser's per-channel std: in the transfer
+setting the benchmark's CIFAR-10 constants, ``learning_module.data_mean_std_dict``) reproduces that:
+the optimiser works on x / scale. The poisons are stored truncated, as the benchmark's
+``ToPILImage`` saves them (``quantize``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,8 @@ from collections.abc import Sequence
 import torch
 
 from augdefense.attacks import register
-from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.constraints import EPS_PARAM, N_POISONS_PARAM, frozen, project, quantize
-from augdefense.attacks.feature_collision import FeatureFn, draw_targeted, targeted_artifact
-from augdefense.errors import ConfigError
+from augdefense.attacks.constraints import project
+from augdefense.attacks.feature_collision import FeatureFn, TargetedTransferAttack
 from augdefense.params import Param
 
 log = logging.getLogger("augdefense.attacks")
@@ -133,14 +133,14 @@ def convex_polytope(
 
 
 @register
-class ConvexPolytope(Attack):
+class ConvexPolytope(TargetedTransferAttack):
     type_name = "convex_polytope"
+    description = "convex polytope"
     # Defaults of the benchmark's craft_poisons_cp.py (poison_crafting/README.md: "all the defaults
     # are set to the values that were used"): Adam, lr 0.04, betas (0.9, 0.999), 1200 iterations,
     # no lr decay, coefficient tolerance 1e-6. (Zhu et al. ran 4000.)
     params = {
-        "eps": EPS_PARAM,
-        "n_poisons": N_POISONS_PARAM,
+        **TargetedTransferAttack.params,
         "iterations": Param("integer", "poison steps (1200 in the benchmark)", default=1200, minimum=1),
         "lr": Param(
             "number", "Adam step on normalised images (0.04 in the benchmark)", default=0.04, exclusive_minimum=0
@@ -149,40 +149,25 @@ class ConvexPolytope(Attack):
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        self.eps = float(self.spec["eps"])
-        self.n_poisons = self.spec["n_poisons"]
         self.iterations = self.spec["iterations"]
         self.lr = float(self.spec["lr"])
 
-    def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
-        if context is None:
-            raise ConfigError(f"attacks.{self.name}: convex polytope needs a crafting model")
-        draw = draw_targeted(dataset, seed, self.n_poisons, self.name)
-        device = context.device
-        clean = dataset.train_images[draw["indices"]]
-        context.normalizer.to(device)
-        with frozen(context.model):
-            result = convex_polytope(
-                [context.features],
-                (dataset.test_images[draw["target_index"]].float() / 255).to(device),
-                (clean.float() / 255).to(device),
-                self.eps / 255,
-                iterations=self.iterations,
-                lr=self.lr,
-                scale=dataset.std,
-            )
-        log.info("convex polytope: loss %.4f -> %.4f", result["history"][0], result["history"][-1])
-        poisons = quantize(clean, result["poisons"], self.eps)
-        return targeted_artifact(
-            dataset,
-            draw,
-            poisons,
-            {
-                "polytope_loss_first": result["history"][0],
-                "polytope_loss": result["history"][-1],
-                "coefficients": result["coefficients"][0].tolist(),
-                "attack": self.name,
-                "type": self.type_name,
-                "seed": seed,
-            },
+    def optimise(self, context, target, bases):
+        result = convex_polytope(
+            [context.features],
+            target,
+            bases,
+            self.eps / 255,
+            iterations=self.iterations,
+            lr=self.lr,
+            scale=context.normalizer.std.flatten(),
         )
+        log.info("convex polytope: loss %.4f -> %.4f", result["history"][0], result["history"][-1])
+        return result
+
+    def summary(self, result):
+        return {
+            "polytope_loss_first": result["history"][0],
+            "polytope_loss": result["history"][-1],
+            "coefficients": result["coefficients"][0].tolist(),
+        }

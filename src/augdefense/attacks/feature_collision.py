@@ -27,21 +27,27 @@ term plus the constraint.
 
 Both stop a poison once an accepted step moves it by less than 1e-5 relative.
 
-This module also holds what the targeted attacks (FC and CP) share: ``draw_targeted`` (the per-seed target,
-attacker class and bases: ``draws.targeted``) and ``targeted_artifact``. The generic helpers
-(``frozen``, ``project``, ``quantize``, the common parameters) are in ``augdefense.attacks.constraints``.
+The poisons are stored as uint8 pixels truncated as the benchmark's ``ToPILImage`` does
+(``quantize: truncate``, the default; ``round`` is the option), then clamped into the ball.
+
+This module also holds what the targeted transfer attacks (FC and CP) share: ``draw_targeted`` (the
+per-seed target, attacker class and bases: ``draws.targeted``), ``targeted_artifact`` and the
+``TargetedTransferAttack`` base class. The generic helpers (``frozen``, ``project``, ``quantize``,
+``craft_frozen``, the common parameters) are in ``augdefense.attacks.constraints``.
 """
 
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
 from augdefense.attacks import draws, register
 from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.constraints import EPS_PARAM, N_POISONS_PARAM, frozen, project, quantize
+from augdefense.attacks.constraints import EPS_PARAM, N_POISONS_PARAM, QUANTIZE_PARAM, craft_frozen, project
 from augdefense.errors import ConfigError
 from augdefense.params import Param
 
@@ -82,6 +88,44 @@ def targeted_artifact(dataset, draw: dict, poisons: torch.Tensor, info: dict) ->
             **info,
         },
     }
+
+
+class TargetedTransferAttack(Attack):
+    """Feature collision and convex polytope: the seed's targeted draw (``draw_targeted``), the bases
+    optimised against the frozen crafting model (``optimise``, through ``craft_frozen``), and the
+    targeted artifact."""
+
+    description: ClassVar[str]  # for the error messages: "feature collision"
+    params = {"eps": EPS_PARAM, "n_poisons": N_POISONS_PARAM, "quantize": QUANTIZE_PARAM}
+
+    def __init__(self, spec, name=""):
+        super().__init__(spec, name)
+        self.eps = float(self.spec["eps"])
+        self.n_poisons = self.spec["n_poisons"]
+        self.quantization = self.spec["quantize"]
+
+    @abstractmethod
+    def optimise(self, context: CraftingContext, target: torch.Tensor, bases: torch.Tensor) -> dict:
+        """Craft from the float ``target`` [C,H,W] and ``bases`` [N,C,H,W] in [0, 1] on the crafting
+        device; the result's ``poisons`` are float images in [0, 1]."""
+
+    @abstractmethod
+    def summary(self, result: dict) -> dict:
+        """The ``info`` entries the optimiser's result adds to the artifact (losses, settings)."""
+
+    def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
+        if context is None:
+            raise ConfigError(f"attacks.{self.name}: {self.description} needs a crafting model")
+        draw = draw_targeted(dataset, seed, self.n_poisons, self.name)
+        target = (dataset.test_images[draw["target_index"]].float() / 255).to(context.device)
+        clean = dataset.train_images[draw["indices"]]
+        poisons, result = craft_frozen(
+            context, clean, self.eps, lambda bases: self.optimise(context, target, bases), self.quantization
+        )
+        info = {**self.summary(result), "quantize": self.quantization}
+        return targeted_artifact(
+            dataset, draw, poisons, {**info, "attack": self.name, "type": self.type_name, "seed": seed}
+        )
 
 
 UPDATES = ("linf", "proximal")
@@ -194,14 +238,14 @@ def _proximal_steps(feature_loss, start, bases, eps, beta, step_size, iterations
 
 
 @register
-class FeatureCollision(Attack):
+class FeatureCollision(TargetedTransferAttack):
     type_name = "feature_collision"
+    description = "feature collision"
     # Defaults of the benchmark's craft_poisons_fc.py ("all the defaults are set to the values that
     # were used", poison_crafting/README.md); beta 4.0 is its value for models fed normalised
     # inputs, as CraftingContext.features does.
     params = {
-        "eps": EPS_PARAM,
-        "n_poisons": N_POISONS_PARAM,
+        **TargetedTransferAttack.params,
         "iterations": Param("integer", "forward-backward steps (120 in the benchmark)", default=120, minimum=1),
         "step_size": Param(
             "number",
@@ -233,45 +277,30 @@ class FeatureCollision(Attack):
 
     def __init__(self, spec, name=""):
         super().__init__(spec, name)
-        self.eps = float(self.spec["eps"])
-        self.n_poisons = self.spec["n_poisons"]
         self.iterations = self.spec["iterations"]
         self.step_size = float(self.spec["step_size"])
         self.update = self.spec["update"]
         self.beta = float(self.spec["beta"])
         self.watermark = float(self.spec["watermark"])
 
-    def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
-        if context is None:
-            raise ConfigError(f"attacks.{self.name}: feature collision needs a crafting model")
-        draw = draw_targeted(dataset, seed, self.n_poisons, self.name)
-        device = context.device
-        clean = dataset.train_images[draw["indices"]]
-        context.normalizer.to(device)
-        with frozen(context.model):
-            result = feature_collision(
-                context.features,
-                (dataset.test_images[draw["target_index"]].float() / 255).to(device),
-                (clean.float() / 255).to(device),
-                self.eps / 255,
-                update=self.update,
-                beta=self.beta,
-                step_size=self.step_size,
-                iterations=self.iterations,
-                watermark=self.watermark,
-            )
-        log.info("feature collision: feature distance %.4f -> %.4f", result["history"][0], result["history"][-1])
-        poisons = quantize(clean, result["poisons"], self.eps)
-        return targeted_artifact(
-            dataset,
-            draw,
-            poisons,
-            {
-                "feature_distance_first": result["history"][0],
-                "feature_distance": result["history"][-1],
-                "update": self.update,
-                "attack": self.name,
-                "type": self.type_name,
-                "seed": seed,
-            },
+    def optimise(self, context, target, bases):
+        result = feature_collision(
+            context.features,
+            target,
+            bases,
+            self.eps / 255,
+            update=self.update,
+            beta=self.beta,
+            step_size=self.step_size,
+            iterations=self.iterations,
+            watermark=self.watermark,
         )
+        log.info("feature collision: feature distance %.4f -> %.4f", result["history"][0], result["history"][-1])
+        return result
+
+    def summary(self, result):
+        return {
+            "feature_distance_first": result["history"][0],
+            "feature_distance": result["history"][-1],
+            "update": self.update,
+        }

@@ -19,8 +19,16 @@ projected onto the eps-ball and the valid pixel range; a differentiable shift (+
 the poisons; of R restarts, the one with the lowest matching loss in its last pass is kept.
 
 Adaptive (``adaptive: true``): the crafting model was trained under the victim's defense, and the
-poison loss goes through that defense's own ``loss`` hook (its mixing, noise, MaxUp) and its
-``crafting_gradients`` hook (DP-SGD's clip + noise, a straight-through estimate).
+poison loss goes through that defense's own ``loss`` hook (its mixing, noise, MaxUp). Against
+batch DP-SGD the poison gradient is matched as it is (``dp_gradients: plain``, the default): that is
+all forest could have run for the papers' adaptive DP-SGD cells - its
+``WitchGradientMatchingNoisy._hide_gradient`` (``forest/witchcoven/witch_matching.py``) clips out of
+place (``grad.mul(clip_coef)``, a no-op) and its noise branch refers to undefined names (``kettle``,
+``defs``) and raises NameError, so forest's adaptive attack on DP-SGD is plain gradient matching on
+a crafting model trained under DP-SGD (``forest/victims/training.py::run_step`` applies the clip and
+noise to clean training when ``adaptive_attack`` is set). ``dp_gradients: clip_noise`` (ours, an
+option) also clips and noises the poison gradient inside the crafting loop, as training does
+(the defense's ``crafting_gradients`` hook).
 ``control: true`` draws the same target and intended class but poisons nothing.
 """
 
@@ -76,17 +84,28 @@ def target_gradient(context: CraftingContext, params: list, target_image: torch.
     return grad, torch.sqrt(sum(g.pow(2).sum() for g in grad))
 
 
-def matching_loss(context: CraftingContext, params: list, x: torch.Tensor, y: torch.Tensor, target: tuple):
+DP_GRADIENTS = ("plain", "clip_noise")
+
+
+def matching_loss(
+    context: CraftingContext,
+    params: list,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: tuple,
+    dp_gradients: str = "plain",
+):
     """1 - cosine between the poisons' parameter gradient and the target's (``target_gradient``),
-    differentiable in ``x``; through the crafting defense's loss and gradient hooks when it has one
-    (adaptive crafting)."""
+    differentiable in ``x``; through the crafting defense's loss hook when it has one (adaptive
+    crafting), and with ``dp_gradients: clip_noise`` through its gradient hook too (DP-SGD's clip
+    and noise; see the module docstring)."""
     defense = context.defense
     if defense is None:
         poison_loss = F.cross_entropy(context.logits(x), y)
     else:
         poison_loss = defense.loss(context.logits, x, y, epoch=10**6)  # late epoch: MaxUp's warm-up is over
     grads = torch.autograd.grad(poison_loss, params, create_graph=True)
-    if defense is not None:
+    if defense is not None and dp_gradients == "clip_noise":
         grads = defense.crafting_gradients(grads)
     return _flat_cosine_loss(grads, *target)
 
@@ -122,9 +141,11 @@ def brew(
     flip: bool = False,
     seed: int = 0,
     init: str = "randn",
+    dp_gradients: str = "plain",
 ) -> dict:
     """Craft perturbations for float ``images`` in [0, 1] (on any device); ``eps`` in [0, 1] units;
-    ``lr`` is Geiping et al.'s tau, in normalised units (see the module's docstring).
+    ``lr`` is Geiping et al.'s tau, in normalised units; ``dp_gradients`` as ``matching_loss``
+    (see the module's docstring).
 
     Returns ``delta`` in pixel units (of the restart with the lowest final loss), ``restart_losses``
     (final loss of each restart), ``history`` (mean matching loss per iteration of the kept restart)."""
@@ -154,7 +175,7 @@ def brew(
                 x = images[sl] + delta[sl] * std
                 if shift or flip:
                     x = differentiable_shift_flip(x, shift, flip, generator)
-                loss = matching_loss(context, params, x, labels[sl], target)
+                loss = matching_loss(context, params, x, labels[sl], target, dp_gradients)
                 (delta_grad,) = torch.autograd.grad(loss, delta)
                 delta.grad += delta_grad
                 total += float(loss.detach()) * len(images[sl])
@@ -218,6 +239,14 @@ class GradientMatching(Attack):
         "augment": Param("boolean", "differentiable shift/flip while crafting, as the victim's recipe", default=True),
         "adaptive": Param(
             "boolean", "craft against a model trained under the victim's defense, through it", default=False
+        ),
+        "dp_gradients": Param(
+            "string",
+            "adaptive crafting against batch DP-SGD: plain: match the poison gradient as it is (what forest ran: "
+            "its noisy witch's clip is a no-op and its noise raises); clip_noise: clip and noise it inside the "
+            "crafting loop as training does",
+            default="plain",
+            enum=DP_GRADIENTS,
         ),
         "control": Param("boolean", "poison nothing (the clean control)", default=False),
         "init": Param(
@@ -291,6 +320,7 @@ class GradientMatching(Attack):
                 flip=bool(self.augment and recipe and recipe.flip),
                 seed=seed,
                 init=self.spec["init"],
+                dp_gradients=self.spec["dp_gradients"],
             )
             poisons = quantize_delta(dataset.train_images[indices], result["delta"], self.eps)
             info.update(

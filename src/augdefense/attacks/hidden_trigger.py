@@ -1,9 +1,12 @@
 """Hidden-Trigger Backdoor (Saha et al. 2020), in the setting of Schwarzschild et al. 2020 that
 DP-InstaHide §2.2 / appendix A evaluates.
 
-Per seed: a random (target, source) class pair and a random Bernoulli trigger of size p x p
-(``draws.backdoor``, as the ``patch`` attack draws them, so one seed attacks the same pair with the
-same trigger). ``n_poisons`` random target-class training images z become poisons x,
+Per seed: a random (target, source) class pair (``draws.backdoor``, as the ``patch`` attack draws it,
+so one seed attacks the same pair) and the trigger: by default the benchmark's trigger image
+(``trigger: benchmark``; ``craft_poisons_htbd.py`` pastes ``triggers/htbd.png``, resized to p x p:
+``augdefense.attacks.triggers``), or, as an option, the seed's random Bernoulli 0/255 trigger of
+``draws.backdoor`` (``trigger: random``, the patch attack's). ``n_poisons`` random target-class
+training images z become poisons x,
 each in the l-inf ball of radius eps around its z (labels unchanged), that minimise
 
     sum_k ||f(x_k) - f(s~_a(k))||^2
@@ -15,7 +18,8 @@ pair is matched first, as in their code and the benchmark's ``craft_poisons_htbd
 plain gradient steps followed by projection onto the ball and [0, 1], step size ``lr`` decayed
 x0.95 every 2000 iterations (the benchmark's CIFAR schedule).
 
-The trigger never appears on the training poisons (they stay within eps of clean images).
+The trigger never appears on the training poisons (they stay within eps of clean images). They are
+stored truncated to uint8, as the benchmark's ``ToPILImage`` saves them (``quantize``).
 
 Scoring (both trigger backdoors) follows the benchmark's ``poison_test.py``: one random source-class
 test image per seed, the trigger pasted at the location the crafting script records, success when it
@@ -36,9 +40,16 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from augdefense.attacks import draws, register
+from augdefense.attacks import draws, register, triggers
 from augdefense.attacks.base import Attack, CraftingContext
-from augdefense.attacks.constraints import EPS_PARAM, N_POISONS_PARAM, PATCH_SIZE_PARAM, frozen, project, quantize
+from augdefense.attacks.constraints import (
+    EPS_PARAM,
+    N_POISONS_PARAM,
+    PATCH_SIZE_PARAM,
+    QUANTIZE_PARAM,
+    craft_frozen,
+    project,
+)
 from augdefense.attacks.feature_collision import FeatureFn
 from augdefense.attacks.patch import paste
 from augdefense.errors import ConfigError
@@ -126,16 +137,25 @@ def patched_test_set(dataset, draw: dict, rng: np.random.Generator) -> dict:
 
 class TriggerBackdoor(Attack):
     """What the trigger backdoors (hidden trigger, clean label) share: eps, n_poisons and
-    patch_size, the seed's (target, source) pair and trigger (``draw_backdoor``), ``n_poisons``
-    random target-class training images as poisons ([seed, 1], labels unchanged) and the patched
-    source-class test images ([seed, 3]). A subclass crafts the poisons in ``poison``."""
+    patch_size, the seed's (target, source) pair (``draws.backdoor``) and trigger (``trigger``),
+    ``n_poisons`` random target-class training images as poisons ([seed, 1], labels unchanged) and
+    the patched source-class test images ([seed, 3]). A subclass crafts the poisons in ``poison``."""
 
     description: ClassVar[str]  # for the error messages: "the ... backdoor"
     corner_margin: ClassVar[int]  # the benchmark's fixed location: this far from the bottom-right corner
+    trigger_file: ClassVar[str]  # the benchmark's trigger image (augdefense.attacks.triggers)
     params = {
         "eps": EPS_PARAM,
         "n_poisons": N_POISONS_PARAM,
         "patch_size": PATCH_SIZE_PARAM,
+        "trigger": Param(
+            "string",
+            "benchmark: the benchmark's trigger image (htbd.png, clbd.png) resized to patch_size; random: the "
+            "seed's Bernoulli 0/255 trigger, as the patch attack draws it",
+            default="benchmark",
+            enum=("benchmark", "random"),
+        ),
+        "quantize": QUANTIZE_PARAM,
         "location": Param(
             "string",
             "fixed: the benchmark's bottom-right location, for crafting and the scored target; random: a random "
@@ -151,6 +171,22 @@ class TriggerBackdoor(Attack):
         self.n_poisons = self.spec["n_poisons"]
         self.patch_size = self.spec["patch_size"]
         self.location = self.spec["location"]
+        self.trigger = self.spec["trigger"]
+        self.quantization = self.spec["quantize"]
+
+    def draw(self, dataset, seed: int) -> dict:
+        """The seed's (target, source) class pair and the trigger as uint8 [C, p, p]."""
+        drawn = draws.backdoor(dataset, seed, self.patch_size, f"attacks.{self.name}.patch_size")
+        patch = drawn["patch"]
+        if self.trigger == "benchmark":
+            channels = dataset.image_shape[0]
+            if channels not in (1, 3):
+                raise ConfigError(
+                    f"attacks.{self.name}.trigger: the benchmark's trigger is an RGB image; {channels}-channel "
+                    "images need trigger: random"
+                )
+            patch = triggers.load(self.trigger_file, self.patch_size, channels)
+        return {"target_class": drawn["target_class"], "source_class": drawn["victim_class"], "patch": patch}
 
     def locations(self, rng: np.random.Generator, dataset, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Where the trigger goes on ``n`` images: the benchmark's fixed place, or random ones."""
@@ -194,8 +230,7 @@ class TriggerBackdoor(Attack):
     def craft(self, dataset, seed: int, context: CraftingContext | None = None) -> dict:
         if context is None:
             raise ConfigError(f"attacks.{self.name}: {self.description} needs a crafting model")
-        drawn = draws.backdoor(dataset, seed, self.patch_size, f"attacks.{self.name}.patch_size")
-        draw = {"target_class": drawn["target_class"], "source_class": drawn["victim_class"], "patch": drawn["patch"]}
+        draw = self.draw(dataset, seed)
         pool = torch.nonzero(dataset.train_labels == draw["target_class"]).flatten().numpy()
         draws.check_pool(
             f"attacks.{self.name}.n_poisons", self.n_poisons, len(pool), f"target class {draw['target_class']}"
@@ -218,6 +253,8 @@ class TriggerBackdoor(Attack):
                 "n_poisons": len(indices),
                 "patch_size": self.patch_size,
                 "location": self.location,
+                "trigger": self.trigger,
+                "quantize": self.quantization,
                 **{k: v for k, v in scored.items() if not isinstance(v, torch.Tensor)},
                 **info,
                 "attack": self.name,
@@ -232,6 +269,7 @@ class HiddenTrigger(TriggerBackdoor):
     type_name = "hidden_trigger"
     description = "the hidden-trigger backdoor"
     corner_margin = 5  # craft_poisons_htbd.py: start_x = image_size - patch_size - 5
+    trigger_file = "htbd.png"  # craft_poisons_htbd.py: --trigger_path's default
     # Defaults of the benchmark's craft_poisons_htbd.py (poison_crafting/README.md): 5000 iterations,
     # lr 0.001 decayed x0.95 every 2000 (CIFAR-10). Saha et al. used lr 0.01, eps 16.
     params = {
@@ -261,21 +299,15 @@ class HiddenTrigger(TriggerBackdoor):
         source_idx = torch.from_numpy(np.sort(crafting.choice(source_pool, self.n_poisons, replace=False))).long()
         rows, cols = self.locations(crafting, dataset, self.n_poisons)
         patched_sources = paste(dataset.train_images[source_idx], draw["patch"], rows, cols)
-
-        device = context.device
-        clean = dataset.train_images[indices]
-        context.normalizer.to(device)
-        with frozen(context.model):
-            result = hidden_trigger(
-                context.features,
-                (clean.float() / 255).to(device),
-                (patched_sources.float() / 255).to(device),
-                self.eps / 255,
-                lr=self.lr,
-                iterations=self.iterations,
-            )
+        patched_sources = (patched_sources.float() / 255).to(context.device)
+        poisons, result = craft_frozen(
+            context,
+            dataset.train_images[indices],
+            self.eps,
+            lambda bases: hidden_trigger(
+                context.features, bases, patched_sources, self.eps / 255, lr=self.lr, iterations=self.iterations
+            ),
+            self.quantization,
+        )
         log.info("hidden trigger: feature loss %.4f -> %.4f", result["history"][0], result["final_loss"])
-        return quantize(clean, result["poisons"], self.eps), {
-            "feature_loss_first": result["history"][0],
-            "feature_loss": result["final_loss"],
-        }
+        return poisons, {"feature_loss_first": result["history"][0], "feature_loss": result["final_loss"]}

@@ -46,7 +46,12 @@ class BatchDPSGD(Defense):
                 p.grad.add_(torch.randn_like(p.grad), alpha=self.clip * self.noise)
 
     def crafting_gradients(self, grads):
-        """The same clip and noise, differentiably: Geiping et al.'s straight-through estimate."""
+        """The same clip and noise on an adaptive attacker's poison gradient, differentiably (the
+        clip scales the gradient, the noise is added): our construction, used only with the
+        attack's ``dp_gradients: clip_noise``. forest's ``WitchGradientMatchingNoisy._hide_gradient``
+        (``forest/witchcoven/witch_matching.py``) meant to do this, but its clip is out of place
+        (``grad.mul``, a no-op) and its noise branch raises NameError; see
+        ``augdefense.attacks.gradient_matching``."""
         norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
         scale = torch.clamp(self.clip / (norm + 1e-6), max=1.0)
         return tuple(g * scale + self.clip * self.noise * torch.randn_like(g) for g in grads)

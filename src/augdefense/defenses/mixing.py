@@ -4,12 +4,14 @@ k-way mixup, CutMix, cutout and MaxUp. ``none`` is the baseline (crop + flip onl
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from augdefense.defenses import build, register
 from augdefense.defenses.base import Defense, Forward, soft_cross_entropy
 from augdefense.errors import ConfigError
-from augdefense.params import Param
+from augdefense.params import OPTIONAL, Param
 
 
 @register
@@ -91,12 +93,17 @@ class CutMix(Defense):
 class Cutout(Defense):
     """Cutout (DeVries & Taylor 2017): a size x size square, centred uniformly over the image and
     clipped at its border, filled; labels unchanged. The defaults are DeVries & Taylor's and the
-    papers' text ("the patch remains black"): one box per image, black. Geiping et al.'s ``Cutout``
-    (JonasGeiping/data-poisoning, ``forest/data/mixing_data_augmentations.py::Cutout.forward``)
-    draws one box for the whole batch and fills it with 0 after normalisation, i.e. the dataset's
-    mean colour: ``boxes: per_batch, fill: mean`` (side ``int(32 sqrt(1 - 0.66 strength))`` rounded
-    down to even there: 18 at strength 1). v2.RandomErasing samples area and aspect ratio and keeps
-    the box inside the image, so it is not this; written here."""
+    papers' text ("the patch remains black"): one 16-px box per image, black.
+
+    Geiping et al.'s ``Cutout`` (JonasGeiping/data-poisoning,
+    ``forest/data/mixing_data_augmentations.py``, ``Cutout.forward`` / ``_rand_bbox``) draws one
+    box for the whole batch and fills it with 0 after normalisation, i.e. the dataset's mean
+    colour (``boxes: per_batch, fill: mean``); its side is ``int(W sqrt(1 - 0.66 strength))``
+    of the image side W, centred at a uniform pixel c and cut as ``[c - side // 2, c + side // 2)``
+    clipped: ``strength`` gives that box. forest's default ``mixing_strength`` is 0
+    (``forest/hyperparameters.py``): side 32 on CIFAR-10, so c +/- 16 clipped, 16 to 32 px; at
+    strength 1 it is 18 px (c +/- 9). v2.RandomErasing samples area and aspect ratio and keeps the
+    box inside the image, so it is not this; written here."""
 
     type_name = "cutout"
     params = {
@@ -115,13 +122,32 @@ class Cutout(Defense):
             default="black",
             enum=("black", "mean"),
         ),
+        "strength": Param(
+            "number",
+            "forest's mixing_strength instead of size: side int(W sqrt(1 - 0.66 strength)) of the image side W, "
+            "cut as centre +/- side // 2 (0, forest's default: 16-32 px boxes on 32-px images; 1: 18 px)",
+            default=OPTIONAL,
+            minimum=0,
+            maximum=1.5,
+        ),
     }
 
     def __init__(self, spec, num_classes, name="", seed=0):
         super().__init__(spec, num_classes, name, seed)
+        if "strength" in self.spec and "size" in spec:
+            raise ConfigError(f"defenses.{self.name}: give size or strength (forest's box), not both")
         self.size = self.spec["size"]
+        self.strength = self.spec.get("strength")
         self.per_batch = self.spec["boxes"] == "per_batch"
         self.fill = self.spec["fill"]
+
+    def box(self, side: int) -> tuple[int, int]:
+        """(extent before the centre, full extent) of the box along an image side of ``side`` px:
+        ``size`` as DeVries & Taylor, or forest's ``_rand_bbox`` at ``strength``."""
+        if self.strength is None:
+            return self.size // 2, self.size
+        half = int(side * math.sqrt(1.0 - 0.66 * self.strength)) // 2
+        return half, 2 * half
 
     def bind_data_mean(self, mean):
         super().bind_data_mean(mean)
@@ -135,9 +161,9 @@ class Cutout(Defense):
         cx = torch.randint(0, w, (n_boxes, 1), device=x.device)
         rows = torch.arange(h, device=x.device)[None]
         cols = torch.arange(w, device=x.device)[None]
-        half = self.size // 2
-        in_rows = (rows >= cy - half) & (rows < cy - half + self.size)  # [B or 1, H]
-        in_cols = (cols >= cx - half) & (cols < cx - half + self.size)  # [B or 1, W]
+        (row_half, row_size), (col_half, col_size) = self.box(h), self.box(w)
+        in_rows = (rows >= cy - row_half) & (rows < cy - row_half + row_size)  # [B or 1, H]
+        in_cols = (cols >= cx - col_half) & (cols < cx - col_half + col_size)  # [B or 1, W]
         mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B or 1, 1, H, W]
         if self.fill == "black":
             return x.masked_fill(mask, 0.0), self.one_hot(y)
@@ -158,7 +184,8 @@ class MaxUp(Defense):
     concatenated m times (identical copies), and since cutout returns no mixing weights the loss is
     the plain mean, not the max. Here the m boxes are cut into one batch and the mean loss is taken
     once (the identical copies give the same loss and gradient). Forest is active when
-    ``epoch > 5``, i.e. ``start_epoch: 6`` here; its cutout is ``boxes: per_batch, fill: mean``."""
+    ``epoch > 5``, i.e. ``start_epoch: 6`` here; its cutout is ``boxes: per_batch, fill: mean`` with
+    the box of the (unrecorded) ``strength``: see ``Cutout``."""
 
     type_name = "maxup"
     params = {

@@ -32,7 +32,7 @@ def craft_poison(
     from augdefense import data as datasets
     from augdefense.attacks.base import CraftingContext
     from augdefense.io import save_tensors
-    from augdefense.training import Normalizer, Recipe, Runtime, seed_everything
+    from augdefense.training import Recipe, Runtime, normalizer_for, seed_everything
 
     built = attacks.build(attack, attack_name)
     with timing.phase("load"):
@@ -63,7 +63,9 @@ def craft_poison(
         torch.set_num_threads(threads)
         # Crafting's differentiable shift (grid_sample) has no deterministic CUDA backward: warn, not fail.
         seed_everything(seed, runtime_.deterministic, warn_only=True)
-        normalizer = Normalizer(dataset.mean, dataset.std)
+        # The extractor is crafted against as the victims fine-tune it (the benchmark's constants); a
+        # model trained with a crafting_recipe as it was trained (the data's normalisation).
+        normalizer = normalizer_for(dataset, recipe_ if built.spec.get("crafting_recipe") is None else None)
         with gpu.acquire(runtime_.device, jobs_per_device=runtime_.jobs_per_gpu) as slot:
             device = torch.device(slot.device)
             model.eval().to(device)

@@ -22,17 +22,19 @@ def sanitize(
     runtime: dict,
     seed: int,
     out: str,
+    recipe: dict | None = None,
     threads: int = 1,
 ) -> dict:
     """Run a filter defense on the penultimate-layer features of the poisoned training set, telling
     it the attack's budget (``config.assumed_poisons``), never where the poisons are; write what it
-    removes and relabels, and how many of the poisons it caught."""
+    removes and relabels, and how many of the poisons it caught. The feature model was trained with
+    the attack's ``recipe``: its images are normalised as that recipe's training normalised them."""
     import torch
 
     from augdefense import data as datasets
     from augdefense import defenses, gpu, models, poisons
     from augdefense.io import write_json
-    from augdefense.training import Normalizer, Runtime
+    from augdefense.training import Recipe, Runtime, normalizer_for
 
     runtime_ = Runtime.from_spec(runtime)
     with timing.phase("load"):
@@ -45,7 +47,7 @@ def sanitize(
 
     images, labels = poisons.training_set(dataset, artifact)
     torch.set_num_threads(threads)
-    normalizer = Normalizer(dataset.mean, dataset.std)
+    normalizer = normalizer_for(dataset, Recipe.from_spec(recipe) if recipe is not None else None)
     with (
         gpu.acquire(runtime_.device, jobs_per_device=runtime_.jobs_per_gpu) as slot,
         torch.inference_mode(),

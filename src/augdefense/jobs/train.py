@@ -130,7 +130,7 @@ class TrainingRun:
 
         from augdefense import gpu, models
         from augdefense.data import take
-        from augdefense.training import Checkpointer, Normalizer, predict, seed_everything, train
+        from augdefense.training import Checkpointer, normalizer_for, predict, seed_everything, train
 
         job, rt = self.job, self.runtime
         torch.set_num_threads(job.threads)
@@ -144,7 +144,7 @@ class TrainingRun:
 
                 start_from_extractor(model, self.extractor, self.recipe.last_layer_only)
             images, labels = self.training_set(sanitized, train_indices)
-        normalizer = Normalizer(self.dataset.mean, self.dataset.std)
+        normalizer = normalizer_for(self.dataset, self.recipe)
         checkpointer = Checkpointer(
             Path(job.checkpoint) if job.checkpoint else None, rt.checkpoint_every, self.fingerprint(train_indices)
         )
