@@ -67,7 +67,7 @@ def profile_default(name):
         return raw
 
 
-# What a GPU rule asks for, declared once: every rule that trains, crafts or filters spreads it into
+# What a GPU job asks for, declared once: the rules that train, craft or filter spread it into
 # its resources (`resources: **GPU_JOB`). gpu=1: locally `--resources gpu=N` caps how many run at once;
 # the SLURM plugin submits `--gpus=1`. On a cluster the profile's gpu_job_partition, gpu_job_mem_mb and
 # gpu_job_model (profiles/slurm/config.yaml) become these jobs' slurm_partition, mem_mb and gpu_model;
