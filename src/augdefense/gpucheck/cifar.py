@@ -54,6 +54,7 @@ def cifar10_slice(
     work: Workload,
     device: torch.device,
     source: Path | None,
+    *,
     seconds_left: float,
     epochs: int | None,
     rates: dict,

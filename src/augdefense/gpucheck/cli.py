@@ -34,27 +34,31 @@ REPORT_RESERVE = 15
 
 
 class Check:
-    """The result being built, and the guard each step runs under."""
+    """The result being built, and the guard each step runs under. After each step the files are
+    rewritten with what there is, so a check killed by a time limit still leaves its results."""
 
-    def __init__(self, tiny: bool) -> None:
+    def __init__(self, tiny: bool, folder: Path | None = None) -> None:
         self.start = time.monotonic()
+        self.folder = folder
         self.result: dict = {"tiny": tiny, "steps": {}}
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def step(self, name: str, fn, *args):
+    def step(self, name: str, fn, *args, **kwargs):
         """Run one part; its failure or skip is recorded, not fatal, so the summary shows what did run."""
         t0 = time.monotonic()
         record: dict = {"ok": True}
         value = None
         try:
-            value = fn(*args)
+            value = fn(*args, **kwargs)
         except Skipped as why:
             record["skipped"] = str(why)
         except Exception as exc:  # recorded in the summary, with the step that raised it
             record = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         self.result["steps"][name] = {**record, "seconds": round(time.monotonic() - t0, 1)}
+        if self.folder is not None:
+            write(self, self.folder)
         return value
 
 
@@ -91,14 +95,24 @@ def run(check: Check, folder: Path, budget_seconds: float, cifar10: Path | None,
     rates = {r["defense"]: r.get("images_per_s") for r in rows if not r["compile"]}
     left = budget_seconds - check.elapsed() - REPORT_RESERVE
     result["cifar10"] = step(
-        "cifar10 slice", cifar10_slice, work, device, cifar10, left, cifar_epochs, rates, flops, peak, result["tiny"]
+        "cifar10 slice",
+        cifar10_slice,
+        work,
+        device,
+        cifar10,
+        seconds_left=left,
+        epochs=cifar_epochs,
+        rates=rates,
+        flops_per_image=flops,
+        peak_tflops=peak,
+        tiny=result["tiny"],
     )
     return result
 
 
 def write(check: Check, folder: Path) -> str:
     """gpucheck.json and gpucheck.md, whatever the run left in the result."""
-    from augdefense.io import write_json
+    from augdefense.io import atomic_path, write_json
 
     result = check.result
     result["seconds"] = round(check.elapsed(), 1)
@@ -114,7 +128,8 @@ def write(check: Check, folder: Path) -> str:
         failed = [f"- {k}: {v.get('error', 'ok')}" for k, v in result["steps"].items()]
         markdown = "# GPU check\n\nThe report could not be rendered:\n\n```\n" + traceback.format_exc() + "```\n\n"
         markdown += "Steps:\n" + "\n".join(failed) + "\n"
-    (folder / "gpucheck.md").write_text(markdown)
+    with atomic_path(folder / "gpucheck.md") as tmp:
+        tmp.write_text(markdown)
     return markdown
 
 
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cifar-epochs", type=int, help="train the slice's victims this many epochs (else: fit the budget)"
     )
     args = parser.parse_args(argv)
-    check = Check(args.tiny)
+    check = Check(args.tiny, args.out)
     try:
         run(check, args.out, args.budget_seconds, args.cifar10, args.cifar_epochs)
     except Exception as exc:  # outside any step: still write what there is
