@@ -146,6 +146,7 @@ def test_jobs_per_device_share_a_gpu_spread_over_devices_first(tmp_path):
 # -- the SLURM profile: GPU resources for every rule that asks for a GPU, and for no other ------------
 
 
+@pytest.mark.workflow
 def test_every_gpu_rule_gets_the_profiles_gpu_resources_and_no_cpu_rule_does(tmp_path):
     """The profile as Snakemake reads it (`--profile profiles/slurm`, the local executor in place of the
     plugin), dry-run over the tiny preset, which schedules every rule: each job that asks for a GPU gets
