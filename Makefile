@@ -50,13 +50,17 @@ archive: setup
 check: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m augdefense check-manifest results/provenance/manifest.tsv
 
-# On a bare GPU node (torch and friends, no snakemake, no opacus): no venv, nothing installed, the
-# package straight from this checkout. GPUCHECK_ARGS=--tiny runs it at toy size (on the CPU too).
+# On a bare GPU node (torch, torchvision and numpy suffice): no venv, nothing installed, the package
+# straight from this checkout; under 9 minutes. CIFAR10=path/to/cifar10-jpeg.tar.gz (or its extracted
+# folder) gives the CIFAR-10 slice its data offline (else torchvision downloads CIFAR-10).
+# GPUCHECK_ARGS=--tiny runs it at toy size (on the CPU too).
 GPUCHECK_OUT ?= results/gpucheck
+CIFAR10 ?=
 gpu-check:
-	PYTHONPATH=src $(PYTHON) -m augdefense.gpucheck $(GPUCHECK_OUT) $(GPUCHECK_ARGS)
+	PYTHONPATH=src $(PYTHON) -m augdefense.gpucheck $(GPUCHECK_OUT) $(if $(CIFAR10),--cifar10 $(CIFAR10)) $(GPUCHECK_ARGS)
 
-# Job counts and device-hours of the paper-scale config (priced by a GPU check when one ran here) and the demo.
+# Job counts and device-hours of the paper-scale config (priced by a GPU check when one ran here; a check
+# with failed measurements is refused, naming them) and the demo.
 estimate: setup
 	$(BIN)/python -m augdefense.estimate config.yaml $(if $(wildcard $(GPUCHECK_OUT)/gpucheck.json),--costs $(GPUCHECK_OUT)/gpucheck.json)
 	$(BIN)/python -m augdefense.estimate presets/quick.yaml

@@ -52,6 +52,19 @@ rule all:
 
 
 onstart:
+    # Local runs only: a remote executor (SLURM) gives each GPU job its own GPU.
+    if workflow.local_exec and not workflow.remote_exec:
+        from augdefense import gpu
+
+        warning = gpu.unlimited_gpu_jobs_message(
+            config["runtime"]["device"],
+            gpu_jobs=sum(1 for job in workflow.dag.needrun_jobs() if job.resources.get("gpu")),
+            gpu_limit="gpu" in workflow.resource_settings.resources,
+            gpus=gpu.visible_nvidia_gpus(),
+            cores=workflow.resource_settings.cores or 1,
+        )
+        if warning:
+            print(warning, file=sys.stderr)
     # Not on remote executors (SLURM): their jobs run elsewhere, in their own processes.
     if config["warm_worker"] and config["runtime"]["device"] == "cpu" and workflow.local_exec and not workflow.remote_exec:
         from augdefense import forkserver

@@ -155,12 +155,13 @@ def _memory_mb() -> int:
 
 
 class SlurmCluster:
-    """One node (this machine, named ``hostname -s``) in one partition, with ``gpus`` fake GPUs."""
+    """One node (this machine, named ``hostname -s``) in each of ``partitions`` (the first is the
+    default), with ``gpus`` fake GPUs."""
 
     def __init__(
         self,
         root: str | Path,
-        partition: str = "debug",
+        partitions: tuple[str, ...] = ("debug",),
         gpus: int = 4,
         gpu_type: str = "fake",
         cpus: int | None = None,
@@ -168,7 +169,7 @@ class SlurmCluster:
         min_job_age: int = 3600,
     ):
         self.root = Path(root).resolve()
-        self.partition = partition
+        self.partitions = tuple(partitions)
         self.gpus = gpus
         self.gpu_type = gpu_type
         self.cpus = cpus or os.cpu_count() or 1
@@ -246,6 +247,10 @@ class SlurmCluster:
         ctld_port, slurmd_port = _free_ports(2)
         r = self.root
         overrides = "SlurmdParameters=config_overrides\n" if self.memory_mb > _memory_mb() else ""
+        partition_lines = "".join(
+            f"PartitionName={name} Nodes={self.node} Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE State=UP\n"
+            for i, name in enumerate(self.partitions)
+        )
         self.conf.write_text(f"""\
 # Written by augdefense tests/slurm_cluster.py: a single-node test cluster, no cgroups, no accounting.
 ClusterName=augtest
@@ -276,8 +281,7 @@ ReturnToService=2
 MinJobAge={self.min_job_age}
 {overrides}GresTypes=gpu
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{self.gpu_type}:{self.gpus} State=UNKNOWN
-PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
-""")
+{partition_lines}""")
         (etc / "gres.conf").write_text(
             f"AutoDetect=off\nNodeName={self.node} Name=gpu Type={self.gpu_type} File={','.join(devices)}\n"
         )
@@ -345,7 +349,8 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         """scancel every job and wait until none is pending or running."""
         if not self.conf.exists() or _read_pid(self.root / "slurmctld.pid") is None:
             return
-        self.run("scancel", "--full", "--partition", self.partition, check=False)
+        for partition in self.partitions:
+            self.run("scancel", "--full", "--partition", partition, check=False)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             result = self.run(

@@ -8,11 +8,12 @@ import sys
 import torch
 from torchvision.transforms import v2
 
-from augdefense import augment, bench, data, defenses
+from augdefense import augment, data, defenses
+from augdefense.bench import cli, crafting
 
 
 def test_tiny_benchmark_writes_its_report(tmp_path):
-    assert bench.main(["--tiny", "--out", str(tmp_path)]) == 0
+    assert cli.main(["--tiny", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert set(result) == {"machine", "setup", "training", "crafting", "data_path", "workflow"}
     path = result["data_path"]
@@ -45,7 +46,7 @@ def test_tiny_benchmark_writes_its_report(tmp_path):
 
 def _art_importable() -> bool:
     try:
-        bench._import_art()
+        crafting._import_art()
     except ImportError:
         return False
     return True
@@ -58,10 +59,10 @@ def test_crafting_row_is_skipped_with_a_reason_without_art(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     assert not _art_importable()
     dataset = data.build({"source": "digits", "image_size": 16})
-    row = bench.bench_crafting(dataset, {"arch": "convnet", "width": 32}, iterations=1, repeats=1, model_epochs=0)
+    row = crafting.bench_crafting(dataset, {"arch": "convnet", "width": 32}, iterations=1, repeats=1, model_epochs=0)
     assert set(row) == {"skipped"}
     assert "IBM ART is not importable" in row["skipped"] and "pip install -e '.[bench]'" in row["skipped"]
-    assert bench._crafting_markdown(row) == [f"Crafting (gradient matching vs IBM ART): skipped: {row['skipped']}"]
+    assert crafting.crafting_markdown(row) == [f"Crafting (gradient matching vs IBM ART): skipped: {row['skipped']}"]
 
 
 def test_batched_crop_offsets_match_v2_random_crop():

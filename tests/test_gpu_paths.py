@@ -1,5 +1,5 @@
 """The CUDA paths: bf16 autocast, channels-last, the GPU locks on real devices, a killed and resumed
-training, crafting on the device. Marked ``gpu``: skipped without a GPU, except under ``make
+training, crafting and Laplacian noise on the device. Marked ``gpu``: skipped without a GPU, except under ``make
 gpu-check --tiny`` (AUGDEFENSE_GPU_TESTS_ON_CPU=1), which runs them on the CPU so they cannot rot."""
 
 import json
@@ -208,3 +208,33 @@ def test_training_runs_on_the_device(device):
         amp=device.type == "cuda",
     )
     assert next(model.parameters()).device.type == device.type
+
+
+def test_laplace_noise_is_drawn_on_the_device_and_replays_from_the_seed(device):
+    """DP-InstaHide's noise: every tensor the defense makes lives on the batch's device (no host draw,
+    no copy), and the device's seeded generator, saved and restored as a checkpoint does, replays it."""
+    defense = defenses.build({"type": "mixup", "k": 4, "weights": "equal", "laplace": 8}, 10, seed=0)
+    x, y = torch.rand(64, 3, 32, 32, device=device), torch.arange(64, device=device) % 10
+    made = []
+
+    class Devices(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            made.extend(
+                t.device for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)
+            )
+            return out
+
+    torch.manual_seed(3)
+    state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+    with Devices():
+        first = defense.add_noise(x)
+    assert made and set(made) == {x.device}
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+    assert torch.equal(defense.add_noise(x), first) and not torch.equal(first, x)
+    noise = first - x
+    assert abs(noise.abs().mean().item() - 8 / 255) < 0.05 * 8 / 255  # E|Laplace(b)| = b
+    assert defense.transform(x, y, 0)[0].device == x.device

@@ -1,11 +1,12 @@
 """The SLURM path: the tiny preset through `--profile profiles/slurm` on a real one-node SLURM cluster.
 
 The cluster (tests/slurm_cluster.py) runs on this machine: munged, slurmctld and slurmd started by
-hand, four fake GPUs, one partition named like the profile's (`gpu`), so the profile is used as
-shipped. Only settings that belong to this test cluster are given on the command line: `squeue` for
-job status (no slurmdbd here, so `sacct` never sees a job end and Snakemake would wait forever), a
-3 s first status check, and keeping the plugin's per-job logs. The test installs the Debian packages
-if needed (root, apt-get, with a timeout) and skips, saying why, where that or the daemons fail.
+hand, four fake GPUs, the node in two partitions named like the profile's (`cpu` for the CPU rules,
+`gpu` for the GPU rules), so the profile is used as shipped. Only settings that belong to this test
+cluster are given on the command line: `squeue` for job status (no slurmdbd here, so `sacct` never
+sees a job end and Snakemake would wait forever), a 3 s first status check, and keeping the plugin's
+per-job logs. The test installs the Debian packages if needed (root, apt-get, with a timeout) and
+skips, saying why, where that or the daemons fail.
 
 It runs only when asked for, since it installs packages and takes about 3 minutes:
     pytest -m slurm tests/test_slurm.py     (or name the file, or set AUGDEFENSE_TEST_SLURM=1)
@@ -34,6 +35,9 @@ from slurm_cluster import RUN_CONF_LINK, ClusterUnavailable, SlurmCluster
 
 pytestmark = pytest.mark.slurm
 
+PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+# The rules that declare **GPU_JOB today (workflow/rules/common.smk); the run itself says which jobs asked
+# for a GPU (gpu=1 among the resources Snakemake printed), and these must be among them.
 GPU_RULES = {
     "train_victim",
     "train_feature_model",
@@ -156,7 +160,8 @@ def cluster(request, tmp_path_factory):
         pytest.skip("SLURM test: needs root (to install the Debian packages and run slurmctld/slurmd)")
     root = tmp_path_factory.mktemp("slurm") / "cluster"
     # Memory is not enforced without cgroups: declare enough for the profile's 16 GB GPU-job requests.
-    c = SlurmCluster(root, partition="gpu", gpus=4, memory_mb=64000)
+    partitions = (PROFILE["default-resources"]["slurm_partition"], PROFILE["default-resources"]["gpu_job_partition"])
+    c = SlurmCluster(root, partitions=partitions, gpus=4, memory_mb=64000)
     try:
         c.start()
     except ClusterUnavailable as e:
@@ -247,7 +252,7 @@ def test_every_job_ran_as_a_completed_slurm_job(cluster, slurm_run):
     for job_id, (rule, log) in jobs.items():
         info = show_job(cluster, job_id)
         assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", info
-        assert info["Partition"] == "gpu" and info["NodeList"] == cluster.node
+        assert info["Partition"] in cluster.partitions and info["NodeList"] == cluster.node
         assert info["Comment"].startswith(f"rule_{rule}") and info["WorkDir"] == str(workdir)
         assert log.is_file() and f"--allowed-rules {rule}" in log.read_text(errors="replace")
     print(f"\nSLURM run: {len(jobs)} SLURM jobs in {seconds:.0f} s")
@@ -256,10 +261,12 @@ def test_every_job_ran_as_a_completed_slurm_job(cluster, slurm_run):
 def test_gpu_rules_requested_and_got_one_gpu(cluster, slurm_run):
     _, output, _ = slurm_run
     jobs = submitted_jobs(output)
-    assert GPU_RULES <= {rule for rule, _ in jobs.values()}
+    resolved = resolved_jobs(output)
+    asked = {rule for rule, resources, _ in resolved.values() if resources.get("gpu") == "1"}
+    assert GPU_RULES <= asked <= {rule for rule, _ in jobs.values()}
     for job_id, (rule, _) in jobs.items():
         info = show_job(cluster, job_id)
-        if rule in GPU_RULES:
+        if rule in asked:
             assert info.get("TresPerJob") == "gres:gpu:1", (rule, info)  # sbatch --gpus=1
             assert info.get("JOB_GRES") == f"gpu:{cluster.gpu_type}:1", (rule, info)  # allocated, and it ran
         else:
@@ -285,12 +292,18 @@ def slurm_time(minutes: int) -> str:
 
 def test_profile_resources_reach_sbatch(cluster, slurm_run):
     _, output, _ = slurm_run
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    profile = PROFILE
     jobs = resolved_jobs(output)
     assert set(jobs) == set(submitted_jobs(output))
+    defaults = profile["default-resources"]
     for job_id, (rule, resources, threads) in jobs.items():
-        # The profile's values for the rule (set-resources, else default-resources) ...
-        wanted = {**profile["default-resources"], **(profile.get("set-resources") or {}).get(rule, {})}
+        # The profile's values for the rule: a GPU rule's gpu_job_* defaults, set-resources, else default-resources ...
+        gpu = {"slurm_partition": defaults["gpu_job_partition"], "mem_mb": defaults["gpu_job_mem_mb"]}
+        wanted = {
+            **defaults,
+            **(gpu if resources.get("gpu") == "1" else {}),
+            **(profile.get("set-resources") or {}).get(rule, {}),
+        }
         for key in ("mem_mb", "slurm_partition"):
             assert str(resources[key]) == str(wanted[key]), (rule, key, resources)
         # ... as SLURM recorded the request (runtime may come from the rule itself); CPUs = threads.

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from augdefense import bench, timing
+from augdefense import timing
+from augdefense.bench import demo as bench_demo
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +64,7 @@ def test_breakdown_splits_work_from_overhead_per_rule(tmp_path):
     _job(tmp_path, "train_victim", {"attack": "a", "seed": "1", "defense": "d"}, phases, 10.0, ["a", "d", "1"])
     _job(tmp_path, "render_tables", {}, {"startup": 1.0, "imports": 0.5, "verify_inputs": 0.0, "job": 0.5})
     _job(tmp_path, "prepare_data", {"dataset": "x"}, {"startup": 0.1, "load": 1.9, "job": 1.9}, folder="resources")
-    result = bench.job_breakdown(tmp_path)
+    result = bench_demo.job_breakdown(tmp_path)
     victims = result["rules"]["train_victim"]
     assert victims["jobs"] == 2 and victims["wall"] == 9.5 and victims["work"] == 6.5
     assert victims["other"] == pytest.approx(9.5 - 6.5 - 2.0 - 0.1 - 0.2 - 0.1, abs=0.01)
@@ -72,15 +73,17 @@ def test_breakdown_splits_work_from_overhead_per_rule(tmp_path):
     assert result["summed_job_seconds"] == 23.0 and result["work_seconds"] == 13.0
     assert result["overhead_share"] == pytest.approx(1 - 13 / 23, abs=0.001)
     markdown = "\n".join(
-        bench._breakdown_markdown({"wall_seconds": 30.0, "cores": 2, "snakemake_cpu_seconds": 4.2, "breakdown": result})
+        bench_demo.breakdown_markdown(
+            {"wall_seconds": 30.0, "cores": 2, "snakemake_cpu_seconds": 4.2, "breakdown": result}
+        )
     )
     assert "Snakemake's own process used 4.2 s of CPU" in markdown and "| train_victim | 2 | 9.5 |" in markdown
     assert "no warm worker" in markdown and "overhead 43.5%" in markdown
     # The warm worker's own CPU (its imports, the forks) is overhead that no job's benchmark holds.
     demo = {"wall_seconds": 30.0, "cores": 2, "snakemake_cpu_seconds": 4.2, "warm_worker_cpu_seconds": 2.0}
     demo["breakdown"] = result
-    assert bench.overhead_share(demo) == pytest.approx(1 - 13 / 25, abs=0.001)
-    assert "the warm worker's 2.0 s" in "\n".join(bench._breakdown_markdown(demo))
+    assert bench_demo.overhead_share(demo) == pytest.approx(1 - 13 / 25, abs=0.001)
+    assert "the warm worker's 2.0 s" in "\n".join(bench_demo.breakdown_markdown(demo))
 
 
 @pytest.mark.workflow
@@ -88,7 +91,7 @@ def test_breakdown_of_a_real_run_matches_every_job_to_its_benchmark_file(tiny_ru
     """On the tiny run's own sidecars and `benchmark:` files (named in another wildcard order): every
     job of a benchmarked rule gets its file's wall time, and the work inside it is timed."""
     workdir, _ = tiny_run
-    result = bench.job_breakdown(workdir)
+    result = bench_demo.job_breakdown(workdir)
     rules = result["rules"]
     benchmarked = {path.name for path in (workdir / "benchmarks").iterdir()}
     assert {"prepare_data", "craft_poison", "train_victim"} <= benchmarked

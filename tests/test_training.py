@@ -228,3 +228,113 @@ def test_a_training_job_imports_no_library_it_does_not_use():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "True"
     )
+
+
+# -- the training step never reads a value back to the host --------------------------------------
+
+HOST_READS = {
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.numpy,
+    torch.Tensor.cpu,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.__bool__,
+    torch.Tensor.__index__,
+}
+
+
+class _DeviceValuesStayPut(torch.overrides.TorchFunctionMode):
+    """Raises on any read of a value derived from the device's data (the batch, the labels, the
+    model's weights and gradients) back to the host: `.item()`, `.cpu()`, `float(t)`, `if t:`, ...
+    On a GPU each would wait for the device. On the CPU path every tensor lives on the host, so the
+    values that come from the device's data are followed through every torch call; the defenses'
+    own host-side draws (mixup's weights, torchvision CutMix's box) are not, and may be read."""
+
+    def __init__(self, seeds):
+        super().__init__()
+        self.derived = {id(t) for t in seeds}
+        self.keep = list(seeds)  # ids stay unique while the tensors live
+
+    def mark(self, value):
+        if isinstance(value, torch.Tensor):
+            self.derived.add(id(value))
+            self.keep.append(value)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                self.mark(v)
+
+    def touches(self, values) -> bool:
+        for v in values:
+            if isinstance(v, torch.Tensor) and id(v) in self.derived:
+                return True
+            if isinstance(v, (list, tuple)) and self.touches(v):
+                return True
+        return False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        derived = self.touches(args) or self.touches(kwargs.values())
+        if derived and func in HOST_READS:
+            raise AssertionError(f"host read inside the training step: {func.__name__}")
+        out = func(*args, **kwargs)
+        if derived:
+            self.mark(out)
+        return out
+
+
+@pytest.mark.parametrize(
+    "defense",
+    [
+        {"type": "none"},
+        {"type": "mixup", "k": 4, "weights": "equal", "laplace": 8},  # DP-InstaHide
+        {"type": "cutmix", "p": 1.0},
+        {"type": "maxup", "m": 2, "start_epoch": 0, "inner": {"type": "cutout", "size": 3}},
+        {"type": "dpsgd_batch", "clip": 1.0, "noise": 1e-2},
+    ],
+    ids=lambda d: d["type"],
+)
+def test_the_training_step_reads_nothing_back_to_the_host(digits8, defense, monkeypatch):
+    from augdefense import defenses, training
+    from augdefense.models import build as build_model
+
+    real_step, steps = training._train_step, []
+
+    def watched_step(forward, model, step_optimizer, defense_, recipe, batch, labels, epoch):
+        seeds = [batch, labels, *model.parameters(), *model.buffers()]
+        for p in model.parameters():  # gradients appear in backward, outside any torch call: mark them there
+            p.register_post_accumulate_grad_hook(lambda p: mode.mark(p.grad))
+        with _DeviceValuesStayPut(seeds) as mode:
+            loss = real_step(forward, model, step_optimizer, defense_, recipe, batch, labels, epoch)
+        for p in model.parameters():
+            p._post_accumulate_grad_hooks.clear()
+        steps.append(loss)
+        return loss
+
+    monkeypatch.setattr(training, "_train_step", watched_step)
+    model = build_model({"arch": "convnet", "width": 8}, 1, 10, 8)
+    recipe = training.Recipe.from_spec({"epochs": 1, "milestones": [], "crop_pad": 1, "flip": True})
+    history = training.train(
+        model,
+        digits8.train_images[:256],
+        digits8.train_labels[:256],
+        defenses.build(defense, 10, seed=0),
+        recipe,
+        training.Normalizer(digits8.mean, digits8.std),
+        torch.device("cpu"),
+        0,
+        amp=False,
+    )
+    assert len(steps) == 2 and history[0]["loss"] == pytest.approx(sum(float(s) for s in steps) / 2)
+
+
+def test_the_host_read_watch_catches_a_loss_item(digits8):
+    """The watch above can fail: a step that reads its loss back (what the loop did before) raises."""
+    x, y = digits8.train_images[:4].float().flatten(1), digits8.train_labels[:4]
+    head = torch.nn.Linear(x.shape[1], 10)
+    with _DeviceValuesStayPut([x, y]), pytest.raises(AssertionError, match="item"):
+        torch.nn.functional.cross_entropy(head(x), y).item()
+    with _DeviceValuesStayPut([x, y]), pytest.raises(AssertionError, match="__float__"):
+        float(torch.nn.functional.cross_entropy(head(x), y))
+    with _DeviceValuesStayPut([x, y]):
+        float(torch.tensor(0.5))  # a host-side value is not the device's

@@ -65,22 +65,52 @@ CPU_DEFAULTS = {
 OPACUS_FACTOR = 3.0
 
 
+# The measured rows a gpucheck.json must hold to price a grid (image_cost's table).
+REQUIRED_DEFENSES = ("none", "mixup", "cutmix", "maxup_cutout", "dpsgd_batch")
+LAPLACE_ROW = "dpinstahide_k4_s8"  # a Laplacian-noise defense's cost, where the check measured it
+
+
 def load_costs(path: str | Path | None, cpu: bool) -> dict:
     if path is None:
         return dict(CPU_DEFAULTS if cpu else GPU_DEFAULTS)
+    from augdefense.errors import ConfigError
+
     measured = json.loads(Path(path).read_text())
     if measured.get("tiny"):
-        from augdefense.errors import ConfigError
-
         raise ConfigError(f"{path}: costs of a --tiny gpucheck run (toy sizes) cannot price a real grid")
+    failed = _failed_measurements(measured)
+    if failed:
+        raise ConfigError(
+            f"{path}: the GPU check's measurements that price a grid failed or are missing: {'; '.join(failed)}. "
+            "Rerun `make gpu-check` once they work"
+        )
+    costs = measured["costs"]
     return {
-        "source": f"measured by gpucheck on {measured['costs']['device']} ({path})",
-        "training_seconds_per_image": measured["costs"]["training_seconds_per_image"],
-        "crafting_seconds_per_iteration_per_poison": measured["costs"]["crafting_seconds_per_iteration_per_poison"],
+        "source": f"measured by gpucheck on {costs['device']} ({path})",
+        "training_seconds_per_image": costs["training_seconds_per_image"],
+        "crafting_seconds_per_iteration_per_poison": costs["crafting_seconds_per_iteration_per_poison"],
         "model": measured["workload"]["model"],
         "shape": measured["workload"]["shape"],
         "startup_seconds": GPU_DEFAULTS["startup_seconds"] if not cpu else CPU_DEFAULTS["startup_seconds"],
     }
+
+
+def _failed_measurements(measured: dict) -> list[str]:
+    """The rows of a gpucheck.json the estimate prices with that failed (named with the step's error)
+    or are absent: every training row (compile off) and the crafting row."""
+    steps = measured.get("steps") or {}
+    priced = [f"throughput {name}" for name in REQUIRED_DEFENSES] + ["crafting"]
+    priced += [name for name in steps if name.startswith("throughput ") and not name.endswith(" compiled")]
+    failed = []
+    for step in dict.fromkeys(priced):
+        record = steps.get(step)
+        if record is None:
+            failed.append(f"{step} (not measured)")
+        elif not record.get("ok"):
+            failed.append(f"{step} ({record.get('error', 'failed')})")
+    if "workload" not in measured or "costs" not in measured:
+        failed.append("workload and costs (absent)")
+    return failed
 
 
 def flops_per_image(model: dict, shape: tuple) -> float:
@@ -101,6 +131,8 @@ def image_cost(defense: dict, costs: dict, scale: float, epochs: int) -> float:
         return scale * (plain * table["none"] + (1 - plain) * worst)
     if kind == "dpsgd_opacus":
         return scale * OPACUS_FACTOR * table["dpsgd_batch"]
+    if defense.get("laplace", 0) > 0 and LAPLACE_ROW in table:
+        return scale * table[LAPLACE_ROW]
     return scale * table.get(kind, table["none"])
 
 
@@ -246,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", default="config.yaml")
     parser.add_argument("--costs", help="a gpucheck.json with measured per-image costs")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    print(report(args.config, args.costs), end="")
+    from augdefense.errors import ConfigError
+
+    try:
+        print(report(args.config, args.costs), end="")
+    except ConfigError as err:
+        print(f"augdefense.estimate: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from augdefense import sources
 from augdefense.errors import ArtifactError, ConfigError, TrainingError
@@ -24,6 +22,9 @@ from augdefense.io import load_tensors, save_tensors
 from augdefense.params import OPTIONAL, Param, complete
 
 log = logging.getLogger("augdefense.training")
+# Steps between checks that the losses so far are finite: each check waits for the device, so not
+# every step (the loss stays on the device in between); a divergence is still named by its step.
+FINITE_CHECK_STEPS = 50
 
 TRANSFER_PARAMS = {
     "pretrain_recipe": Param("string", "the recipe (without 'transfer') that pretrains the extractor"),
@@ -288,8 +289,6 @@ def train(
 ) -> list[dict]:
     """Train ``model`` in place on uint8 ``images`` (a tensor, or streamed ``data.ImageFiles``);
     return one record per epoch."""
-    from augdefense import augment
-
     model.to(device)
     normalizer.to(device)
     # channels-last: faster convolutions on GPUs (tensor cores) and on CPUs (oneDNN; ~15% per training here).
@@ -299,18 +298,9 @@ def train(
     if _indexed_on_device(images, recipe):
         images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov and recipe.momentum > 0,
-        weight_decay=recipe.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
-    shuffle = torch.Generator().manual_seed(seed)
-    n = len(labels)
+    state = _TrainingState.start(model, defense, recipe, seed, len(labels))
     # A defense may wrap both (per-sample DP-SGD); checkpoints keep the unwrapped ones' state.
-    trained_model, step_optimizer = defense.wrap_training(model, optimizer, n, recipe.batch_size)
+    trained_model, step_optimizer = defense.wrap_training(model, state.optimizer, len(labels), recipe.batch_size)
     if compile_model:
         trained_model = torch.compile(trained_model)
 
@@ -320,72 +310,141 @@ def train(
             return trained_model(x)
 
     checkpointer = checkpointer or Checkpointer(None)
-    history, first_epoch = [], 0
-    resumed = checkpointer.load()
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        torch.set_rng_state(resumed["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in resumed:
-            torch.cuda.set_rng_state(resumed["rng_cuda"], device)
-        shuffle.set_state(resumed["rng_shuffle"])
-        for generator, state in zip(defense.generators(), json.loads(resumed["rng_defense"])):
-            generator.bit_generator.state = state
-        history, first_epoch = list(resumed["history"]), resumed["epoch"]
-
-    for epoch in tqdm(
-        range(first_epoch, recipe.epochs),
-        desc=f"train [{defense.describe()}]",
-        mininterval=10,
-        initial=first_epoch,
-        total=recipe.epochs,
-    ):
+    history, first_epoch = state.resume(checkpointer.load(), device)
+    for epoch in _progress(first_epoch, recipe.epochs, f"train [{defense.describe()}]"):
         # Last-layer fine-tuning: the frozen extractor keeps its BatchNorm statistics (eval mode).
         model.train(not recipe.last_layer_only)
-        order = torch.randperm(n, generator=shuffle)
-        total, steps, start = 0.0, 0, time.perf_counter()
-        batches = _epoch_batches(images, order, recipe, device, loader_workers, (seed, epoch))
-        for step, (idx, batch) in enumerate(batches):
-            x = batch.float().div_(255)
-            if recipe.crop == "pad":
-                x = augment.baseline(x, recipe.crop_pad, recipe.flip)
-            loss = defense.loss(forward, x, labels[idx], epoch)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"loss is {value} at epoch {epoch + 1}, step {step + 1} under defense "
-                    f"{defense.describe()}; no metrics were written"
-                )
-            step_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            defense.process_gradients(model)
-            step_optimizer.step()
-            total, steps = total + value, steps + 1
-        scheduler.step()
+        order = torch.randperm(len(labels), generator=state.shuffle)
+        start = time.perf_counter()
+        losses = _NonFiniteWatch(epoch, defense)
+        for step, (idx, batch) in enumerate(
+            _epoch_batches(images, order, recipe, device, loader_workers, (seed, epoch))
+        ):
+            losses.append(_train_step(forward, model, step_optimizer, defense, recipe, batch, labels[idx], epoch))
+            if (step + 1) % FINITE_CHECK_STEPS == 0:
+                losses.check()
+        state.scheduler.step()
         record = {
             "epoch": epoch + 1,
-            "loss": total / steps,
-            "lr": optimizer.param_groups[0]["lr"],
+            "loss": losses.mean(),
+            "lr": state.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
         }
         log.info("epoch %(epoch)d loss %(loss).4f lr %(lr).4g (%(seconds).1f s)", record)
         history.append(record)
         if checkpointer.due(epoch + 1, recipe.epochs):
-            checkpointer.save(
-                {
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "rng_shuffle": shuffle.get_state(),
-                    "rng_defense": json.dumps([g.bit_generator.state for g in defense.generators()]),
-                    **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                }
-            )
+            checkpointer.save(state.checkpoint(epoch + 1, history, device))
     return history
+
+
+def _train_step(forward, model, step_optimizer, defense, recipe: Recipe, batch, labels, epoch: int) -> torch.Tensor:
+    """One optimisation step on a uint8 batch; returns the loss, detached, where it was computed. Nothing
+    here reads a value back to the host, so the host queues the next step while the device works."""
+    from augdefense import augment
+
+    x = batch.float().div_(255)
+    if recipe.crop == "pad":
+        x = augment.baseline(x, recipe.crop_pad, recipe.flip)
+    loss = defense.loss(forward, x, labels, epoch)
+    step_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    defense.process_gradients(model)
+    step_optimizer.step()
+    return loss.detach()
+
+
+class _NonFiniteWatch:
+    """An epoch's step losses, kept on the device; ``check`` (every FINITE_CHECK_STEPS steps and at the
+    epoch's end) stops the run at the first non-finite one, naming its epoch, step and defense."""
+
+    def __init__(self, epoch: int, defense) -> None:
+        self.epoch, self.defense = epoch, defense
+        self.losses: list[torch.Tensor] = []
+        self.checked = 0
+
+    def append(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss)
+
+    def check(self) -> None:
+        if self.checked == len(self.losses):
+            return
+        recent = torch.stack(self.losses[self.checked :])
+        bad = torch.nonzero(~torch.isfinite(recent)).flatten().tolist()
+        if bad:
+            step = self.checked + bad[0]
+            raise TrainingError(
+                f"loss is {recent[bad[0]].item()} at epoch {self.epoch + 1}, step {step + 1} under defense "
+                f"{self.defense.describe()}; no metrics were written"
+            )
+        self.checked = len(self.losses)
+
+    def mean(self) -> float:
+        """The epoch's mean loss (checked first), summed on the host in step order like a running total."""
+        self.check()
+        return sum(torch.stack(self.losses).tolist()) / len(self.losses)
+
+
+@dataclass
+class _TrainingState:
+    """What a checkpoint saves and a resumed run restores: optimizer, learning-rate schedule, the
+    random generators (torch's on the CPU and the device, the shuffle's, the defense's) and the
+    model's weights."""
+
+    model: torch.nn.Module
+    defense: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shuffle: torch.Generator
+
+    @classmethod
+    def start(cls, model, defense, recipe: Recipe, seed: int, n: int) -> _TrainingState:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov and recipe.momentum > 0,
+            weight_decay=recipe.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
+        return cls(model, defense, optimizer, scheduler, torch.Generator().manual_seed(seed))
+
+    def resume(self, saved: dict | None, device: torch.device) -> tuple[list[dict], int]:
+        """Restore a checkpoint's state; the history so far and the first epoch to run."""
+        if saved is None:
+            return [], 0
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in saved:
+            torch.cuda.set_rng_state(saved["rng_cuda"], device)
+        self.shuffle.set_state(saved["rng_shuffle"])
+        for generator, state in zip(self.defense.generators(), json.loads(saved["rng_defense"])):
+            generator.bit_generator.state = state
+        return list(saved["history"]), saved["epoch"]
+
+    def checkpoint(self, epoch: int, history: list[dict], device: torch.device) -> dict:
+        return {
+            "epoch": epoch,
+            "history": history,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_shuffle": self.shuffle.get_state(),
+            "rng_defense": json.dumps([g.bit_generator.state for g in self.defense.generators()]),
+            **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+        }
+
+
+def _progress(first: int, last: int, desc: str):
+    """Epochs ``first`` to ``last`` - 1, with tqdm's progress bar where tqdm is installed (a bare GPU
+    node may lack it: then plain)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return range(first, last)
+    return tqdm(range(first, last), desc=desc, mininterval=10, initial=first, total=last)
 
 
 def start_from_extractor(model: torch.nn.Module, state: dict, last_layer_only: bool) -> None:

@@ -1,3 +1,4 @@
+import ast
 import os
 import re
 
@@ -52,6 +53,34 @@ def recipe_runtime(recipe, attempt):
 
 def train_runtime(wildcards, attempt):
     return recipe_runtime(config["attacks"][wildcards.attack]["recipe"], attempt)
+
+
+def profile_default(name):
+    """A default resource this run was given (a profile's default-resources, or --default-resources),
+    read as Snakemake reads one (a number, else a string); None when not given."""
+    defaults = workflow.resource_settings.default_resources
+    resource = defaults.get(name) if defaults is not None else None
+    raw = getattr(resource, "raw", resource)
+    try:
+        return ast.literal_eval(raw) if isinstance(raw, str) else raw
+    except (ValueError, SyntaxError):
+        return raw
+
+
+# What a GPU job asks for, declared once: the rules that train, craft or filter spread it into
+# its resources (`resources: **GPU_JOB`). gpu=1: locally `--resources gpu=N` caps how many run at once;
+# the SLURM plugin submits `--gpus=1`. On a cluster the profile's gpu_job_partition, gpu_job_mem_mb and
+# gpu_job_model (profiles/slurm/config.yaml) become these jobs' slurm_partition, mem_mb and gpu_model;
+# every other rule keeps the profile's own slurm_partition and mem_mb (the CPU partition).
+GPU_JOB = {"gpu": 1} | {
+    key: value
+    for key, value in (
+        ("slurm_partition", profile_default("gpu_job_partition")),
+        ("mem_mb", profile_default("gpu_job_mem_mb")),
+        ("gpu_model", profile_default("gpu_job_model")),
+    )
+    if value is not None
+}
 
 
 def attack_recipe(attack):

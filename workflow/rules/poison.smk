@@ -13,7 +13,7 @@ rule pretrain_extractor:
         checkpoint=checkpoint("recipe", "pretraining"),
     threads: THREADS
     resources:
-        gpu=1,
+        **GPU_JOB,
         runtime=lambda w, attempt: recipe_runtime(w.recipe, attempt),
     log:
         "logs/pretrain_extractor/{recipe}/{pretraining}.log",
@@ -41,7 +41,7 @@ rule train_crafting_model:
         checkpoint=checkpoint("recipe", "slot", "seed"),
     threads: THREADS
     resources:
-        gpu=1,
+        **GPU_JOB,
         runtime=lambda w, attempt: recipe_runtime(w.recipe, attempt),
     log:
         "logs/train_crafting_model/{recipe}/{slot}/{seed}.log",
@@ -71,7 +71,7 @@ rule craft_poison:
         runtime=RUNTIME,
     threads: THREADS
     resources:
-        gpu=1,
+        **GPU_JOB,
     log:
         "logs/craft_poison/{attack}/{slot}/{seed}.log",
     benchmark:

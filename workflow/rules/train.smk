@@ -18,7 +18,7 @@ rule train_victim:
         checkpoint=checkpoint("attack", "defense", "seed"),
     threads: THREADS
     resources:
-        gpu=1,
+        **GPU_JOB,
         runtime=train_runtime,
     log:
         "logs/train_victim/{attack}/{defense}/{seed}.log",
@@ -46,7 +46,7 @@ rule train_feature_model:
         checkpoint=checkpoint("attack", "slot", "seed"),
     threads: THREADS
     resources:
-        gpu=1,
+        **GPU_JOB,
         runtime=train_runtime,
     log:
         "logs/train_feature_model/{attack}/{slot}/{seed}.log",
@@ -75,7 +75,7 @@ rule sanitize:
         seed=lambda w: int(w.seed),
     threads: THREADS
     resources:
-        gpu=1,
+        **GPU_JOB,
     log:
         "logs/sanitize/{attack}/{defense}/{seed}.log",
     benchmark:

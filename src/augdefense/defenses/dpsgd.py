@@ -21,6 +21,16 @@ from augdefense.errors import ConfigError
 from augdefense.params import Param
 
 
+def gaussian_like(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Standard normal noise shaped like each tensor, on its device. On a GPU one draw for all of them,
+    split (one kernel, not one per parameter); on the CPU one draw per tensor, in order, which keeps the
+    numbers of CPU runs made before (a split draw would give other ones there)."""
+    if not tensors or tensors[0].device.type == "cpu":
+        return [torch.randn_like(t) for t in tensors]
+    flat = torch.randn(sum(t.numel() for t in tensors), device=tensors[0].device, dtype=tensors[0].dtype)
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
 @register
 class BatchDPSGD(Defense):
     type_name = "dpsgd_batch"
@@ -40,10 +50,10 @@ class BatchDPSGD(Defense):
 
     def process_gradients(self, model: torch.nn.Module) -> None:
         params = [p for p in model.parameters() if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, self.clip)
+        torch.nn.utils.clip_grad_norm_(params, self.clip)  # foreach kernels on a GPU (torch's default)
         if self.noise > 0:
-            for p in params:
-                p.grad.add_(torch.randn_like(p.grad), alpha=self.clip * self.noise)
+            grads = [p.grad for p in params]
+            torch._foreach_add_(grads, gaussian_like(grads), alpha=self.clip * self.noise)
 
     def crafting_gradients(self, grads):
         """The same clip and noise on an adaptive attacker's poison gradient, differentiably (the

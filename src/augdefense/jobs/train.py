@@ -128,28 +128,19 @@ class TrainingRun:
         and evaluate. Returns the model, its history, probabilities and where it ran."""
         import torch
 
-        from augdefense import gpu, models
-        from augdefense.data import take
-        from augdefense.training import Checkpointer, normalizer_for, predict, seed_everything, train
+        from augdefense import gpu
+        from augdefense.training import Checkpointer, normalizer_for, seed_everything, train
 
         job, rt = self.job, self.runtime
         torch.set_num_threads(job.threads)
         seed_everything(job.seed, rt.deterministic)
         with timing.phase("model"):
-            model = models.build(
-                job.model, self.dataset.image_shape[0], self.dataset.num_classes, self.dataset.image_shape[-1]
-            )
-            if self.extractor is not None:
-                from augdefense.training import start_from_extractor
-
-                start_from_extractor(model, self.extractor, self.recipe.last_layer_only)
+            model = self._model()
             images, labels = self.training_set(sanitized, train_indices)
         normalizer = normalizer_for(self.dataset, self.recipe)
         checkpointer = Checkpointer(
             Path(job.checkpoint) if job.checkpoint else None, rt.checkpoint_every, self.fingerprint(train_indices)
         )
-        keep = torch.ones(len(self.dataset.test_labels), dtype=torch.bool)
-        keep[self.poison["clean_exclude"]] = False
         with gpu.acquire(rt.device, jobs_per_device=rt.jobs_per_gpu) as slot:
             device = torch.device(slot.device)
             log.info(
@@ -178,34 +169,52 @@ class TrainingRun:
                 )
             seconds = time.perf_counter() - start
             with timing.phase("evaluate"):
-                clean = predict(
-                    model,
-                    take(self.dataset.test_images, keep),
-                    normalizer,
-                    device,
-                    rt.eval_batch_size,
-                    rt.amp,
-                    workers=rt.loader_workers,
-                )
-                attack = predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp)
-                wider = None
-                if "all_eval_images" in self.poison:
-                    wider = predict(
-                        model, self.poison["all_eval_images"], normalizer, device, rt.eval_batch_size, rt.amp
-                    )
+                evaluated = self._evaluate(model, normalizer, device)
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         return {
             "model": model.cpu(),
             "history": history,
             "n_train": len(labels),
-            "clean_probs": clean,
-            "clean_labels": self.dataset.test_labels[keep],
-            "eval_probs": attack,
-            "all_eval_probs": wider,
+            **evaluated,
             "seconds": seconds,
             "device": str(device),
             "device_name": name,
             "checkpointer": checkpointer,
+        }
+
+    def _model(self):
+        """A fresh model of the job's architecture, or the pretrained extractor a transfer recipe starts from."""
+        from augdefense import models
+        from augdefense.training import start_from_extractor
+
+        shape = self.dataset.image_shape
+        model = models.build(self.job.model, shape[0], self.dataset.num_classes, shape[-1])
+        if self.extractor is not None:
+            start_from_extractor(model, self.extractor, self.recipe.last_layer_only)
+        return model
+
+    def _evaluate(self, model, normalizer, device) -> dict:
+        """Probabilities on the clean test set (less the attack's own test images) and on the attack's
+        evaluation images (and its wider set, where it has one)."""
+        import torch
+
+        from augdefense.data import take
+        from augdefense.training import predict
+
+        rt = self.runtime
+        keep = torch.ones(len(self.dataset.test_labels), dtype=torch.bool)
+        keep[self.poison["clean_exclude"]] = False
+        clean_images = take(self.dataset.test_images, keep)
+        wider = self.poison.get("all_eval_images")
+        return {
+            "clean_probs": predict(
+                model, clean_images, normalizer, device, rt.eval_batch_size, rt.amp, workers=rt.loader_workers
+            ),
+            "clean_labels": self.dataset.test_labels[keep],
+            "eval_probs": predict(model, self.poison["eval_images"], normalizer, device, rt.eval_batch_size, rt.amp),
+            "all_eval_probs": None
+            if wider is None
+            else predict(model, wider, normalizer, device, rt.eval_batch_size, rt.amp),
         }
 
 

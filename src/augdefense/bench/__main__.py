@@ -1,0 +1,3 @@
+from augdefense.bench.cli import main
+
+raise SystemExit(main())

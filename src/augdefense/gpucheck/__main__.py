@@ -1,0 +1,3 @@
+from augdefense.gpucheck.cli import main
+
+raise SystemExit(main())
