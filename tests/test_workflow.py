@@ -176,8 +176,9 @@ def test_changing_one_defense_reruns_only_its_jobs(tiny_run):
     changed.write_text(yaml.safe_dump(config))
     result = snakemake("-n", "--configfile", str(changed), cwd=workdir)
     counts = job_counts(result.stdout)
-    # The mixup victims, the adaptive attack's mixup crafting models and poisons, and what aggregates
-    # them (the resolved-config record reads the whole config).
+    # The mixup victims, the adaptive attack's mixup crafting models and poisons, what aggregates
+    # them (the resolved-config record reads the whole config), and the illustrations, whose mixup
+    # panel draws this defense's entry.
     tables = len(config["experiments"])
     assert counts == {
         "train_victim": 10,
@@ -188,6 +189,7 @@ def test_changing_one_defense_reruns_only_its_jobs(tiny_run):
         "render_figures": tables,
         "compare_papers": 1,
         "render_claims": 1,
+        "render_illustrations": 1,
         "resolved_config": 1,
         "provenance_manifest": 1,
         "all": 1,
