@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from augdefense import sources
+from augdefense import kernels, sources
 from augdefense.errors import ArtifactError, TrainingError
 from augdefense.io import load_tensors, save_tensors
 from augdefense.params import OPTIONAL, Param, complete
@@ -108,6 +108,13 @@ RUNTIME_PARAMS = {
         default=4,
         minimum=0,
     ),
+    "cpu_isa": Param(
+        "string",
+        "the CPU kernels' instruction set on x86-64 (augdefense.kernels): avx2, the same numbers on any x86-64 "
+        "machine of the last decade; native, each library's best for this CPU (AVX-512 where there is one)",
+        default=kernels.DEFAULT,
+        enum=kernels.SETTINGS,
+    ),
 }
 
 
@@ -146,6 +153,7 @@ class Runtime:
     compile: bool
     jobs_per_gpu: int
     loader_workers: int
+    cpu_isa: str
 
     @classmethod
     def from_spec(cls, spec: dict) -> Runtime:

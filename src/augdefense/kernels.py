@@ -1,0 +1,103 @@
+"""The CPU kernels a job runs: their instruction set (ISA) and thread pools, pinned and reported.
+
+Per-seed CPU numbers depend on which kernels the libraries dispatch to, and each chooses from the
+CPU it finds: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY``), oneDNN's convolutions
+(``ONEDNN_MAX_CPU_ISA``), MKL's BLAS inside torch (``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS``) and the
+OpenBLAS of numpy and scipy (``OPENBLAS_CORETYPE``). AVX-512 and AVX2 kernels sum in different
+orders, so the same seed gives other bytes on an AVX-512 machine than on an AVX2 one. ``runtime.cpu_isa:
+avx2`` (the default) caps all five at AVX2, which x86-64 CPUs of the last decade have, so a job
+computes the same way on any of them; ``native`` leaves the choice to each library. The thread
+count changes summation order too: a job's pools follow its rule's ``threads``.
+
+Each library reads its variable once, when it first loads or first computes. The workflow sets them
+in its own environment as it starts (the Snakefile), so every job process and the warm worker
+inherit them; ``apply`` sets them again in a job's process, which covers a job started by hand while
+its kernels are still unloaded, and the sidecar records what the job actually ran with (``report``).
+Off x86-64 there is nothing to pin. Torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+
+# The setting a process was started with, so a job and the warm worker know it without the config.
+SETTING_ENV = "AUGDEFENSE_CPU_ISA"
+SETTINGS = ("avx2", "native")
+DEFAULT = "avx2"
+PINS = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_CBWR": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "OPENBLAS_CORETYPE": "Haswell",
+    },
+}
+VARIABLES = tuple(PINS["avx2"])
+# Snakemake sets these to a job's threads; libraries loaded before the job (the warm worker's) ignore them.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+log = logging.getLogger(__name__)
+
+
+def pinnable() -> bool:
+    return platform.machine().lower() in {"x86_64", "amd64"}
+
+
+def environment(setting: str) -> dict[str, str]:
+    """The variables that give ``setting``'s kernels to a process started with them."""
+    if setting not in SETTINGS:
+        raise ValueError(f"runtime.cpu_isa: {setting!r} is not one of {list(SETTINGS)}")
+    pins = PINS.get(setting, {}) if pinnable() else {}
+    return {SETTING_ENV: setting, **pins}
+
+
+def setting_of(params: dict) -> str:
+    """A job's setting: its ``runtime.cpu_isa`` param, else the one its process was started with."""
+    runtime = params.get("runtime") or {}
+    return runtime.get("cpu_isa") or os.environ.get(SETTING_ENV) or DEFAULT
+
+
+def apply(setting: str, threads: int) -> None:
+    """Pin this process's kernels to ``setting`` (effective for a library not yet loaded or, for
+    ATen, oneDNN and MKL, not yet used) and its thread pools, loaded or not, to ``threads``."""
+    os.environ.update(environment(setting))
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(threads)
+        capability = torch.backends.cpu.get_cpu_capability()
+        if setting == "avx2" and pinnable() and capability not in ("AVX2", "DEFAULT"):
+            log.warning(
+                "runtime.cpu_isa is avx2 but this process's ATen kernels were chosen before the pin (%s): "
+                "its numbers are those of this machine's kernels",
+                capability,
+            )
+
+
+def report() -> dict:
+    """What this process's kernels are: the setting, the variables, ATen's dispatch level and the
+    thread pools (OpenBLAS reports the kernels it chose)."""
+    from threadpoolctl import threadpool_info
+
+    found = {
+        "cpu_isa": os.environ.get(SETTING_ENV),
+        "machine": platform.machine(),
+        "variables": {name: os.environ.get(name) for name in VARIABLES},
+        "pools": [
+            {key: pool.get(key) for key in ("user_api", "internal_api", "num_threads", "architecture")}
+            for pool in threadpool_info()
+        ],
+    }
+    if "torch" in sys.modules:
+        import torch
+
+        found.update(aten_capability=torch.backends.cpu.get_cpu_capability(), torch_threads=torch.get_num_threads())
+    return found
