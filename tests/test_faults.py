@@ -104,6 +104,84 @@ def test_checkpoint_of_another_run_is_ignored(files, killed_seed3, tmp_path):
     assert without_timing(tmp_path / "o.json") == without_timing(tmp_path / "fresh.json")
 
 
+def first_checkpoint_decision(proc) -> str:
+    """Read a training job's log until it resumes or ignores its checkpoint, then stop it."""
+    try:
+        for line in proc.stderr:
+            if "belongs to another run" in line or "resuming from" in line:
+                return line
+        return ""
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("other", ["poison", "defense"])
+def test_checkpoint_of_a_run_on_other_inputs_or_config_is_ignored(other, files, killed_seed3, tmp_path):
+    """The seed-3 run's checkpoint, offered to a seed-3 run with another poison or another defense
+    (a resumed run would mix two trainings): ignored."""
+    _, _, seed3 = killed_seed3
+    stale = tmp_path / "stale.ckpt"
+    shutil.copy(seed3, stale)
+    changed = {"defense": {"defense": {**DEFENSE, "m": 3}}, "poison": {"poison": tmp_path / "other.pt"}}[other]
+    if other == "poison":
+        attack = {"type": "patch", "recipe": "r", "patch_size": 3, "fraction": 1.0}
+        craft_poison(data=files / "data.pt", attack_name="p", attack=attack, seed=0, out=tmp_path / "other.pt")
+    decision = first_checkpoint_decision(train(files, tmp_path / "o.json", stale, **changed))
+    assert "belongs to another run" in decision
+    # The same run resumes from it: what makes it ignored above is the change.
+    resumed = tmp_path / "same.ckpt"
+    shutil.copy(seed3, resumed)
+    assert "resuming from" in first_checkpoint_decision(train(files, tmp_path / "same.json", resumed))
+
+
+def test_the_fingerprint_covers_every_input_config_entry_and_the_seed(tmp_path):
+    """Each field of a training job that changes a number changes the fingerprint, as do the
+    filter's record and the training subset; the defense's name and the checkpoint path do not."""
+    from augdefense.jobs.train import TrainingJob, TrainingRun
+
+    for name in ("data", "poison", "extractor", "other"):
+        (tmp_path / name).write_bytes(name.encode())
+    base = TrainingJob(
+        data=str(tmp_path / "data"),
+        poison=str(tmp_path / "poison"),
+        extractor=str(tmp_path / "extractor"),
+        model=MODEL,
+        recipe=RECIPE,
+        runtime=RUNTIME,
+        defense=DEFENSE,
+        seed=0,
+    )
+    other = str(tmp_path / "other")
+    changes = {
+        "data": other,
+        "poison": other,
+        "extractor": other,
+        "model": {**MODEL, "width": 8},
+        "recipe": {**RECIPE, "epochs": 9},
+        "runtime": {**RUNTIME, "cpu_isa": "native"},
+        "defense": {**DEFENSE, "m": 3},
+        "seed": 1,
+        "threads": 2,
+    }
+    unchanged = {"defense_name": "renamed", "checkpoint": str(tmp_path / "elsewhere.ckpt")}
+    from dataclasses import fields, replace
+
+    def fingerprint(job=base, **kwargs):
+        return TrainingRun(job, None, None, None, None, None).fingerprint(**kwargs)  # uses the job alone
+
+    assert set(changes) | set(unchanged) == {f.name for f in fields(TrainingJob)}
+    reference = fingerprint()
+    for field, value in changes.items():
+        assert fingerprint(replace(base, **{field: value})) != reference, field
+    for field, value in unchanged.items():
+        assert fingerprint(replace(base, **{field: value})) == reference, field
+    record = {"removed": [1, 2], "relabeled": []}
+    assert fingerprint(sanitized=record) != reference
+    assert fingerprint(sanitized=record) != fingerprint(sanitized={**record, "relabeled": [[3, 1]]})
+    assert fingerprint(train_indices=torch.arange(5)) != reference
+
+
 @pytest.fixture(scope="module")
 def crafting_model(files, tmp_path_factory):
     from augdefense.jobs.train import TrainingJob, train_crafting_model
@@ -300,3 +378,33 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     with pytest.raises(OSError, match="disk full"):
         io.save_tensors(tmp_path / "new.pt", {"x": torch.zeros(3)})
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_an_input_no_job_recorded_is_named_unverified_and_a_changed_one_refused(tmp_path):
+    """An input with a sidecar must match the sha256 its job recorded; one without (made by hand or
+    outside the workflow) is hashed but cannot be checked, so the record names it."""
+    from augdefense.errors import ArtifactError
+    from augdefense.io import read_json
+    from augdefense.runner import execute
+
+    prepared = str(tmp_path / "data.pt")
+    craft = JobSpec(
+        rule="craft_poison",
+        inputs={"data": prepared},
+        outputs={"out": str(tmp_path / "poison.pt")},
+        params={"attack_name": "p", "attack": {"type": "patch", "recipe": "r", "patch_size": 2}, "seed": 0},
+    )
+    data.prepare(spec={"source": "digits"}, out=prepared)  # by hand: no sidecar
+    execute(craft, craft_poison)
+    record = read_json(tmp_path / "poison.pt.prov.json")
+    assert record["unverified_inputs"] == [prepared] and prepared in record["inputs"]
+
+    prepare = JobSpec(rule="prepare_data", outputs={"out": prepared}, params={"spec": {"source": "digits"}})
+    execute(prepare, data.prepare)  # as the workflow makes it: with its sidecar
+    execute(craft, craft_poison)
+    assert read_json(tmp_path / "poison.pt.prov.json")["unverified_inputs"] == []
+
+    with open(prepared, "ab") as fh:
+        fh.write(b"changed")
+    with pytest.raises(ArtifactError, match=r"data\.pt: its sha256 differs from what the job that wrote it recorded"):
+        execute(craft, craft_poison)
