@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,6 +231,55 @@ def test_same_seed_gives_byte_identical_poison(kind, files, crafting_model, tmp_
         )
         finished(job_process("augdefense.jobs.craft:craft_poison", job))
     assert sha256(tmp_path / "a.pt") == sha256(tmp_path / "b.pt")
+
+
+def _has_avx512() -> bool:
+    try:
+        return " avx512f " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
+    except OSError:
+        return False
+
+
+CALLING_ISA = {
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def test_the_calling_environments_kernel_isa_does_not_change_a_record(files, tmp_path, monkeypatch):
+    """A victim's record and model-free metrics, from a job run (run_rule, its own process) under two
+    calling environments that ask for AVX-512 and AVX2 kernels: identical, as runtime.cpu_isa (avx2 by
+    default) pins the kernels. With cpu_isa: native the same two runs differ on a machine with
+    AVX-512, which shows the test can see a difference."""
+    records = {}
+    for setting in ("avx2", "native"):
+        for calling, variables in CALLING_ISA.items():
+            out = tmp_path / f"{setting}-{calling}.json"
+            job = JobSpec(
+                rule="train_victim",
+                inputs={"data": str(files / "data.pt"), "poison": str(files / "poison.pt")},
+                outputs={"out": str(out)},
+                params={
+                    "attack": "p",
+                    "defense_name": "none",
+                    "defense": {"type": "none"},
+                    "recipe": {**RECIPE, "epochs": 2, "milestones": [1]},
+                    "model": MODEL,
+                    "runtime": {**RUNTIME, "cpu_isa": setting},
+                    "seed": 0,
+                    "checkpoint": None,
+                },
+            )
+            for name, value in variables.items():
+                monkeypatch.setenv(name, value)  # the job's process inherits them
+            finished(job_process("augdefense.jobs.train:train_victim", job))
+            records[setting, calling] = without_timing(out)
+            kernels = json.loads(Path(f"{out}.prov.json").read_text())["environment"]["kernels"]
+            if setting == "avx2" and kernels["machine"] == "x86_64":
+                assert kernels["aten_capability"] == "AVX2" and kernels["variables"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert records["avx2", "avx512"] == records["avx2", "avx2"]
+    if _has_avx512():
+        assert records["native", "avx512"] != records["native", "avx2"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "pickle", "wrong_shape"])
