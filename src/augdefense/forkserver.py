@@ -399,7 +399,7 @@ def _kill_group(pid: int) -> None:
 def serve(path: str, parent: int, cpu_isa: str = kernels.DEFAULT) -> None:
     """Pin the kernels to ``cpu_isa``, import what the jobs import, then fork a child per job until
     ``parent`` exits."""
-    os.environ.update(kernels.environment(cpu_isa))  # before the libraries load and read it
+    kernels.pin(cpu_isa)  # before the libraries load and read it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         parent_fd = os.pidfd_open(parent)

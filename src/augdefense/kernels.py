@@ -5,9 +5,10 @@ CPU it finds: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY``), oneDNN's conv
 (``ONEDNN_MAX_CPU_ISA``), MKL's BLAS inside torch (``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS``) and the
 OpenBLAS of numpy and scipy (``OPENBLAS_CORETYPE``). AVX-512 and AVX2 kernels sum in different
 orders, so the same seed gives other bytes on an AVX-512 machine than on an AVX2 one. ``runtime.cpu_isa:
-avx2`` (the default) caps all five at AVX2, which x86-64 CPUs of the last decade have, so a job
-computes the same way on any of them; ``native`` leaves the choice to each library. The thread
-count changes summation order too: a job's pools follow its rule's ``threads``.
+avx2`` caps all five at AVX2, which x86-64 CPUs of the last decade have, so a job computes the
+same way on any of them; ``native`` (the default: the pin costs 20-30% on an AVX-512 machine,
+docs/reproducibility.md) leaves the choice to each library. Either way the config decides, not the
+calling shell. The thread count changes summation order too: a job's pools follow its ``threads``.
 
 Each library reads its variable once, when it first loads or first computes. The workflow sets them
 in its own environment as it starts (the Snakefile), so every job process and the warm worker
@@ -25,8 +26,9 @@ import sys
 
 # The setting a process was started with, so a job and the warm worker know it without the config.
 SETTING_ENV = "AUGDEFENSE_CPU_ISA"
-SETTINGS = ("avx2", "native")
-DEFAULT = "avx2"
+SETTINGS = ("native", "avx2")
+# native: pinning costs 20-30% more CPU time on an AVX-512 machine (docs/reproducibility.md).
+DEFAULT = "native"
 PINS = {
     "avx2": {
         "ATEN_CPU_CAPABILITY": "avx2",
@@ -47,12 +49,17 @@ def pinnable() -> bool:
     return platform.machine().lower() in {"x86_64", "amd64"}
 
 
-def environment(setting: str) -> dict[str, str]:
-    """The variables that give ``setting``'s kernels to a process started with them."""
+def pin(setting: str, environ=os.environ) -> None:
+    """Set ``environ`` so that a process started with it, or a library loaded after, gets
+    ``setting``'s kernels. The config decides, not the calling shell: a pinning variable the caller
+    set is removed first, so ``native`` is each library's own choice for this CPU."""
     if setting not in SETTINGS:
         raise ValueError(f"runtime.cpu_isa: {setting!r} is not one of {list(SETTINGS)}")
-    pins = PINS.get(setting, {}) if pinnable() else {}
-    return {SETTING_ENV: setting, **pins}
+    for name in VARIABLES:
+        environ.pop(name, None)
+    environ[SETTING_ENV] = setting
+    if pinnable():
+        environ.update(PINS.get(setting, {}))
 
 
 def setting_of(params: dict) -> str:
@@ -64,7 +71,7 @@ def setting_of(params: dict) -> str:
 def apply(setting: str, threads: int) -> None:
     """Pin this process's kernels to ``setting`` (effective for a library not yet loaded or, for
     ATen, oneDNN and MKL, not yet used) and its thread pools, loaded or not, to ``threads``."""
-    os.environ.update(environment(setting))
+    pin(setting)
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
     from threadpoolctl import threadpool_limits
 

@@ -110,8 +110,9 @@ RUNTIME_PARAMS = {
     ),
     "cpu_isa": Param(
         "string",
-        "the CPU kernels' instruction set on x86-64 (augdefense.kernels): avx2, the same numbers on any x86-64 "
-        "machine of the last decade; native, each library's best for this CPU (AVX-512 where there is one)",
+        "the CPU kernels' instruction set on x86-64 (augdefense.kernels): native, each library's best for this CPU "
+        "(AVX-512 where there is one); avx2, the same per-seed numbers on any x86-64 machine of the last decade "
+        "(20-30% slower on an AVX-512 machine)",
         default=kernels.DEFAULT,
         enum=kernels.SETTINGS,
     ),

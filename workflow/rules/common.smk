@@ -10,7 +10,7 @@ SRC_ROOT = Path(workflow.basedir) / "src"
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_ROOT), os.environ.get("PYTHONPATH")])))
 # The CPU kernels' instruction set (runtime.cpu_isa): in the environment every job process and the
 # warm worker start with, before a library that reads it loads (augdefense.kernels).
-os.environ.update(kernels.environment(config["runtime"]["cpu_isa"]))
+kernels.pin(config["runtime"]["cpu_isa"])
 # Config slices as params: keys sorted (Snakemake's params trigger compares repr()), defaults filled
 # in by the schema, so a job's params are exactly what it ran with.
 spec = grid.canonical
