@@ -248,9 +248,9 @@ CALLING_ISA = {
 
 def test_the_calling_environments_kernel_isa_does_not_change_a_record(files, tmp_path, monkeypatch):
     """A victim's record from a job run (run_rule, its own process) under two calling environments
-    that ask for AVX-512 and AVX2 kernels: identical, for either runtime.cpu_isa, since the setting,
-    not the calling shell, decides the kernels. On a machine with AVX-512 the two settings' records
-    differ, which shows the test can see the kernels change."""
+    that ask for AVX-512 and AVX2 kernels: identical with runtime.cpu_isa: avx2, which pins them.
+    With native the caller's variables are honoured, so on a machine with AVX-512 the two records
+    differ: the test can see the kernels change."""
     records = {}
     for setting in ("avx2", "native"):
         for calling, variables in CALLING_ISA.items():
@@ -278,9 +278,28 @@ def test_the_calling_environments_kernel_isa_does_not_change_a_record(files, tmp
             if setting == "avx2" and kernels["machine"] == "x86_64":
                 assert kernels["aten_capability"] == "AVX2" and kernels["variables"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert records["avx2", "avx512"] == records["avx2", "avx2"]
-    assert records["native", "avx512"] == records["native", "avx2"]
     if _has_avx512():
-        assert records["native", "avx2"] != records["avx2", "avx2"]
+        assert records["native", "avx512"] != records["native", "avx2"]
+        assert records["native", "avx2"] == records["avx2", "avx2"]  # the pin is what the variables ask
+
+
+def test_the_avx2_pin_overrides_the_caller_and_native_keeps_the_callers_variables(monkeypatch):
+    from augdefense import kernels
+
+    monkeypatch.setattr(kernels, "pinnable", lambda: True)
+    caller = {"ATEN_CPU_CAPABILITY": "avx512", "OPENBLAS_CORETYPE": "SkylakeX", "PATH": "/bin"}
+    pinned = dict(caller)
+    kernels.pin("avx2", pinned)
+    assert pinned == {**caller, **kernels.PINS["avx2"], kernels.SETTING_ENV: "avx2"}
+    kept = dict(caller)
+    kernels.pin("native", kept)
+    assert kept == {**caller, kernels.SETTING_ENV: "native"}
+    kernels.pin("native", pinned)  # a process that inherited an avx2 pin and runs a native job
+    assert pinned == {"PATH": "/bin", kernels.SETTING_ENV: "native"}
+    monkeypatch.setattr(kernels, "pinnable", lambda: False)  # nothing to pin off x86-64
+    elsewhere = {}
+    kernels.pin("avx2", elsewhere)
+    assert elsewhere == {kernels.SETTING_ENV: "avx2"}
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "pickle", "wrong_shape"])

@@ -6,9 +6,10 @@ CPU it finds: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY``), oneDNN's conv
 OpenBLAS of numpy and scipy (``OPENBLAS_CORETYPE``). AVX-512 and AVX2 kernels sum in different
 orders, so the same seed gives other bytes on an AVX-512 machine than on an AVX2 one. ``runtime.cpu_isa:
 avx2`` caps all five at AVX2, which x86-64 CPUs of the last decade have, so a job computes the
-same way on any of them; ``native`` (the default: the pin costs 20-30% on an AVX-512 machine,
-docs/reproducibility.md) leaves the choice to each library. Either way the config decides, not the
-calling shell. The thread count changes summation order too: a job's pools follow its ``threads``.
+same way on any of them, whatever the calling environment asks for; ``native`` (the default: the
+pin costs 20-30% on an AVX-512 machine, docs/reproducibility.md) leaves the choice to each library
+and to the caller's variables, which is how one runs another machine's kernels here. The thread
+count changes summation order too: a job's pools follow its ``threads``.
 
 Each library reads its variable once, when it first loads or first computes. The workflow sets them
 in its own environment as it starts (the Snakefile), so every job process and the warm worker
@@ -51,12 +52,14 @@ def pinnable() -> bool:
 
 def pin(setting: str, environ=os.environ) -> None:
     """Set ``environ`` so that a process started with it, or a library loaded after, gets
-    ``setting``'s kernels. The config decides, not the calling shell: a pinning variable the caller
-    set is removed first, so ``native`` is each library's own choice for this CPU."""
+    ``setting``'s kernels: ``avx2`` overrides what the caller set; ``native`` keeps it (the
+    variables are how one runs another machine's kernels here), undoing only an inherited avx2 pin."""
     if setting not in SETTINGS:
         raise ValueError(f"runtime.cpu_isa: {setting!r} is not one of {list(SETTINGS)}")
-    for name in VARIABLES:
-        environ.pop(name, None)
+    if environ.get(SETTING_ENV) == "avx2" and setting != "avx2":
+        for name, value in PINS["avx2"].items():
+            if environ.get(name) == value:
+                del environ[name]
     environ[SETTING_ENV] = setting
     if pinnable():
         environ.update(PINS.get(setting, {}))
