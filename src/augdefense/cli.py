@@ -63,7 +63,9 @@ def archive(args: argparse.Namespace) -> int:
 
 
 def rebuild(args: argparse.Namespace) -> int:
-    rebuilt = provenance.rebuild(args.manifest)
+    from augdefense import runner
+
+    rebuilt = runner.rebuild(args.manifest)
     for path in rebuilt:
         print(f"{path}: rebuilt, sha256 as in {args.manifest}")
     if not rebuilt:

@@ -201,31 +201,6 @@ def not_archived(manifest: str | Path, root: str | Path = ".") -> list[ManifestR
     return [row for row in read_manifest(manifest) if not row.archived and not (Path(root) / row.path).is_file()]
 
 
-def rebuild(manifest: str | Path, scratch: str | Path = "scratch/rebuild") -> list[str]:
-    """Rebuild each file the archive left out by replaying the job its sidecar records, and put it
-    in place once its sha256 is the manifest's; the files rebuilt."""
-    import shutil
-
-    from augdefense import runner
-
-    rebuilt = []
-    for row in not_archived(manifest):
-        sidecar = sidecar_path(row.path)
-        if not sidecar.is_file():
-            raise ArtifactError(f"{row.path}: not archived, and its sidecar {sidecar} is missing: it cannot be rebuilt")
-        runner.replay(sidecar, scratch)
-        made = Path(scratch) / row.path
-        if sha256(made) != row.sha256:
-            raise ArtifactError(
-                f"{row.path}: rebuilt as {made}, but its sha256 is not the manifest's "
-                "(another machine's kernels? see runtime.cpu_isa): left there, not put in place"
-            )
-        Path(row.path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(made, row.path)
-        rebuilt.append(row.path)
-    return rebuilt
-
-
 def _archive(out: str | Path, members: list[tuple[Path, str]], environment: dict[str, str]) -> Path:
     """``members`` as (file or folder, name in the archive), and ``environment``'s texts under
     environment/, into a .tar.gz written atomically."""

@@ -7,6 +7,7 @@ its sidecars. ``replay`` runs a recorded job again by hand.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +24,7 @@ __all__ = [
     "bind",
     "execute",
     "function_named",
+    "rebuild",
     "replay",
     "run_job",
     "run_rule",
@@ -46,8 +48,8 @@ def run_rule(snakemake, function: Callable) -> None:
 
 
 def replay(sidecar: str | Path, out_dir: str | Path) -> dict[str, bool]:
-    """Run the job that wrote ``sidecar`` again, by hand, on the inputs it recorded and with its
-    kernel setting, writing its outputs under ``out_dir`` (same relative paths), without a
+    """Run the job that wrote ``sidecar`` again, by hand, on the inputs it recorded and with the
+    kernels it recorded, writing its outputs under ``out_dir`` (same relative paths), without a
     checkpoint. The recorded package sources are this package's files at the same place in its
     checkout (a reviewer archive's ``source/``). Refuses an input whose sha256 differs from the
     record. Returns, per output, whether the new file is byte-identical to the recorded one."""
@@ -64,13 +66,46 @@ def replay(sidecar: str | Path, out_dir: str | Path) -> dict[str, bool]:
     moved = {name: _relocate(value, Path(out_dir)) for name, value in job.outputs.items()}
     params = {**job.params, **({"checkpoint": None} if "checkpoint" in job.params else {})}
     job = replace(job, outputs=moved, params=params, log=None, code=[here.get(f, f) for f in job.code])
-    recorded_isa = (record.get("environment", {}).get("kernels") or {}).get("cpu_isa")
-    kernels.apply(recorded_isa or kernels.setting_of(job.params), job.threads)  # before the job's imports
+    # The kernels the job ran with, before its imports load them: its setting, and the variables it
+    # ran under (with native, the caller's).
+    recorded = record.get("environment", {}).get("kernels") or {}
+    kernels.apply(recorded.get("cpu_isa") or kernels.setting_of(job.params), job.threads)
+    for name, value in (recorded.get("variables") or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     execute(job, function_named(record["function"]))
     return {
         original: (Path(out_dir) / original).is_file() and sha256(Path(out_dir) / original) == digest
         for original, digest in record["outputs"].items()
     }
+
+
+def rebuild(manifest: str | Path, scratch: str | Path = "scratch/rebuild") -> list[str]:
+    """Rebuild each file the archive left out by replaying the job its sidecar records, and put it
+    in place once its sha256 is the manifest's; the files rebuilt."""
+    import shutil
+
+    from augdefense.io import sha256
+    from augdefense.provenance import not_archived, sidecar_path
+
+    rebuilt = []
+    for row in not_archived(manifest):
+        sidecar = sidecar_path(row.path)
+        if not sidecar.is_file():
+            raise ArtifactError(f"{row.path}: not archived, and its sidecar {sidecar} is missing: it cannot be rebuilt")
+        replay(sidecar, scratch)
+        made = Path(scratch) / row.path
+        if sha256(made) != row.sha256:
+            raise ArtifactError(
+                f"{row.path}: rebuilt as {made}, but its sha256 is not the manifest's "
+                "(another machine's kernels? see runtime.cpu_isa): left there, not put in place"
+            )
+        Path(row.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(made, row.path)
+        rebuilt.append(row.path)
+    return rebuilt
 
 
 # The checkout this package runs from (``<root>/src/augdefense``).
