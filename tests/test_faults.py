@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,84 @@ def test_checkpoint_of_another_run_is_ignored(files, killed_seed3, tmp_path):
     assert without_timing(tmp_path / "o.json") == without_timing(tmp_path / "fresh.json")
 
 
+def first_checkpoint_decision(proc) -> str:
+    """Read a training job's log until it resumes or ignores its checkpoint, then stop it."""
+    try:
+        for line in proc.stderr:
+            if "belongs to another run" in line or "resuming from" in line:
+                return line
+        return ""
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("other", ["poison", "defense"])
+def test_checkpoint_of_a_run_on_other_inputs_or_config_is_ignored(other, files, killed_seed3, tmp_path):
+    """The seed-3 run's checkpoint, offered to a seed-3 run with another poison or another defense
+    (a resumed run would mix two trainings): ignored."""
+    _, _, seed3 = killed_seed3
+    stale = tmp_path / "stale.ckpt"
+    shutil.copy(seed3, stale)
+    changed = {"defense": {"defense": {**DEFENSE, "m": 3}}, "poison": {"poison": tmp_path / "other.pt"}}[other]
+    if other == "poison":
+        attack = {"type": "patch", "recipe": "r", "patch_size": 3, "fraction": 1.0}
+        craft_poison(data=files / "data.pt", attack_name="p", attack=attack, seed=0, out=tmp_path / "other.pt")
+    decision = first_checkpoint_decision(train(files, tmp_path / "o.json", stale, **changed))
+    assert "belongs to another run" in decision
+    # The same run resumes from it: what makes it ignored above is the change.
+    resumed = tmp_path / "same.ckpt"
+    shutil.copy(seed3, resumed)
+    assert "resuming from" in first_checkpoint_decision(train(files, tmp_path / "same.json", resumed))
+
+
+def test_the_fingerprint_covers_every_input_config_entry_and_the_seed(tmp_path):
+    """Each field of a training job that changes a number changes the fingerprint, as do the
+    filter's record and the training subset; the defense's name and the checkpoint path do not."""
+    from augdefense.jobs.train import TrainingJob, TrainingRun
+
+    for name in ("data", "poison", "extractor", "other"):
+        (tmp_path / name).write_bytes(name.encode())
+    base = TrainingJob(
+        data=str(tmp_path / "data"),
+        poison=str(tmp_path / "poison"),
+        extractor=str(tmp_path / "extractor"),
+        model=MODEL,
+        recipe=RECIPE,
+        runtime=RUNTIME,
+        defense=DEFENSE,
+        seed=0,
+    )
+    other = str(tmp_path / "other")
+    changes = {
+        "data": other,
+        "poison": other,
+        "extractor": other,
+        "model": {**MODEL, "width": 8},
+        "recipe": {**RECIPE, "epochs": 9},
+        "runtime": {**RUNTIME, "cpu_isa": "native"},
+        "defense": {**DEFENSE, "m": 3},
+        "seed": 1,
+        "threads": 2,
+    }
+    unchanged = {"defense_name": "renamed", "checkpoint": str(tmp_path / "elsewhere.ckpt")}
+    from dataclasses import fields, replace
+
+    def fingerprint(job=base, **kwargs):
+        return TrainingRun(job, None, None, None, None, None).fingerprint(**kwargs)  # uses the job alone
+
+    assert set(changes) | set(unchanged) == {f.name for f in fields(TrainingJob)}
+    reference = fingerprint()
+    for field, value in changes.items():
+        assert fingerprint(replace(base, **{field: value})) != reference, field
+    for field, value in unchanged.items():
+        assert fingerprint(replace(base, **{field: value})) == reference, field
+    record = {"removed": [1, 2], "relabeled": []}
+    assert fingerprint(sanitized=record) != reference
+    assert fingerprint(sanitized=record) != fingerprint(sanitized={**record, "relabeled": [[3, 1]]})
+    assert fingerprint(train_indices=torch.arange(5)) != reference
+
+
 @pytest.fixture(scope="module")
 def crafting_model(files, tmp_path_factory):
     from augdefense.jobs.train import TrainingJob, train_crafting_model
@@ -152,6 +231,75 @@ def test_same_seed_gives_byte_identical_poison(kind, files, crafting_model, tmp_
         )
         finished(job_process("augdefense.jobs.craft:craft_poison", job))
     assert sha256(tmp_path / "a.pt") == sha256(tmp_path / "b.pt")
+
+
+def _has_avx512() -> bool:
+    try:
+        return " avx512f " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
+    except OSError:
+        return False
+
+
+CALLING_ISA = {
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def test_the_calling_environments_kernel_isa_does_not_change_a_record(files, tmp_path, monkeypatch):
+    """A victim's record from a job run (run_rule, its own process) under two calling environments
+    that ask for AVX-512 and AVX2 kernels: identical with runtime.cpu_isa: avx2, which pins them.
+    With native the caller's variables are honoured, so on a machine with AVX-512 the two records
+    differ: the test can see the kernels change."""
+    records = {}
+    for setting in ("avx2", "native"):
+        for calling, variables in CALLING_ISA.items():
+            out = tmp_path / f"{setting}-{calling}.json"
+            job = JobSpec(
+                rule="train_victim",
+                inputs={"data": str(files / "data.pt"), "poison": str(files / "poison.pt")},
+                outputs={"out": str(out)},
+                params={
+                    "attack": "p",
+                    "defense_name": "none",
+                    "defense": {"type": "none"},
+                    "recipe": {**RECIPE, "epochs": 2, "milestones": [1]},
+                    "model": MODEL,
+                    "runtime": {**RUNTIME, "cpu_isa": setting},
+                    "seed": 0,
+                    "checkpoint": None,
+                },
+            )
+            for name, value in variables.items():
+                monkeypatch.setenv(name, value)  # the job's process inherits them
+            finished(job_process("augdefense.jobs.train:train_victim", job))
+            records[setting, calling] = without_timing(out)
+            kernels = json.loads(Path(f"{out}.prov.json").read_text())["environment"]["kernels"]
+            if setting == "avx2" and kernels["machine"] == "x86_64":
+                assert kernels["aten_capability"] == "AVX2" and kernels["variables"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert records["avx2", "avx512"] == records["avx2", "avx2"]
+    if _has_avx512():
+        assert records["native", "avx512"] != records["native", "avx2"]
+        assert records["native", "avx2"] == records["avx2", "avx2"]  # the pin is what the variables ask
+
+
+def test_the_avx2_pin_overrides_the_caller_and_native_keeps_the_callers_variables(monkeypatch):
+    from augdefense import kernels
+
+    monkeypatch.setattr(kernels, "pinnable", lambda: True)
+    caller = {"ATEN_CPU_CAPABILITY": "avx512", "OPENBLAS_CORETYPE": "SkylakeX", "PATH": "/bin"}
+    pinned = dict(caller)
+    kernels.pin("avx2", pinned)
+    assert pinned == {**caller, **kernels.PINS["avx2"], kernels.SETTING_ENV: "avx2"}
+    kept = dict(caller)
+    kernels.pin("native", kept)
+    assert kept == {**caller, kernels.SETTING_ENV: "native"}
+    kernels.pin("native", pinned)  # a process that inherited an avx2 pin and runs a native job
+    assert pinned == {"PATH": "/bin", kernels.SETTING_ENV: "native"}
+    monkeypatch.setattr(kernels, "pinnable", lambda: False)  # nothing to pin off x86-64
+    elsewhere = {}
+    kernels.pin("avx2", elsewhere)
+    assert elsewhere == {kernels.SETTING_ENV: "avx2"}
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "pickle", "wrong_shape"])
@@ -300,3 +448,33 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     with pytest.raises(OSError, match="disk full"):
         io.save_tensors(tmp_path / "new.pt", {"x": torch.zeros(3)})
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_an_input_no_job_recorded_is_named_unverified_and_a_changed_one_refused(tmp_path):
+    """An input with a sidecar must match the sha256 its job recorded; one without (made by hand or
+    outside the workflow) is hashed but cannot be checked, so the record names it."""
+    from augdefense.errors import ArtifactError
+    from augdefense.io import read_json
+    from augdefense.runner import execute
+
+    prepared = str(tmp_path / "data.pt")
+    craft = JobSpec(
+        rule="craft_poison",
+        inputs={"data": prepared},
+        outputs={"out": str(tmp_path / "poison.pt")},
+        params={"attack_name": "p", "attack": {"type": "patch", "recipe": "r", "patch_size": 2}, "seed": 0},
+    )
+    data.prepare(spec={"source": "digits"}, out=prepared)  # by hand: no sidecar
+    execute(craft, craft_poison)
+    record = read_json(tmp_path / "poison.pt.prov.json")
+    assert record["unverified_inputs"] == [prepared] and prepared in record["inputs"]
+
+    prepare = JobSpec(rule="prepare_data", outputs={"out": prepared}, params={"spec": {"source": "digits"}})
+    execute(prepare, data.prepare)  # as the workflow makes it: with its sidecar
+    execute(craft, craft_poison)
+    assert read_json(tmp_path / "poison.pt.prov.json")["unverified_inputs"] == []
+
+    with open(prepared, "ab") as fh:
+        fh.write(b"changed")
+    with pytest.raises(ArtifactError, match=r"data\.pt: its sha256 differs from what the job that wrote it recorded"):
+        execute(craft, craft_poison)

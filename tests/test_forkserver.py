@@ -1,11 +1,15 @@
 """The warm worker (augdefense.forkserver): a forked job writes what a job in its own process writes,
-takes its script's directory and exit status, dies with its script, and the worker with its parent."""
+takes its script's directory and exit status, limits its thread pools to its threads, dies with its
+script and with the worker, a stalled client holds up no job, and the worker ends with its parent."""
 
 import dataclasses
 import json
 import os
+import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -14,11 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from augdefense import data, forkserver
+from augdefense import data, forkserver, kernels
 from augdefense.runner import JobSpec
 from conftest import REPO, job_process, snakemake
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+# Without the thread variables Snakemake sets per job: the worker's libraries size their pools to the machine.
+ENV = {**{k: v for k, v in os.environ.items() if k not in kernels.THREAD_VARIABLES}, "PYTHONPATH": str(REPO / "src")}
 RECIPE = {"epochs": 2, "milestones": [1], "batch_size": 64, "crop_pad": 1, "flip": False}
 MODEL = {"arch": "convnet", "width": 8}
 RUNTIME = {"device": "cpu", "amp": False}
@@ -73,7 +78,7 @@ def prepared(tmp_path_factory):
     return root
 
 
-def training_job(out: str, log: str | None = None, epochs: int = 2, defense=None) -> JobSpec:
+def training_job(out: str, log: str | None = None, epochs: int = 2, defense=None, threads: int = 1) -> JobSpec:
     """A crafting-model training job with paths relative to the job's directory."""
     return JobSpec(
         rule="train_crafting_model",
@@ -88,6 +93,7 @@ def training_job(out: str, log: str | None = None, epochs: int = 2, defense=None
             "seed": 0,
             "checkpoint": None,
         },
+        threads=threads,
         log=log,
     )
 
@@ -151,6 +157,11 @@ def test_a_job_the_worker_cannot_run_runs_in_its_own_process(monkeypatch, worker
     assert "not a job function" in forkserver._refusal({**request, "function": "os:system"}, fingerprint)
     stale = {**fingerprint, "runner.py": [0, 0]}
     assert "sources changed" in forkserver._refusal(request, stale)
+    pinned = {**request, "cpu_isa": "avx2"}
+    assert forkserver._refusal(pinned, fingerprint, "avx2") is None
+    assert "cpu_isa native is not the worker's avx2" in forkserver._refusal(
+        {**request, "cpu_isa": "native"}, fingerprint, "avx2"
+    )
     job = training_job("x.pt")
     monkeypatch.delenv(forkserver.SOCKET_ENV, raising=False)
     assert forkserver.delegate(job, print) is None  # no worker
@@ -160,6 +171,78 @@ def test_a_job_the_worker_cannot_run_runs_in_its_own_process(monkeypatch, worker
     _, path = worker
     refused = client(job, path, tmp_path, function="os:getcwd")
     assert refused.wait(timeout=60) == 99
+
+
+def test_a_forked_jobs_thread_pools_follow_its_threads(worker, prepared):
+    """The worker loaded numpy, scipy, scikit-learn and torch with pools of every core; a forked job
+    with threads: 1 runs with every BLAS and OpenMP pool, and torch's, at 1 (its sidecar says)."""
+    if os.cpu_count() < 2:
+        pytest.skip("one core: every pool has one thread anyway")
+    _, path = worker
+    job = client(training_job("threads.pt", log="threads.log", epochs=1, threads=1), path, prepared)
+    assert job.wait(timeout=300) == 0, job.stderr.read()
+    assert "forked from the warm worker" in (prepared / "threads.log").read_text()
+    found = json.loads((prepared / "threads.pt.prov.json").read_text())["environment"]["kernels"]
+    assert {pool["user_api"] for pool in found["pools"]} == {"blas", "openmp"}
+    assert [pool["num_threads"] for pool in found["pools"]] == [1] * len(found["pools"])
+    assert found["torch_threads"] == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_killing_the_worker_kills_its_jobs(prepared):
+    """A SIGKILLed (or OOM-killed) worker takes its children with it: none is left writing outputs
+    while its script reports failure."""
+    folder = Path(f"/tmp/augdefense-test-killed-{os.getpid()}")
+    proc, path = start_worker(folder, os.getpid())
+    try:
+        script = client(training_job("orphan.pt", log="orphan.log", epochs=500), path, prepared)
+        wait_for(lambda: _children(proc.pid), what="the forked job")
+        (child,) = _children(proc.pid)
+        log = prepared / "orphan.log"
+        wait_for(lambda: log.exists() and "forked from" in log.read_text(), what="the job to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_for(lambda: not _alive(child), timeout=30, what="the job to die with the worker")
+        assert script.wait(timeout=30) == 1
+        assert "the warm worker ended before the job did" in script.stderr.read()
+        assert not (prepared / "orphan.pt").exists()
+    finally:
+        proc.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("parent", ["alive", "gone"])
+def test_a_child_whose_worker_died_before_it_asked_to_die_with_it_ends(parent):
+    """The race PR_SET_PDEATHSIG leaves open: a worker that died between the fork and the prctl."""
+    code = "import os, sys; from augdefense import forkserver; forkserver._die_with(int(sys.argv[1])); sys.exit(0)"
+    worker = os.getpid() if parent == "alive" else 1  # 1: not this child's parent, as if it had been re-parented
+    done = subprocess.run([sys.executable, "-c", code, str(worker)], env=ENV)
+    assert done.returncode == (0 if parent == "alive" else 1)
+
+
+def test_a_stalled_client_holds_up_no_other_job(worker, prepared):
+    """A client that connects, sends its descriptors and part of its request, then stalls: another
+    job is taken and finishes meanwhile, and the stalled one is still waiting, unanswered."""
+    _, path = worker
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.connect(path)
+    try:
+        socket.send_fds(stalled, [b"j"], [0, 1, 2])
+        stalled.sendall(struct.pack("!I", 1000) + b'{"job": ')
+        quick = client(training_job("after_stall.pt", log="after_stall.log", epochs=1), path, prepared)
+        assert quick.wait(timeout=300) == 0, quick.stderr.read()
+        assert "forked from the warm worker" in (prepared / "after_stall.log").read_text()
+        readable, _, _ = select.select([stalled], [], [], 0)
+        assert not readable  # neither refused nor closed: it held nobody up
+    finally:
+        stalled.close()
 
 
 @pytest.mark.parametrize("parent_ends", ["while it serves", "while it imports"])

@@ -3,11 +3,12 @@ function, read from the sources (every ``import augdefense...`` at any depth, wi
 they pass through), plus package data the closure opens through ``importlib.resources``. Rules list
 these as inputs, so editing one reruns exactly the jobs whose code ran it. Torch-free.
 
-``augdefense.runner``, ``augdefense.provenance`` and ``augdefense.timing`` are left out of the
-closures they are imported into, on purpose: they run every job, write its sidecar and time its
-phases, but no number depends on them, and listing them would rerun the whole grid for a change in
-how provenance or time is recorded. (A rule whose
-own function lives in one of them, such as the manifest's, lists it.)
+``augdefense.runner``, ``augdefense.execution``, ``augdefense.forkserver``, ``augdefense.provenance``
+and ``augdefense.timing`` are left out of the closures they are imported into, on purpose: they run
+every job, write its sidecar and time its phases, but no number depends on them, and listing them
+would rerun the whole grid for a change in how provenance or time is recorded. So is
+``augdefense.kernels``: the kernels it pins are the config's ``runtime.cpu_isa``, a param that reruns
+what it changes. (A rule whose own function lives in one of them, such as the manifest's, lists it.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from pathlib import Path
 
 PACKAGE = "augdefense"
 SRC = Path(__file__).resolve().parent
-RUNNER_MODULES = frozenset({"augdefense.runner", "augdefense.provenance", "augdefense.timing", "augdefense.forkserver"})
+RUNNER_MODULES = frozenset(
+    {
+        "augdefense.runner",
+        "augdefense.execution",
+        "augdefense.kernels",
+        "augdefense.provenance",
+        "augdefense.timing",
+        "augdefense.forkserver",
+    }
+)
 _PACKAGE_DATA = re.compile(r"""files\(["']augdefense["']\)\.joinpath\(["']([\w.\-/]+)["']\)""")
 
 

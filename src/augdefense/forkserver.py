@@ -5,13 +5,18 @@ A demo job's training is short, and a process that imports torch pays a large sh
 imports and exit (README "Where the demo's time goes"). The child is forked from a worker that has
 only imported (it never computes, so no thread pool or random state is shared), takes the job's
 working directory, environment, stdout and stderr, runs the same ``runner.run_rule`` call, and its
-exit status becomes the script's. A job writes the same bytes either way (tests/test_forkserver.py).
+exit status becomes the script's. A job writes the same bytes either way (tests/test_forkserver.py):
+the worker starts with the run's kernel pin (``augdefense.kernels``), which a job that asks for
+another is refused, and each child limits its thread pools to its job's ``threads``, which libraries
+the worker loaded would otherwise ignore.
 
 The script runs the job itself when there is no worker (dry runs, SLURM and other remote
 executors, ``runtime.device`` other than ``cpu``, ``warm_worker: false``), when its interpreter is
 not the worker's (a rule's conda environment), or when a package source changed since the worker
 imported it. If the script is killed (Snakemake stopping a job), the worker kills the child and its
-process group; the worker ends with the Snakemake process that started it.
+process group; if the worker is killed, the kernel kills its children (``PR_SET_PDEATHSIG``); the
+worker ends with the Snakemake process that started it. Requests are read without blocking, each
+at its own pace, so a client that connects and stalls holds up no other job.
 
 What changes: Snakemake's ``benchmark:`` file of a forked job measures the script's process, so its
 ``s`` (wall time) is the job's, but its CPU and memory columns are the script's, not the job's (the
@@ -23,6 +28,7 @@ serves independent scripts, so it is written here.)
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import json
 import os
@@ -37,6 +43,9 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+
+from augdefense import kernels
+from augdefense.execution import JobSpec, function_named, run_job
 
 # The variable through which jobs find the worker's socket (set by the Snakefile's onstart).
 SOCKET_ENV = "AUGDEFENSE_WARM_WORKER"
@@ -58,6 +67,9 @@ PRELOAD = (
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 _HEADER = struct.Struct("!I")
+# A connection whose request has not fully arrived by then is dropped (it holds up nothing meanwhile).
+HANDSHAKE_SECONDS = 60.0
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def sources_fingerprint() -> dict[str, list[int]]:
@@ -97,8 +109,8 @@ def _read_exactly(conn: socket.socket, size: int) -> bytes | None:
 # --- the job's side -------------------------------------------------------------------------------
 
 
-def delegate(job, function) -> int | None:
-    """Run ``job`` (a ``runner.JobSpec``) in a child of the warm worker; its exit status, or None
+def delegate(job: JobSpec, function) -> int | None:
+    """Run ``job`` in a child of the warm worker; its exit status, or None
     when there is no usable worker (the caller then runs the job itself)."""
     from augdefense import timing
 
@@ -113,6 +125,7 @@ def delegate(job, function) -> int | None:
     request = {
         "job": asdict(job),
         "function": f"{function.__module__}:{function.__qualname__}",
+        "cpu_isa": kernels.setting_of(job.params),
         "executable": sys.executable,
         "cwd": os.getcwd(),
         "env": dict(os.environ),
@@ -141,20 +154,21 @@ def delegate(job, function) -> int | None:
 # --- the worker's side ----------------------------------------------------------------------------
 
 
-def _refusal(request: dict, fingerprint: dict) -> str | None:
+def _refusal(request: dict, fingerprint: dict, cpu_isa: str | None = None) -> str | None:
     if request["executable"] != sys.executable:
         return f"the job's interpreter {request['executable']} is not the worker's {sys.executable}"
     if not request["function"].startswith("augdefense."):
         return f"{request['function']} is not a job function of this package"
     if sources_fingerprint() != fingerprint:
         return "package sources changed since the worker imported them"
+    if cpu_isa is not None and request.get("cpu_isa") != cpu_isa:
+        return f"the job's runtime.cpu_isa {request.get('cpu_isa')} is not the worker's {cpu_isa}"
     return None
 
 
-def _run_child(request: dict, fds: list[int]) -> int:
+def _run_child(request: dict, fds: list[int], worker: int) -> int:
     """In the forked child: become the job's process and run it; the exit status."""
-    from augdefense import runner
-
+    _die_with(worker)
     os.setpgid(0, 0)
     for number, fd in enumerate(fds):
         os.dup2(fd, number)
@@ -163,11 +177,11 @@ def _run_child(request: dict, fds: list[int]) -> int:
     os.environ.clear()
     os.environ.update(request["env"])
     sys.argv = ["augdefense-job"]
-    job = runner.JobSpec(**request["job"])
+    job = JobSpec(**request["job"])
     # The script's own start-up, and the hand-over.
     startup = (request["startup"] or 0.0) + max(0.0, time.time() - request["sent"])
     try:
-        runner.run_rule(job, runner.function_named(request["function"]), startup=startup, forked=True)
+        run_job(job, function_named(request["function"]), startup=startup, forked=True)
         return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
@@ -179,55 +193,138 @@ def _run_child(request: dict, fds: list[int]) -> int:
         sys.stderr.flush()
 
 
+def _die_with(worker: int) -> None:
+    """Have the kernel SIGKILL this process when the worker dies; if it died before we asked
+    (this process was already handed to another parent), end now."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != worker:
+        os._exit(1)
+
+
+class _Handshake:
+    """A connection whose request is still arriving, read as it comes without blocking: the
+    script's stdin, stdout and stderr (one byte carrying the descriptors), then one message."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.deadline = time.monotonic() + HANDSHAKE_SECONDS
+        self.fds: list[int] | None = None
+        self.buffer = b""
+
+    def read(self) -> dict | None:
+        """The request once complete, else None; EOFError if the script closed first, OSError or
+        ValueError for a malformed one."""
+        try:
+            if self.fds is None:
+                marker, self.fds, _, _ = socket.recv_fds(self.conn, 1, 3)
+                if not marker:
+                    raise EOFError
+            chunk = self.conn.recv(1 << 16)
+        except BlockingIOError:
+            return None
+        if not chunk:
+            raise EOFError
+        self.buffer += chunk
+        if len(self.buffer) < _HEADER.size:
+            return None
+        size = _HEADER.unpack_from(self.buffer)[0]
+        if len(self.buffer) < _HEADER.size + size:
+            return None
+        return json.loads(self.buffer[_HEADER.size : _HEADER.size + size])
+
+
 class _Worker:
-    def __init__(self, path: str, parent_fd: int):
+    def __init__(self, path: str, parent_fd: int, cpu_isa: str):
         self.fingerprint = sources_fingerprint()
+        self.cpu_isa = cpu_isa
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(64)
+        self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
         self.parent_fd = parent_fd
         self.selector.register(self.parent_fd, selectors.EVENT_READ, ("parent", None))
         self.children: dict[int, tuple[socket.socket, int]] = {}  # pid -> (connection, pidfd)
+        self.handshakes: set[_Handshake] = set()
 
     def serve(self) -> None:
         while True:
-            for key, _ in self.selector.select():
-                kind, pid = key.data
+            for key, _ in self.selector.select(timeout=self._next_deadline()):
+                kind, item = key.data
                 if kind == "accept":
                     self._accept()
+                elif kind == "handshake":
+                    self._read(item)
                 elif kind == "exited":
-                    self._reap(pid)
+                    self._reap(item)
                 elif kind == "client":
-                    self._client_gone(pid)
+                    self._client_gone(item)
                 elif kind == "parent":
                     return
+            self._drop_stalled()
+
+    def _next_deadline(self) -> float | None:
+        if not self.handshakes:
+            return None
+        return max(0.0, min(h.deadline for h in self.handshakes) - time.monotonic())
+
+    def _drop_stalled(self) -> None:
+        now = time.monotonic()
+        for handshake in [h for h in self.handshakes if h.deadline <= now]:
+            self._end_handshake(handshake, f"no complete request within {HANDSHAKE_SECONDS:.0f} s")
 
     def _accept(self) -> None:
-        conn, _ = self.listener.accept()
-        conn.settimeout(10)
-        fds: list[int] = []
         try:
-            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-            _, fds, _, _ = socket.recv_fds(conn, 1, 3)
-            request = _receive(conn)
-        except (OSError, ValueError) as exc:
-            return _refuse(conn, fds, f"a malformed request: {exc}")
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return  # the client gave up between the wake-up and the accept
+        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
         if uid != os.getuid():
-            return _refuse(conn, fds, "not this user's job")
-        if request is None or len(fds) != 3:
-            return _refuse(conn, fds, "an incomplete request")
-        refusal = _refusal(request, self.fingerprint)
+            return _refuse(conn, [], "not this user's job")
+        conn.setblocking(False)
+        handshake = _Handshake(conn)
+        self.handshakes.add(handshake)
+        self.selector.register(conn, selectors.EVENT_READ, ("handshake", handshake))
+
+    def _end_handshake(self, handshake: _Handshake, refusal: str | None) -> None:
+        self.handshakes.discard(handshake)
+        self.selector.unregister(handshake.conn)
+        handshake.conn.settimeout(10)  # small answers on a fresh socket: never more than a moment
+        if refusal is not None:
+            _refuse(handshake.conn, handshake.fds or [], refusal)
+
+    def _read(self, handshake: _Handshake) -> None:
+        if handshake not in self.handshakes:
+            return  # dropped earlier in the same round of events
+        try:
+            request = handshake.read()
+        except EOFError:
+            return self._end_handshake(handshake, "the script closed its connection before its request was complete")
+        except (OSError, ValueError) as exc:
+            return self._end_handshake(handshake, f"a malformed request: {exc}")
+        if request is None:
+            return
+        fds = handshake.fds
+        if len(fds) != 3:
+            return self._end_handshake(handshake, "an incomplete request")
+        refusal = _refusal(request, self.fingerprint, self.cpu_isa)
         if refusal:
-            return _refuse(conn, fds, refusal)
+            return self._end_handshake(handshake, refusal)
+        self._end_handshake(handshake, None)
+        self._start(handshake.conn, fds, request)
+
+    def _start(self, conn: socket.socket, fds: list[int], request: dict) -> None:
+        worker = os.getpid()
         try:
             pid = os.fork()
         except OSError as exc:  # out of processes or memory
             return _refuse(conn, fds, f"cannot fork: {exc}")
         if pid == 0:
             self._close_inherited(conn)
-            os._exit(_run_child(request, fds))
+            os._exit(_run_child(request, fds, worker))
         for fd in fds:
             os.close(fd)
         _send(conn, {"accepted": True})
@@ -245,6 +342,10 @@ class _Worker:
         for other, pidfd in self.children.values():
             other.close()
             os.close(pidfd)
+        for handshake in self.handshakes:
+            handshake.conn.close()
+            for fd in handshake.fds or []:
+                os.close(fd)
 
     def _reap(self, pid: int) -> None:
         conn, pidfd = self.children.pop(pid)
@@ -261,6 +362,8 @@ class _Worker:
 
     def _client_gone(self, pid: int) -> None:
         """The script's end of a running job closed: it was killed, so the job is killed too."""
+        if pid not in self.children:
+            return  # reaped earlier in the same round of events
         conn, _ = self.children[pid]
         self.selector.unregister(conn)
         conn.close()
@@ -269,6 +372,8 @@ class _Worker:
     def close(self) -> None:
         for pid in list(self.children):
             _kill_group(pid)
+        for handshake in list(self.handshakes):
+            self._end_handshake(handshake, "the worker is ending")
         self.listener.close()
 
 
@@ -291,8 +396,10 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def serve(path: str, parent: int) -> None:
-    """Import what the jobs import, then fork a child per job until ``parent`` exits."""
+def serve(path: str, parent: int, cpu_isa: str = kernels.DEFAULT) -> None:
+    """Pin the kernels to ``cpu_isa``, import what the jobs import, then fork a child per job until
+    ``parent`` exits."""
+    kernels.pin(cpu_isa)  # before the libraries load and read it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         parent_fd = os.pidfd_open(parent)
@@ -307,9 +414,11 @@ def serve(path: str, parent: int) -> None:
         matplotlib.use("Agg")  # as augdefense.figures does, before pyplot
         for module in PRELOAD:
             importlib.import_module(module)
-        worker = _Worker(path, parent_fd)
+        worker = _Worker(path, parent_fd, cpu_isa)
         print(
-            f"warm worker {os.getpid()}: imported in {time.perf_counter() - started:.1f} s, serving {path}", flush=True
+            f"warm worker {os.getpid()}: imported in {time.perf_counter() - started:.1f} s, "
+            f"kernels {cpu_isa}, serving {path}",
+            flush=True,
         )
         worker.serve()
     finally:
@@ -328,14 +437,16 @@ def _remove(path: str) -> None:
 
 
 def start(log: str | Path) -> str:
-    """Start a worker for this process (the Snakemake run) and point its jobs at it (``SOCKET_ENV``);
-    the socket's path. Jobs that start before it listens run in their own processes."""
+    """Start a worker for this process (the Snakemake run), its kernels pinned as this process's
+    environment says (``kernels.SETTING_ENV``), and point its jobs at it (``SOCKET_ENV``); the
+    socket's path. Jobs that start before it listens run in their own processes."""
+    cpu_isa = kernels.setting_of({})
     directory = tempfile.mkdtemp(prefix="augdefense-")  # 0700: only this user can connect
     path = os.path.join(directory, "worker.sock")
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         subprocess.Popen(
-            [sys.executable, "-m", "augdefense.forkserver", path, "--parent", str(os.getpid())],
+            [sys.executable, "-m", "augdefense.forkserver", path, "--parent", str(os.getpid()), "--cpu-isa", cpu_isa],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -349,8 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m augdefense.forkserver", description=__doc__.split("\n\n")[0])
     parser.add_argument("socket")
     parser.add_argument("--parent", type=int, required=True, help="serve until this process exits")
+    parser.add_argument(
+        "--cpu-isa",
+        choices=kernels.SETTINGS,
+        default=os.environ.get(kernels.SETTING_ENV, kernels.DEFAULT),
+        help="the kernels' instruction set (runtime.cpu_isa)",
+    )
     args = parser.parse_args(argv)
-    serve(args.socket, args.parent)
+    serve(args.socket, args.parent, args.cpu_isa)
     return 0
 
 

@@ -1,238 +1,123 @@
 """How a rule runs its job. Each ``workflow/scripts/<rule>.py`` is one call, ``run_rule(snakemake,
-function)``, and a job is declared once, in its rule: the rule's named ``input:``, ``output:`` and
-``params:`` (and ``threads``) are passed to the function's keyword arguments of the same names (a
-parameter annotated with a dataclass, such as ``TrainingJob``, is built from the same names). A name
-the rule declares that the function does not take, or the reverse, stops the job naming both.
-
-Before the call, every input that a workflow job produced is checked against the sha256 that job
-recorded in its sidecar (``<file>.prov.json``): a file changed or corrupted since it was written is
-refused, by name. After the call, each output gets its sidecar (``augdefense.provenance``), written
-from what Snakemake already knows about the job, including the job itself (``JobSpec``), so
-``python -m augdefense replay <sidecar>`` can run the same call again by hand.
+function)``: the job (``JobSpec``, from what Snakemake knows about it) runs in a child of the warm
+worker when there is one (``augdefense.forkserver``), else in the script's process; either way
+through ``augdefense.execution.run_job``, which checks its inputs, binds its arguments and writes
+its sidecars. ``replay`` runs a recorded job again by hand.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import inspect
-import logging
 import os
 import sys
-import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from augdefense.errors import ArtifactError, AugdefenseError, ConfigError
+from augdefense import forkserver, kernels
+from augdefense.errors import ArtifactError
+from augdefense.execution import CODE_INPUT, JobSpec, bind, execute, function_named, run_job, verify_inputs
 
-# Named inputs that only make Snakemake rerun a rule when its package sources change.
-CODE_INPUT = "code"
-
-
-@dataclass
-class JobSpec:
-    """One job as its rule declares it: named inputs, outputs and params (file values are a path, a
-    list of paths, or None for an empty input), threads, wildcards, and its log file."""
-
-    rule: str
-    inputs: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    threads: int = 1
-    wildcards: dict[str, str] = field(default_factory=dict)
-    log: str | None = None
-    code: list[str] = field(default_factory=list)  # the rule's code inputs (hashed into the sidecar)
-
-    @classmethod
-    def from_snakemake(cls, snakemake) -> JobSpec:
-        inputs = {name: _files(value) for name, value in snakemake.input.items()}
-        return cls(
-            rule=snakemake.rule,
-            inputs={k: v for k, v in inputs.items() if k != CODE_INPUT},
-            outputs={name: _files(value) for name, value in snakemake.output.items()},
-            params=dict(snakemake.params.items()),
-            threads=snakemake.threads,
-            wildcards=dict(snakemake.wildcards.items()),
-            log=snakemake.log[0] if snakemake.log else None,
-            code=_as_list(inputs.get(CODE_INPUT)),
-        )
-
-    def values(self) -> dict[str, Any]:
-        """Everything the function may take, by name."""
-        return {**self.inputs, **self.outputs, **self.params, "threads": self.threads}
-
-    def input_files(self) -> list[str]:
-        return [f for value in self.inputs.values() for f in _as_list(value)] + self.code
-
-    def output_files(self) -> list[str]:
-        return [f for value in self.outputs.values() for f in _as_list(value)]
+# What the scripts and tests import from here (the job's entry point itself is augdefense.execution's).
+__all__ = [
+    "CODE_INPUT",
+    "JobSpec",
+    "bind",
+    "execute",
+    "function_named",
+    "rebuild",
+    "replay",
+    "run_job",
+    "run_rule",
+    "verify_inputs",
+]
 
 
-def _files(value) -> str | list[str] | None:
-    if isinstance(value, str):
-        return value
-    items = [str(v) for v in value]
-    return items or None
-
-
-def _as_list(value) -> list[str]:
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
-
-
-def bind(function: Callable, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Keyword arguments for ``function`` from ``values`` by name; every value must be taken
-    (``threads`` excepted: a job that runs no computation ignores it)."""
-    hints = typing.get_type_hints(function)
-    kwargs, used = {}, set()
-    for name, parameter in inspect.signature(function).parameters.items():
-        kind = hints.get(name)
-        if dataclasses.is_dataclass(kind):
-            fields = {f.name: f for f in dataclasses.fields(kind)}
-            missing = [f for f, spec in fields.items() if f not in values and _required(spec)]
-            if missing:
-                raise ConfigError(f"{where}: {kind.__name__} needs {missing}, which the rule does not declare")
-            taken = {f: values[f] for f in fields if f in values}
-            kwargs[name] = kind(**taken)
-            used |= set(taken)
-        elif name in values:
-            kwargs[name] = values[name]
-            used.add(name)
-        elif parameter.default is inspect.Parameter.empty:
-            raise ConfigError(f"{where}: {function.__qualname__} needs '{name}', which the rule does not declare")
-    unused = sorted(set(values) - used - {"threads"})
-    if unused:
-        raise ConfigError(f"{where}: the rule declares {unused}, which {function.__qualname__} does not take")
-    return kwargs
-
-
-def _required(field_: dataclasses.Field) -> bool:
-    return field_.default is dataclasses.MISSING and field_.default_factory is dataclasses.MISSING
-
-
-def verify_inputs(files: list[str]) -> dict[str, str]:
-    """sha256 of each input; a workflow artifact must still match what its producer recorded."""
-    from augdefense.io import read_json, sha256
-    from augdefense.provenance import sidecar_path
-
-    digests = {}
-    for file in files:
-        if not Path(file).is_file():
-            raise ArtifactError(f"{file}: file not found")
-        digests[file] = sha256(file)
-        sidecar = sidecar_path(file)
-        if not sidecar.is_file():
-            continue
-        recorded = read_json(sidecar).get("outputs", {}).get(file)
-        if recorded != digests[file]:
-            raise ArtifactError(
-                f"{file}: its sha256 differs from what the job that wrote it recorded in {sidecar} "
-                "(changed or corrupted since): delete it and rerun the workflow to rebuild it"
-            )
-    return digests
-
-
-def execute(job: JobSpec, function: Callable, startup: float | None = None) -> None:
-    """Check the job's inputs, call ``function`` with its arguments, write each output's sidecar
-    (with where the job's time went: ``augdefense.timing``; ``startup`` when this process did not
-    start with the job)."""
-    from augdefense import provenance, timing
-
-    timing.reset()
-    timing.record("startup", timing.process_age() if startup is None else startup)
-    started = provenance.now()
-    with timing.imports_timed():
-        with timing.phase("verify_inputs"):
-            input_digests = verify_inputs(job.input_files())
-        with timing.phase("job"):
-            function(**bind(function, job.values(), f"rule {job.rule}"))
-    provenance.write_sidecars(
-        job=dataclasses.asdict(job),
-        function=f"{function.__module__}:{function.__qualname__}",
-        inputs=input_digests,
-        outputs=job.output_files(),
-        started=started,
-        timings=timing.recorded(),
-        memory=timing.memory(),
-    )
-    logging.getLogger("augdefense").info("timings %s; memory %s", timing.recorded(), timing.memory())
-
-
-def run_rule(snakemake, function: Callable, startup: float | None = None, forked: bool = False) -> None:
-    """Run one Snakemake job (or a ``JobSpec``): output to its log, and a one-line error with exit
-    status 2 for what a user can fix. A Snakemake job runs in a child of the warm worker when there
-    is one (``augdefense.forkserver``), else in this process."""
+def run_rule(snakemake, function: Callable) -> None:
+    """Run one Snakemake job (or a ``JobSpec``): in a child of the warm worker when one takes it
+    (a ``JobSpec`` always runs here), else in this process."""
     if isinstance(snakemake, JobSpec):
         job = snakemake
     else:
-        from augdefense import forkserver
-
         job = JobSpec.from_snakemake(snakemake)
         status = forkserver.delegate(job, function)
         if status is not None:
             sys.stdout.flush()
             sys.stderr.flush()
             raise SystemExit(status)
-    with _logging_to(job.log):
-        if forked:
-            logging.getLogger("augdefense").info("forked from the warm worker (pid %d)", os.getppid())
-        try:
-            execute(job, function, startup)
-        except AugdefenseError as exc:
-            print(f"augdefense {job.rule}: error: {exc}", file=sys.stderr)
-            sys.stderr.flush()
-            raise SystemExit(2) from None
-
-
-@contextmanager
-def _logging_to(log_file: str | None) -> Iterator[None]:
-    """Send this process's stdout and stderr (Python's and any library's) to the job's log."""
-    if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
-    yield
-
-
-def function_named(name: str) -> Callable:
-    """``module:qualified.name`` -> the function."""
-    module, _, path = name.partition(":")
-    obj = importlib.import_module(module)
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
+    run_job(job, function)
 
 
 def replay(sidecar: str | Path, out_dir: str | Path) -> dict[str, bool]:
-    """Run the job that wrote ``sidecar`` again, by hand, on the inputs (and code) it recorded,
-    writing its outputs under ``out_dir`` (same relative paths), without a checkpoint. Refuses an
-    input whose sha256 differs from the record. Returns, per output, whether the new file is
-    byte-identical to the recorded one."""
+    """Run the job that wrote ``sidecar`` again, by hand, on the inputs it recorded and with the
+    kernels it recorded, writing its outputs under ``out_dir`` (same relative paths), without a
+    checkpoint. The recorded package sources are this package's files at the same place in its
+    checkout (a reviewer archive's ``source/``). Refuses an input whose sha256 differs from the
+    record. Returns, per output, whether the new file is byte-identical to the recorded one."""
     from augdefense.io import read_json, sha256
 
     record = read_json(sidecar)
     if not {"function", "job", "inputs", "outputs"} <= set(record):
         raise ArtifactError(f"{sidecar}: not a job record (written before jobs recorded themselves?)")
+    here = {file: _in_this_checkout(file, record) for file in record["inputs"]}
     for file, digest in record["inputs"].items():
-        if not Path(file).is_file() or sha256(file) != digest:
-            raise ArtifactError(f"{file}: missing or changed since the job recorded in {sidecar} read it")
+        if not Path(here[file]).is_file() or sha256(here[file]) != digest:
+            raise ArtifactError(f"{here[file]}: missing or changed since the job recorded in {sidecar} read it")
     job = JobSpec(**record["job"])
     moved = {name: _relocate(value, Path(out_dir)) for name, value in job.outputs.items()}
     params = {**job.params, **({"checkpoint": None} if "checkpoint" in job.params else {})}
-    execute(replace(job, outputs=moved, params=params, log=None), function_named(record["function"]))
+    job = replace(job, outputs=moved, params=params, log=None, code=[here.get(f, f) for f in job.code])
+    # The kernels the job ran with, before its imports load them: its setting, and the variables it
+    # ran under (with native, the caller's).
+    recorded = record.get("environment", {}).get("kernels") or {}
+    kernels.apply(recorded.get("cpu_isa") or kernels.setting_of(job.params), job.threads)
+    for name, value in (recorded.get("variables") or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    execute(job, function_named(record["function"]))
     return {
         original: (Path(out_dir) / original).is_file() and sha256(Path(out_dir) / original) == digest
         for original, digest in record["outputs"].items()
     }
+
+
+def rebuild(manifest: str | Path, scratch: str | Path = "scratch/rebuild") -> list[str]:
+    """Rebuild each file the archive left out by replaying the job its sidecar records, and put it
+    in place once its sha256 is the manifest's; the files rebuilt."""
+    import shutil
+
+    from augdefense.io import sha256
+    from augdefense.provenance import not_archived, sidecar_path
+
+    rebuilt = []
+    for row in not_archived(manifest):
+        sidecar = sidecar_path(row.path)
+        if not sidecar.is_file():
+            raise ArtifactError(f"{row.path}: not archived, and its sidecar {sidecar} is missing: it cannot be rebuilt")
+        replay(sidecar, scratch)
+        made = Path(scratch) / row.path
+        if sha256(made) != row.sha256:
+            raise ArtifactError(
+                f"{row.path}: rebuilt as {made}, but its sha256 is not the manifest's "
+                "(another machine's kernels? see runtime.cpu_isa): left there, not put in place"
+            )
+        Path(row.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(made, row.path)
+        rebuilt.append(row.path)
+    return rebuilt
+
+
+# The checkout this package runs from (``<root>/src/augdefense``).
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def _in_this_checkout(file: str, record: dict) -> str:
+    """A recorded input; a file of the checkout that ran the job is this checkout's file of that name."""
+    from augdefense.provenance import code_path
+
+    name = code_path(file, record)
+    return file if name is None else str(CHECKOUT / name)
 
 
 def _relocate(value, out_dir: Path):

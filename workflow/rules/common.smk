@@ -2,13 +2,16 @@ import ast
 import os
 import re
 
-from augdefense import codedeps, sources
+from augdefense import codedeps, kernels, sources
 
 CONDA_ENV = "../../envs/augdefense.yaml"
 # Jobs import augdefense from this checkout, whether or not the package is installed in their
 # environment (a conda env of the rule, a cluster node): they inherit this variable.
 SRC_ROOT = Path(workflow.basedir) / "src"
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_ROOT), os.environ.get("PYTHONPATH")])))
+# The CPU kernels' instruction set (runtime.cpu_isa): in the environment every job process and the
+# warm worker start with, before a library that reads it loads (augdefense.kernels).
+kernels.pin(config["runtime"]["cpu_isa"])
 # Config slices as params: keys sorted (Snakemake's params trigger compares repr()), defaults filled
 # in by the schema, so a job's params are exactly what it ran with.
 spec = grid.canonical

@@ -79,8 +79,10 @@ class TrainingRun:
             extractor = models.load(job.extractor, dataset, head_may_differ=True).state_dict()
         return cls(job, dataset, poison, defense, recipe, runtime, extractor)
 
-    def fingerprint(self, train_indices=None) -> str:
-        """What the run's result depends on; a checkpoint written under another fingerprint is ignored."""
+    def fingerprint(self, train_indices=None, sanitized: dict | None = None) -> str:
+        """What the run's result depends on: every input (by sha256, the filter's record included),
+        config entry and the seed; a checkpoint written under another fingerprint is ignored. (The
+        defense's name and the checkpoint's path change no number.)"""
         import hashlib
         import json
 
@@ -88,11 +90,15 @@ class TrainingRun:
 
         job = self.job
         subset = None if train_indices is None else hashlib.sha256(train_indices.numpy().tobytes()).hexdigest()
+        kept = None
+        if sanitized is not None:
+            kept = json.dumps({k: sanitized[k] for k in ("removed", "relabeled")}, sort_keys=True)
         return json.dumps(
             {
                 "data": sha256(job.data),
                 "poison": sha256(job.poison) if job.poison else None,
                 "extractor": sha256(job.extractor) if job.extractor else None,
+                "sanitized": hashlib.sha256(kept.encode()).hexdigest() if kept else None,
                 "defense": job.defense,
                 "recipe": job.recipe,
                 "model": job.model,
@@ -138,9 +144,8 @@ class TrainingRun:
             model = self._model()
             images, labels = self.training_set(sanitized, train_indices)
         normalizer = normalizer_for(self.dataset, self.recipe)
-        checkpointer = Checkpointer(
-            Path(job.checkpoint) if job.checkpoint else None, rt.checkpoint_every, self.fingerprint(train_indices)
-        )
+        fingerprint = self.fingerprint(train_indices, sanitized)
+        checkpointer = Checkpointer(Path(job.checkpoint) if job.checkpoint else None, rt.checkpoint_every, fingerprint)
         with gpu.acquire(rt.device, jobs_per_device=rt.jobs_per_gpu) as slot:
             device = torch.device(slot.device)
             log.info(
