@@ -46,13 +46,14 @@ def test_summary_pairs_each_run_with_its_control_and_bounds_dp_runs(tmp_path):
     # margins 1, 2, 3 against control -2: shift 4 with an interval around it from 3 pairs.
     assert first.goal_margin_shift == pytest.approx(4.0) and first.goal_margin_shift_n == 3
     assert first.goal_margin_shift_ci_low < 4.0 < first.goal_margin_shift_ci_high
-    # One target per seed: the Wilson interval of 2 successes in 3 seeds.
+    # One target per seed: the Clopper-Pearson interval of 2 successes in 3 seeds.
     assert first.poison_success_mean == pytest.approx(2 / 3) and first.poison_success_count == 3
-    assert (first.poison_success_ci_low, first.poison_success_ci_high) == pytest.approx((0.2077, 0.9385), abs=1e-4)
-    assert first.poison_success_ci_method == "wilson over seeds"
+    assert (first.poison_success_ci_low, first.poison_success_ci_high) == pytest.approx((0.0943, 0.9916), abs=1e-4)
+    assert first.poison_success_ci_method == "clopper-pearson over seeds"
     assert first.dp_success_ceiling == pytest.approx(poison_success_ceiling(0.01, 0.0, 5, 0.0))
     md = tables.to_markdown(summary, "figure4b", ["wb_adapt"], defenses, control="wb_control")
     assert "DP ceiling" in md and "+4.00" in md
+    assert "66.7 ± 57.7 [9–99]" in md and "Clopper–Pearson (exact) interval" in md
 
 
 @pytest.mark.parametrize("kind", ["width", "noise"])
@@ -119,3 +120,21 @@ def test_more_test_images_per_seed_do_not_shrink_the_interval():
     assert large.poison_success_ci_high - large.poison_success_ci_low == pytest.approx(width)
     assert width > 0.9  # t(2) x 0.2 / sqrt(3) each side: a 3-seed interval is wide
     assert small.poison_success_ci_method == "t over seeds"
+
+
+def test_a_rate_interval_past_one_is_clipped_in_the_table():
+    """Per-seed rates 50%, 90%, 100%: the t-interval reaches 145.7%; the table shows [14–100]."""
+    frame = _backdoor_metrics(100)
+    frame["poison_success"] = [0.5, 0.9, 1.0]
+    summary = tables.summarize(frame, "table1", ["patch10"], ["none"])
+    assert summary.iloc[0].poison_success_ci_high == 1.0
+    md = tables.to_markdown(summary, "table1", ["patch10"], ["none"])
+    assert "80.0 ± 26.5 [14–100]" in md and "clipped to [0, 100]" in md
+
+
+def test_a_cell_whose_seeds_agree_shows_no_interval():
+    frame = _backdoor_metrics(100)
+    frame["poison_success"] = 1.0
+    summary = tables.summarize(frame, "table1", ["patch10"], ["none"])
+    assert summary.iloc[0].poison_success_ci_low != summary.iloc[0].poison_success_ci_low  # NaN
+    assert "| 100.0 ± 0.0 (paper 45.6) |" in tables.to_markdown(summary, "table1", ["patch10"], ["none"])

@@ -206,8 +206,9 @@ def to_markdown(
     lines += [
         "",
         f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell; poison success also with its "
-        "95% interval over seeds [low–high] (the seed is the unit: one model and one draw each): the Wilson "
-        "interval of the successes where each seed has one target, else the t-interval of the per-seed rates. "
+        "95% interval over seeds [low–high] (the seed is the unit: one model and one draw each): the "
+        "Clopper–Pearson (exact) interval of the successes where each seed has one target, else the "
+        "t-interval of the per-seed rates, clipped to [0, 100]; none with one seed, or rates with no spread. "
         f"Paper values: {', '.join(papers) if papers else 'none recorded'} (first that reports the cell).",
     ]
     if "poison_success_all_images_mean" in summary and summary.poison_success_all_images_mean.notna().any():
@@ -265,7 +266,9 @@ def compare_papers(
     *, metrics: str | Path, experiments: dict, scale: str, csv: str | Path, md: str | Path
 ) -> pd.DataFrame:
     """Every reproduced cell that a paper reports, beside the paper's value, with our 95% interval
-    over seeds (``cell_interval``) and whether the paper's value falls inside it."""
+    over seeds (``cell_interval``: Clopper-Pearson where each seed is one trial, else the clipped
+    t-interval) and whether the paper's value falls inside it: True, False, or None (n/a) where
+    there is no interval (one seed, or rates with no spread)."""
     metrics = pd.read_csv(metrics)
     counts = {"clean_acc": "n_clean", "poison_success": "n_eval"}
     rows = []
@@ -288,7 +291,7 @@ def compare_papers(
                     "ci_high": high,
                     "ci_method": method,
                     "n_seeds": int(cell[ref.metric].notna().sum()),
-                    "paper_inside_ci": bool(low <= ref.value <= high),
+                    "paper_inside_ci": None if math.isnan(low) else bool(low <= ref.value <= high),
                 }
             )
     columns = [
@@ -313,16 +316,21 @@ def compare_papers(
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in frame.itertuples():
+        no_interval = r.paper_inside_ci is None
+        interval = "n/a" if no_interval else f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}"
+        inside = "n/a" if no_interval else "yes" if r.paper_inside_ci else "**no**"
         lines.append(
             f"| {r.table} | {r.attack} | {r.defense} | {r.metric} | {100 * r.paper_value:.1f} | "
-            f"{100 * r.ours:.1f} | {100 * r.ci_low:.1f}–{100 * r.ci_high:.1f} | {r.n_seeds} | "
-            f"{'yes' if r.paper_inside_ci else '**no**'} |"
+            f"{100 * r.ours:.1f} | {interval} | {r.n_seeds} | {inside} |"
         )
     note = (
         "Intervals are over seeds, the unit of replication (the images of one seed share one model and one "
-        "draw): the Wilson interval of the successes where each seed scores one target, else the "
-        "t-interval of the per-seed values. A paper value outside it is one these seeds contradict; with "
-        "few seeds the intervals are wide. A CPU preset is not expected to match the papers' CIFAR-10 numbers."
+        "draw): the Clopper–Pearson (exact) interval of the successes where each seed scores one target, else "
+        "the t-interval of the per-seed values, clipped to [0, 100]. n/a: one seed, or per-seed rates with "
+        "no spread, give no interval over seeds. A paper value outside it is one these seeds contradict; "
+        "with few seeds the intervals are wide. The paper's own sampling error is not counted: its value is "
+        "treated as exact, though it too comes from a few seeds, so 'no' overstates a disagreement. "
+        "A CPU preset is not expected to match the papers' CIFAR-10 numbers."
     )
     write_report(frame, csv=csv, md=md, lines=lines, note=note, scale=scale)
     return frame
