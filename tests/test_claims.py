@@ -108,8 +108,10 @@ def test_twenty_seeds_with_four_one_way_discordant_pairs_are_inconclusive():
     result = claims.compare(_one_target(pairs), _claim(), "none")
     assert result["effect"] == pytest.approx(-0.2) and result["n_seeds"] == 20
     assert result["p_value"] == pytest.approx(0.125) and result["verdict"] == "inconclusive"
-    # a t-interval over the -1/0/+1 differences would have said holds
-    assert stats.t.interval(0.95, 19, loc=-0.2, scale=stats.sem([-1] * 4 + [0] * 16))[1] < 0
+    # a t-interval over the -1/0/+1 differences would have said holds; Newcombe's alone would too
+    t_interval = stats.t.interval(0.95, 19, loc=-0.2, scale=stats.sem([-1] * 4 + [0] * 16))
+    assert t_interval == pytest.approx((-0.392, -0.008), abs=1e-3)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((-0.3695, -0.0004), abs=1e-4)
     assert result["seeds_needed"] > 20
     assert result["seeds_needed_note"] == (
         f"about {result['seeds_needed']} seeds for 80% power, discordance estimated from 20 seeds"
@@ -480,3 +482,160 @@ def test_render_claims_on_a_realistic_run(tmp_path):
     assert "intersection-union test" in md
     written = pd.read_csv(tmp_path / "c.csv")
     assert list(written.columns) == claims.COLUMNS and written.holm_verdict.notna().all()
+
+
+# -- edges: two seeds, one seed, missing data, every column ------------------------------------------
+
+
+def test_two_seeds_are_enough_to_test_and_to_estimate_a_spread():
+    result = claims.compare(_metrics([(0.1, 0.6), (0.2, 0.5)]), _claim(), "none")
+    assert result["n_seeds"] == 2 and result["test"] == "t" and result["interval"] == "t"
+    assert result["p_value"] == pytest.approx(stats.ttest_1samp([-0.5, -0.3], 0).pvalue)
+    assert result["rests_on"].startswith("t-interval alone") and result["discordant"] == ""
+    assert (
+        result["seeds_needed_note"]
+        == f"about {result['seeds_needed']} seeds for 80% power, spread estimated from 2 seeds"
+    )
+    assert claims.seeds_needed([-0.5, -0.3], "lower") == result["seeds_needed"]
+    binary = claims.compare(_one_target([(0, 1), (1, 1)]), _claim(), "none")
+    assert binary["n_seeds"] == 2 and binary["ci_low"] < binary["ci_high"] and binary["p_value"] == 1.0
+    assert math.isnan(binary["sign_flip_p"]) and binary["interval"] == "Newcombe"
+    assert (
+        binary["rests_on"] == "exact McNemar test and Newcombe's paired interval (0 claim cell only, 1 baseline only)"
+    )
+    assert claims.seeds_needed_paired_binary((1, 0, 1, 0), "lower") == binary["seeds_needed"] > 2
+
+
+def test_one_seed_has_no_interval_and_no_power():
+    for metrics in (_metrics([(0.1, 0.6)]), _one_target([(0, 1)])):
+        result = claims.compare(metrics, _claim(), "none")
+        assert result["n_seeds"] == 1 and math.isnan(result["ci_low"]) and math.isnan(result["ci_high"])
+        assert math.isnan(result["p_value"]) and result["verdict"] == "inconclusive"
+        assert result["seeds_needed"] is None
+        assert result["seeds_needed_note"] == "one seed: nothing to estimate a spread from"
+
+
+def test_a_metric_the_run_did_not_record_gives_no_seeds():
+    result = claims.compare(_metrics([(0.1, 0.6)] * 3), _claim(metric="poison_success_all_images"), "none")
+    assert result["n_seeds"] == 0 and result["verdict"] == "inconclusive" and math.isnan(result["effect"])
+    frame = pd.DataFrame(
+        [
+            {"attack": a, "defense": d, "seed": s, "goal_margin": 1.0 + s}
+            for a in ("wb",)
+            for d in ("mixup", "none")
+            for s in range(3)
+        ]
+    )
+    shift = _claim(attack="wb", defense="mixup", metric="goal_margin_shift")
+    assert claims.compare(frame, shift, "none", control="c")["n_seeds"] == 0  # no control cells
+
+
+def test_the_tests_run_against_minus_the_margin():
+    effects = np.array([-0.02, 0.01, -0.04, 0.0, -0.03])
+    metrics = _metrics([(0.5 + e, 0.5) for e in effects])
+    result = claims.compare(metrics, _claim(direction="not_lower", margin=0.05), "none")
+    assert result["p_value"] == pytest.approx(stats.ttest_1samp(effects, -0.05).pvalue)
+    assert result["sign_flip_p"] == pytest.approx(2 / 2**5) and result["verdict"] == "holds"
+    assert claims.compare(metrics, _claim(), "none")["sign_flip_p"] > 0.2  # against 0 instead
+
+
+def test_a_one_target_not_lower_claims_seeds_are_counted_from_minus_the_margin():
+    assert claims.seeds_needed_paired_binary((8, 0, 2, 10), "not_lower", 0.3) >= 2
+    assert claims.seeds_needed_paired_binary((8, 0, 2, 10), "not_lower", 0.05) is None  # -0.1 is below -0.05
+    assert claims.seeds_needed_paired_binary((20, 0, 0, 0), "not_lower", 0.05) > 20
+
+
+def test_seeds_needed_can_be_two_and_is_exact_between_the_probes():
+    assert claims.seeds_needed([-1.0, -1.001, -0.999], "lower") == 2  # power at 2 seeds is already 80%
+    effects = np.array([-0.1, 0.3, -0.35, 0.05])  # about 0.28 sd: between 65 and 1000 seeds
+    needed = claims.seeds_needed(effects, "lower")
+    size = abs(effects.mean()) / effects.std(ddof=1)
+    assert 64 < needed < claims.SEEDS_NEEDED_CAP
+    assert _t_power(size, needed) >= 0.8 > _t_power(size, needed - 1)
+
+
+def test_a_claim_without_a_test_enters_holm_with_p_one():
+    metrics = _metrics([(0.1, 0.6), (0.2, 0.7), (0.15, 0.5)])
+    single = metrics[(metrics.seed == 0) | (metrics.defense != "mixup")]
+    row = claims.evaluate(single, {"a": {"claims": [_claim(baseline=["none", "mixup"])]}}).iloc[0]
+    assert row.baseline == "mixup" and row.n_seeds == 1 and row.claim_p == 1.0 and row.holm_p == 1.0
+
+
+def test_a_contradiction_p_is_at_most_one():
+    comparisons = [
+        {"p_value": 0.6, "verdict": "contradicted"},
+        {"p_value": 0.01, "verdict": "holds"},
+        {"p_value": 0.7, "verdict": "inconclusive"},
+    ]
+    assert claims.claim_p(comparisons, "contradicted") == 1.0
+    comparisons[0]["p_value"] = 0.01
+    assert claims.claim_p(comparisons, "contradicted") == pytest.approx(0.03)
+    assert claims.claim_p(comparisons, "inconclusive") == pytest.approx(0.7)
+
+
+def test_evaluate_without_claims_is_an_empty_table():
+    frame = claims.evaluate(_metrics([(0.1, 0.6)] * 3), {"table4": {"attacks": ["p"], "defenses": ["none"]}})
+    assert frame.empty and list(frame.columns) == claims.COLUMNS
+
+
+def test_the_weakest_baseline_for_higher_and_not_lower_claims():
+    rng = np.random.default_rng(5)
+    rows = [(0.6 + 0.02 * e, 0.2) for e in rng.normal(size=5)]
+    metrics = _metrics(rows)
+    nearer = metrics[metrics.defense == "none"].assign(defense="cutout")
+    nearer["poison_success"] = nearer.poison_success + 0.3
+    metrics = pd.concat([metrics, nearer])
+    for claim in (_claim(direction="higher"), _claim(direction="not_lower", margin=0.05)):
+        claim = dict(claim, baseline=["none", "cutout"])
+        row = claims.evaluate(metrics, {"a": {"claims": [claim]}}).iloc[0]
+        assert row.all_verdicts == "none: holds; cutout: holds" and row.baseline == "cutout", claim["direction"]
+    # without an interval (no spread) a comparison counts as the weakest among equal verdicts
+    flat = _metrics([(0.1, 0.6)] * 6)
+    noisy = flat[flat.defense == "none"].assign(defense="cutout", poison_success=[0.5, 0.6, 0.55, 0.7, 0.65, 0.6])
+    flat = pd.concat([flat, noisy])
+    row = claims.evaluate(flat, {"a": {"claims": [_claim(baseline=["none", "cutout"])]}}).iloc[0]
+    assert row.all_verdicts == "none: holds; cutout: holds" and row.baseline == "none"
+    row = claims.evaluate(flat, {"a": {"claims": [_claim(baseline=["cutout", "none"])]}}).iloc[0]
+    assert row.baseline == "none"
+
+
+def test_the_csv_keeps_the_margin_only_where_a_claim_has_one():
+    metrics = _metrics([(0.1, 0.6), (0.2, 0.7), (0.15, 0.5)])
+    claims_ = [_claim(), _claim(text="n", direction="not_lower", margin=0.05)]
+    frame = claims.evaluate(metrics, {"a": {"claims": claims_}})
+    assert math.isnan(frame.margin[0]) and frame.margin[1] == 0.05
+    assert frame.experiment.tolist() == ["a", "a"] and frame.interval.tolist() == ["t", "t"]
+
+
+def test_the_markdown_says_each_case(tmp_path):
+    rows = []
+    for seed in range(3):
+        rows += [
+            {"attack": "wb", "defense": "mixup", "seed": seed, "goal_margin": 0.5 + 0.1 * seed, "poison_success": 0.0},
+            {"attack": "wb", "defense": "none", "seed": seed, "goal_margin": 0.9 - 0.05 * seed, "poison_success": 0.0},
+        ]
+    rows += [{"attack": "wb", "defense": "cutout", "seed": 0, "goal_margin": 1.0, "poison_success": 1.0}]
+    path = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    claims_ = [
+        _claim(text="a", attack="wb", defense="mixup", metric="goal_margin", direction="not_lower", margin=1.0),
+        _claim(text="b", attack="wb", defense="cutout", metric="goal_margin"),
+        _claim(text="c", attack="wb", defense="mixup", metric="goal_margin", baseline="cutout"),
+    ]
+    claims.render_claims(
+        metrics=path, experiments={"t": {"claims": claims_}}, scale="s", csv=tmp_path / "c.csv", md=tmp_path / "c.md"
+    )
+    md = (tmp_path / "c.md").read_text()
+    assert md.startswith("\n".join(claims.CLAIMS_HEADER) + "\n")
+    assert claims.CLAIMS_NOTE.format(claims=3) in md
+    assert (
+        "wb / mixup (vs none), goal_margin, not lower by more than 1.00 nats | -0.25 [-0.62, +0.12] | 3 | t p = " in md
+    )
+    assert "**holds**: t-interval alone, i.e. on normality (sign-flip p = 0.25) |" in md
+    assert (
+        "| b | s | wb / cutout (vs none), goal_margin, lower | +0.10 | 1 | no test p – | **inconclusive at 1 seed**"
+        in md
+    )
+    assert "| inconclusive (p = 1) |" in md
+    rows = pd.read_csv(tmp_path / "c.csv")
+    assert rows.claim.tolist() == ["a", "b", "c"]

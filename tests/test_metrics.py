@@ -74,7 +74,45 @@ def test_exact_mcnemar_is_the_sign_test_on_the_discordant_pairs(first_only, seco
 
 
 def test_paired_table_counts_each_kind_of_seed():
-    assert metrics.paired_table([1, 1, 0, 0, 0], [1, 0, 1, 1, 0]) == (1, 1, 2, 1)
+    assert metrics.paired_table([1, 1, 1, 0, 0, 0, 0, 0], [1, 0, 0, 1, 1, 1, 0, 0]) == (1, 2, 3, 2)
+
+
+def test_mcnemar_exact_p_is_a_float_for_one_table_and_an_array_for_many():
+    assert type(metrics.mcnemar_exact_p(3, 0)) is float
+    assert metrics.mcnemar_exact_p(np.array([3, 0, 1]), np.array([0, 0, 0])).tolist() == pytest.approx([0.25, 1, 1])
+
+
+def _square_and_add(table, phi):
+    """Newcombe's method 10 written out for one table and a given phi (statsmodels' Wilson ends)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    a, b, c, d = table
+    n = sum(table)
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = proportion_confint(a + b, n, method="wilson")
+    l2, u2 = proportion_confint(a + c, n, method="wilson")
+    low = p1 - p2 - math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    high = p1 - p2 + math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    return low, high
+
+
+@pytest.mark.parametrize(
+    "table, phi",
+    [
+        ((5, 3, 3, 3), 0.0),  # ad - bc = 6, within n/2 = 7 of zero: counted as no association
+        ((2, 1, 1, 2), 0.0),  # ad - bc = 3 = n/2
+        ((3, 1, 1, 3), (8 - 4) / 16),  # ad - bc = 8 > n/2 = 4: shrunk by n/2
+        ((1, 3, 3, 1), -8 / 16),  # a negative association is taken as it is
+        ((0, 2, 3, 0), (0 - 6) / math.sqrt(2 * 3 * 3 * 2)),
+    ],
+)
+def test_newcombes_correlation_term(table, phi):
+    assert metrics.newcombe_paired_interval(*table) == pytest.approx(_square_and_add(table, phi))
+
+
+def test_newcombes_interval_of_one_seed_is_defined_and_wide():
+    low, high = metrics.newcombe_paired_interval(0, 1, 0, 0)
+    assert high == pytest.approx(1.0) and -1 < low < 0  # one seed, the claim cell only: not certainty
 
 
 @pytest.mark.parametrize("values", [[0.3, -0.1, 0.5, 0.2], [1.0, 2.0, 0.0, -0.5, 3.0, 1.5, 0.7], [0.0, 0.4, -0.4]])
@@ -99,10 +137,14 @@ def test_sign_flip_p_floor_is_two_over_two_to_the_n():
     assert math.isnan(metrics.sign_flip_p([]))
 
 
-def test_sign_flip_p_beyond_exact_enumeration_is_repeatable():
-    values = np.random.default_rng(1).normal(0.3, 1, metrics.SIGN_FLIP_EXACT_SEEDS + 5)
+def test_sign_flip_p_beyond_exact_enumeration_is_repeatable_and_close_to_exact(monkeypatch):
+    values = np.random.default_rng(1).normal(0.1, 1, metrics.SIGN_FLIP_EXACT_SEEDS + 2)
     first = metrics.sign_flip_p(values)
-    assert first == metrics.sign_flip_p(values) and 0 < first < 1
+    assert first == metrics.sign_flip_p(values)
+    monkeypatch.setattr(metrics, "SIGN_FLIP_EXACT_SEEDS", len(values))
+    exact = metrics.sign_flip_p(values)
+    assert 0.05 < exact < 0.95 and first == pytest.approx(exact, abs=0.005)
+    monkeypatch.undo()
     assert metrics.sign_flip_p([1.0] * 25) == pytest.approx(1 / 100_001)  # no random pattern reaches it
 
 
@@ -112,6 +154,7 @@ def test_t_test_p_agrees_with_the_interval():
     assert metrics.t_test_p(values, low) == pytest.approx(0.05)
     assert metrics.t_test_p(values, high) == pytest.approx(0.05)
     assert math.isnan(metrics.t_test_p([0.2, 0.2, 0.2])) and math.isnan(metrics.t_test_p([0.2]))
+    assert metrics.t_test_p(values) == pytest.approx(stats.ttest_1samp(values, 0.0).pvalue)
 
 
 def test_zero_spread_has_no_interval():
@@ -123,6 +166,9 @@ def test_zero_spread_has_no_interval():
     assert noisy.std() > 0 and not metrics.has_spread(noisy)
     assert math.isnan(metrics.mean_interval(noisy)[1])
     assert metrics.has_spread([0.5, 0.5 + 1e-6]) and not metrics.has_spread([3.0])
+    # the tolerance: 1e-9 of the values' size, at least 1e-9
+    assert metrics.has_spread([0.0, 1.5e-9]) and not metrics.has_spread([0.0, 0.5e-9])
+    assert metrics.has_spread([1000.0, 1000.0 + 2e-6]) and not metrics.has_spread([1000.0, 1000.0 + 5e-7])
 
 
 def test_seed_interval_clips_a_t_interval_at_the_bounds_of_a_rate():
@@ -148,6 +194,8 @@ def test_seed_interval_by_kind_of_cell():
     low, high, method = metrics.seed_interval([1.0], [1])  # one seed: no interval over seeds
     assert math.isnan(low) and math.isnan(high) and method == "clopper-pearson over seeds"
     low, high, method = metrics.seed_interval([0.7, 0.7, 0.7], [50, 50, 50])  # no spread
+    assert math.isnan(low) and method == "t over seeds"
+    low, high, method = metrics.seed_interval([], [])
     assert math.isnan(low) and method == "t over seeds"
     assert metrics.seed_interval([1, float("nan"), 0], [1, 1, 1])[:2] == pytest.approx(
         metrics.clopper_pearson_interval(1, 2)

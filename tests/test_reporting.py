@@ -1,10 +1,12 @@
 """Table and figure rendering on synthetic metrics: intervals over seeds, the control shift, the DP
 ceiling, and the Figure 4b / 5 plot kinds."""
 
+import math
+
 import pandas as pd
 import pytest
 
-from augdefense import figures, tables
+from augdefense import figures, metrics, tables
 from augdefense.errors import ArtifactError
 from augdefense.privacy import poison_success_ceiling
 
@@ -138,3 +140,160 @@ def test_a_cell_whose_seeds_agree_shows_no_interval():
     summary = tables.summarize(frame, "table1", ["patch10"], ["none"])
     assert summary.iloc[0].poison_success_ci_low != summary.iloc[0].poison_success_ci_low  # NaN
     assert "| 100.0 ± 0.0 (paper 45.6) |" in tables.to_markdown(summary, "table1", ["patch10"], ["none"])
+
+
+# -- metrics.csv, one table, and the comparison with the papers ------------------------------------
+
+
+def test_collect_metrics_puts_the_keys_and_headline_metrics_first_sorted_by_cell(tmp_path):
+    import json
+
+    records = [
+        {"seed": 1, "defense": "none", "attack": "wb", "n_eval": 1, "poison_success": 1.0, "clean_acc": 0.9},
+        {"extra": "x", "seed": 0, "defense": "none", "attack": "wb", "poison_success": 0.0, "clean_acc": 0.8},
+        {"seed": 0, "defense": "mixup", "attack": "wb", "clean_acc": 0.85, "goal_margin": -1.0},
+    ]
+    paths = []
+    for i, record in enumerate(records):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(record))
+    out = tmp_path / "metrics.csv"
+    frame = tables.collect_metrics(runs=paths, out=out)
+    assert list(frame.columns[:6]) == ["attack", "defense", "seed", "clean_acc", "poison_success", "goal_margin"]
+    assert set(frame.columns[6:]) == {"n_eval", "extra"}
+    assert list(zip(frame.defense, frame.seed)) == [("mixup", 0), ("none", 0), ("none", 1)]
+    assert pd.read_csv(out).equals(frame.reset_index(drop=True))
+    (tmp_path / "bad.json").write_text(json.dumps({"attack": "wb", "defense": "none", "seed": 2}))
+    with pytest.raises(ArtifactError, match=r"bad\.json: run record lacks \['clean_acc'\]"):
+        tables.collect_metrics(runs=[*paths, tmp_path / "bad.json"], out=out)
+
+
+def test_render_table_writes_the_cells_it_ran_and_says_why_others_are_missing(tmp_path):
+    frame = _backdoor_metrics(100)
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    experiment = {
+        "attacks": ["patch10", "patch100"],
+        "defenses": ["none", "ss"],
+        "exclude": [{"attack": "patch100", "defense": "ss"}],
+    }
+    summary = tables.render_table(
+        metrics=tmp_path / "m.csv",
+        table="table1",
+        experiment=experiment,
+        scale="quick",
+        csv=tmp_path / "t.csv",
+        md=tmp_path / "t.md",
+    )
+    md = (tmp_path / "t.md").read_text()
+    assert md.startswith("# table1\n\n| defense | clean acc % (patch10) | poison success % (patch10) |")
+    assert "| none | 90.0 ± 0.0 (paper 94.3) | 50.0 ± 20.0 [0–100] (paper 45.6) | not run | not run |" in md
+    assert "| ss | not run | not run | not applicable | not applicable |" in md
+    assert tables.TABLE_NOTE.format(seeds="3", papers="dp-instahide") in md and md.endswith("Computed at: quick.\n")
+    assert tables.CONTROL_NOTE.split("'")[0] not in md
+    assert pd.read_csv(tmp_path / "t.csv").poison_success_mean.tolist() == pytest.approx(summary.poison_success_mean)
+
+
+def test_summary_rows_follow_the_experiments_order_with_the_papers_values(tmp_path):
+    frame = pd.read_csv(_metrics(tmp_path, ["mixup", "none"]))
+    summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none", "mixup"], "wb_control")
+    assert summary.defense.tolist() == ["none", "mixup"] and summary.index.tolist() == [0, 1]
+    assert summary.paper_poison_success.tolist() == pytest.approx([0.9, 0.7273])  # DP-InstaHide's first
+    assert summary.paper_clean_acc.tolist() == pytest.approx([0.9208, 0.915])
+    assert summary.control_goal_probability_mean.tolist() == [0.0, 0.0]
+    assert summary.goal_probability_shift.tolist() == pytest.approx([1 / 6, 1 / 3])
+    assert summary.clean_acc_ci_method.tolist() == ["t over seeds"] * 2  # 100 images per seed
+    md = tables.to_markdown(summary, "table2", ["wb_adapt"], ["none", "mixup"], control="wb_control")
+    assert tables.CONTROL_NOTE.format(control="wb_control") in md
+    assert (
+        "| none | 89.0 ± 0.0 (paper 92.1) | 33.3 ± 57.7 [1–91] {DP ceiling 10} (paper 90.0) | 16.7; 0.0 | +4.00 [" in md
+    )
+
+
+def test_the_dp_ceiling_uses_opacus_delta_and_the_controls_success(tmp_path):
+    frame = pd.read_csv(_metrics(tmp_path, ["none"])).drop(columns="theorem2_epsilon")
+    frame["dp_epsilon"] = [2.0 if a == "wb_adapt" else math.nan for a in frame.attack]
+    frame["dp_delta"] = 1e-5
+    frame.loc[(frame.attack == "wb_control") & (frame.seed == 0), "poison_success"] = 1.0
+    summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
+    row = summary.iloc[0]
+    assert row.dp_epsilon_used == 2.0
+    assert row.dp_success_ceiling == pytest.approx(poison_success_ceiling(2.0, 1e-5, 5, 1 / 3))
+    no_control = tables.summarize(frame, "table2", ["wb_adapt"], ["none"])
+    assert no_control.iloc[0].dp_success_ceiling == pytest.approx(poison_success_ceiling(2.0, 1e-5, 5, 0.0))
+    md = tables.to_markdown(summary, "table2", ["wb_adapt"], ["none"], control="wb_control")
+    assert tables.DP_CEILING_NOTE in md
+    plain = tables.summarize(frame.assign(dp_epsilon=math.nan), "table2", ["wb_adapt"], ["none"], "wb_control")
+    assert math.isnan(plain.iloc[0].dp_success_ceiling) and math.isnan(plain.iloc[0].dp_epsilon_used)
+
+
+def test_the_all_images_rate_is_shown_beside_the_scored_one():
+    frame = _backdoor_metrics(1).assign(poison_success=[1.0, 0.0, 1.0], poison_success_all_images=[0.5, 0.3, 0.4])
+    summary = tables.summarize(frame, "table6", ["patch10"], ["none"])
+    md = tables.to_markdown(summary, "table6", ["patch10"], ["none"])
+    assert "66.7 ± 57.7 [9–99] {all images 40.0}" in md and tables.ALL_IMAGES_NOTE in md
+
+
+def _papers(monkeypatch, rows):
+    reference = pd.DataFrame(rows, columns=["paper", "table", "attack", "defense", "metric", "value"])
+    monkeypatch.setattr(tables, "reference_numbers", lambda table: reference[reference.table == table])
+
+
+def test_compare_papers_takes_each_reported_cell_the_run_has(tmp_path, monkeypatch):
+    frame = _backdoor_metrics(100)
+    frame = pd.concat([frame, frame.assign(defense="mixup", poison_success=[0.6, 0.7, 0.8])])
+    frame.loc[frame.seed == 2, "clean_acc"] = 0.93
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    _papers(
+        monkeypatch,
+        [
+            ("p", "table1", "patch10", "none", "clean_acc", 0.95),
+            ("p", "table1", "patch10", "mixup", "poison_success", 0.2),
+            ("p", "table1", "patch10", "cutmix", "poison_success", 0.1),  # not run
+            ("p", "table1", "patch100", "none", "poison_success", 0.9),  # not in the experiment
+            ("q", "table9", "patch10", "none", "poison_success", 0.5),  # another table
+        ],
+    )
+    experiments = {
+        "table1": {"attacks": ["patch10"], "defenses": ["none", "mixup", "cutmix"]},
+        "table9": {"attacks": ["patch10"], "defenses": ["mixup"]},
+    }
+    out = tables.compare_papers(
+        metrics=tmp_path / "m.csv", experiments=experiments, scale="s", csv=tmp_path / "c.csv", md=tmp_path / "c.md"
+    )
+    assert list(out.columns) == [
+        "table",
+        "attack",
+        "defense",
+        "metric",
+        "paper",
+        "paper_value",
+        "ours",
+        "ci_low",
+        "ci_high",
+        "ci_method",
+        "n_seeds",
+        "paper_inside_ci",
+    ]
+    assert list(zip(out.table, out.defense, out.metric)) == [
+        ("table1", "none", "clean_acc"),
+        ("table1", "mixup", "poison_success"),
+    ]
+    accuracy, success = out.iloc[0], out.iloc[1]
+    assert accuracy.ours == pytest.approx(0.91) and accuracy.paper == "p" and accuracy.n_seeds == 3
+    assert (accuracy.ci_low, accuracy.ci_high) == pytest.approx(metrics.mean_interval([0.9, 0.9, 0.93])[1:3])
+    assert bool(accuracy.paper_inside_ci) is True and bool(success.paper_inside_ci) is False
+    md = (tmp_path / "c.md").read_text()
+    assert md.startswith("\n".join(tables.COMPARISON_HEADER) + "\n")
+    assert "| table1 | patch10 | mixup | poison_success | 20.0 | 70.0 | 45.2–94.8 | 3 | **no** |" in md
+    assert "| table1 | patch10 | none | clean_acc | 95.0 | 91.0 |" in md and "| yes |" in md
+    assert tables.COMPARISON_NOTE in md and md.endswith("Computed at: s.\n")
+    assert pd.read_csv(tmp_path / "c.csv").paper_value.tolist() == [0.95, 0.2]
+
+
+def test_the_reference_numbers_prefer_the_first_paper_listed():
+    table2 = tables.reference_numbers("table2").set_index(["attack", "defense", "metric"])
+    assert table2.loc[("wb_adapt", "mixup", "poison_success")].paper == "dp-instahide"
+    assert table2.loc[("wb_adapt", "mixup", "poison_success")].value == pytest.approx(0.7273)
+    assert table2.loc[("wb", "none", "poison_success")].paper == "strong-augmentation"
+    assert not table2.index.duplicated().any()
+    assert tables.reference_numbers("figure4b").empty

@@ -99,9 +99,10 @@ def check_claim(claim: dict, where: str) -> None:
         raise ConfigError(f"{where}.margin: only a not_lower claim has a margin (direction is {claim['direction']})")
 
 
-def null_value(direction: str, margin: float | None) -> float:
-    """The effect a claim is tested against: 0, or -margin for not_lower."""
-    return -margin if direction == "not_lower" else 0.0
+def margin_of(claim: dict) -> float:
+    """A claim's margin: its own for not_lower, 0 for lower and higher (``check_claim``). The effect
+    is tested against -margin."""
+    return claim.get("margin", 0.0)
 
 
 def _sign(direction: str) -> int:
@@ -109,13 +110,13 @@ def _sign(direction: str) -> int:
     return -1 if direction == "lower" else 1
 
 
-def verdict(effect: float, low: float, high: float, p_value: float, direction: str, margin: float = 0.0) -> str:
-    """holds / contradicted / inconclusive. ``p_value`` is the two-sided p of effect = null value;
-    ``low``/``high`` the 95% interval, NaN where there is none (no spread: the test alone decides,
-    on the side of ``effect``). Both must clear the null value on the same side, strictly."""
+def verdict(effect: float, low: float, high: float, p_value: float, direction: str, margin: float) -> str:
+    """holds / contradicted / inconclusive. ``p_value`` is the two-sided p of effect = -margin (0 for
+    lower and higher); ``low``/``high`` the 95% interval, NaN where there is none (no spread: the test
+    alone decides, on the side of ``effect``). Both must clear -margin on the same side, strictly."""
     if not p_value < ALPHA:
         return "inconclusive"
-    null, sign = null_value(direction, margin), _sign(direction)
+    null, sign = -margin, _sign(direction)
     if math.isnan(low):
         side = sign * (effect - null)
         return "holds" if side > 0 else "contradicted" if side < 0 else "inconclusive"
@@ -128,20 +129,20 @@ def verdict(effect: float, low: float, high: float, p_value: float, direction: s
 
 
 def _fewest_seeds(power_at) -> int:
-    """The fewest seeds n >= 2 with power_at(n) >= POWER: every n up to 64, then doubling and
-    halving (power grows with n, up to the saw-teeth of exact tests); SEEDS_NEEDED_CAP when none is
-    enough."""
-    for n in range(2, 65):
-        if power_at(n) >= POWER:
-            return n
-    low, high = 64, 128
+    """The fewest seeds n >= 2 with power_at(n) >= POWER, found by doubling then halving (power grows
+    with n, up to the saw-teeth of exact tests); SEEDS_NEEDED_CAP when none up to it is enough."""
+    high = 2
     while power_at(high) < POWER:
-        if high >= SEEDS_NEEDED_CAP:
+        if high == SEEDS_NEEDED_CAP:
             return SEEDS_NEEDED_CAP
-        low, high = high, min(2 * high, SEEDS_NEEDED_CAP)
+        high = min(2 * high, SEEDS_NEEDED_CAP)
+    low = high // 2  # below the answer: it failed, or it is 1
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (middle, high) if power_at(middle) < POWER else (low, middle)
+        if power_at(middle) < POWER:
+            low = middle
+        else:
+            high = middle
     return high
 
 
@@ -158,7 +159,7 @@ def seeds_needed(effects, direction: str, margin: float = 0.0) -> int | None:
     effects = effects[np.isfinite(effects)]
     if len(effects) < 2:
         return None
-    shift = _sign(direction) * (float(effects.mean()) - null_value(direction, margin))
+    shift = _sign(direction) * (float(effects.mean()) + margin)
     if shift <= 0:
         return None
     if not has_spread(effects):
@@ -178,7 +179,7 @@ def seeds_needed_paired_binary(table: tuple[int, int, int, int], direction: str,
 
     counts = np.asarray(table, dtype=float)
     n = counts.sum()
-    null, sign = null_value(direction, margin), _sign(direction)
+    null, sign = -margin, _sign(direction)
     if n < 2 or sign * ((counts[1] - counts[2]) / n - null) <= 0:
         return None
     shares = counts / n
@@ -260,8 +261,8 @@ def compare(metrics: pd.DataFrame, claim: dict, baseline: str, control: str | No
     """One claim against one baseline defense: the paired per-seed effect, its interval, test,
     verdict and the seeds 80% power would need (module docstring)."""
     check_claim(claim, "claim")
-    direction, margin = claim["direction"], claim.get("margin", 0.0)
-    null = null_value(direction, margin)
+    direction, margin = claim["direction"], margin_of(claim)
+    null = -margin
     pairs = paired_values(metrics, claim, baseline, control)
     kind = _kind(pairs)
     effects = (pairs.ours - pairs.theirs).to_numpy(dtype=float)
@@ -296,7 +297,7 @@ def compare(metrics: pd.DataFrame, claim: dict, baseline: str, control: str | No
             rests_on = "sign-flip test alone: every seed gives the same effect, so there is no t-interval"
         needed = seeds_needed(effects, direction, margin)
     if n < 2:
-        p_value, rests_on = math.nan, "fewer than two seeds: no test"
+        test, p_value, rests_on = "no test", math.nan, "fewer than two seeds: no test"
     on_side = n >= 2 and _sign(direction) * (effect - null) > 0
     return {
         "baseline": baseline,
@@ -323,7 +324,7 @@ def _strength(comparison: dict, claim: dict) -> float:
     low, high = comparison["ci_low"], comparison["ci_high"]
     if low != low:
         return -math.inf
-    null, sign = null_value(claim["direction"], claim.get("margin", 0.0)), _sign(claim["direction"])
+    null, sign = -margin_of(claim), _sign(claim["direction"])
     return sign * ((low if sign > 0 else high) - null)
 
 
@@ -396,10 +397,8 @@ def evaluate(metrics: pd.DataFrame, experiments: dict) -> pd.DataFrame:
             )
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if len(frame):
-        frame["holm_p"] = multipletests(frame.claim_p.to_numpy(dtype=float), alpha=ALPHA, method="holm")[1]
-        frame["holm_verdict"] = [
-            v if v != "inconclusive" and p < ALPHA else "inconclusive" for v, p in zip(frame.verdict, frame.holm_p)
-        ]
+        frame["holm_p"] = multipletests(frame.claim_p.to_numpy(), method="holm")[1]
+        frame["holm_verdict"] = [v if p < ALPHA else "inconclusive" for v, p in zip(frame.verdict, frame.holm_p)]
     frame["seeds_needed"] = frame.seeds_needed.astype("Int64")
     return frame
 
@@ -422,6 +421,29 @@ def _claimed(r) -> str:
     return f"not lower by more than {_effect(r.margin, r.metric).lstrip('+')}{unit}"
 
 
+# The report's text: module-level prose (the tests check it is there; it is not logic to mutate).
+CLAIMS_HEADER = (
+    "# The papers' claims, tested on this run",
+    "",
+    "| claim | source | cell (vs baseline), metric, claimed | effect [95% CI] | seeds | test | verdict | with Holm |",
+    "|---|---|---|---|---|---|---|---|",
+)
+CLAIMS_NOTE = (
+    "Effect = the claim cell's metric minus the baseline's, paired by seed (points for rates, nats for "
+    "the goal log-odds margin). Where each seed yields one 0/1 outcome (one target) the test is the exact "
+    "McNemar test on the seeds where the two cells disagree and the interval is Newcombe's paired interval; "
+    "otherwise the t-interval and t-test over seeds, with the sign-flip test (distribution-free) beside "
+    "them. A claim holds when the test's p < 0.05 and its interval lies on the claimed side of zero "
+    "(of -margin for 'not lower'), is contradicted when both say the other side, and is inconclusive "
+    "otherwise; a verdict resting on the t-interval alone rests on normality (with 3 seeds no "
+    "distribution-free test goes below p = 0.25). Seeds needed: for 80% power at the observed effect and "
+    "spread (noncentral t; simulated for 0/1 outcomes). With several baselines the weakest comparison "
+    "is shown (the CSV has each): an intersection-union test, which needs no correction for the number "
+    "of baselines. 'With Holm' adjusts across the {claims} claims of this run (family-wise 5%). "
+    "Method: docs/statistics.md. Claims are declared in the config beside their experiment."
+)
+
+
 def render_claims(
     *, metrics: str | Path, experiments: dict, scale: str, csv: str | Path, md: str | Path
 ) -> pd.DataFrame:
@@ -430,13 +452,7 @@ def render_claims(
     from augdefense.tables import write_report
 
     frame = evaluate(pd.read_csv(metrics), experiments)
-    lines = [
-        "# The papers' claims, tested on this run",
-        "",
-        "| claim | source | cell (vs baseline), metric, claimed | effect [95% CI] | seeds | test | verdict | "
-        "with Holm |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = list(CLAIMS_HEADER)
     for r in frame.itertuples():
         interval = "" if r.ci_low != r.ci_low else f" [{_effect(r.ci_low, r.metric)}, {_effect(r.ci_high, r.metric)}]"
         if r.kind == BINARY:
@@ -444,26 +460,17 @@ def render_claims(
         test = f"{r.test} {_p(r.p_value)}"
         if r.test == "t":
             test += f"; sign-flip {_p(r.sign_flip_p)}"
-        verdict_text = f"**{r.verdict}**" if r.verdict != "inconclusive" else f"**inconclusive at {r.n_seeds} seeds**"
+        verdict_text = (
+            f"**{r.verdict}**"
+            if r.verdict != "inconclusive"
+            else f"**inconclusive at {r.n_seeds} seed{'s' * (r.n_seeds != 1)}**"
+        )
         verdict_text += f": {r.rests_on}" if r.verdict != "inconclusive" else f" ({r.seeds_needed_note})"
         lines.append(
             f"| {r.claim} | {r.source} | {r.cell} (vs {r.baseline}), {r.metric}, {_claimed(r)} | "
             f"{_effect(r.effect, r.metric)}{interval} | {r.n_seeds} | {test} | {verdict_text} | "
             f"{r.holm_verdict} ({_p(r.holm_p)}) |"
         )
-    note = (
-        "Effect = the claim cell's metric minus the baseline's, paired by seed (points for rates, nats for "
-        "the goal log-odds margin). Where each seed yields one 0/1 outcome (one target) the test is the exact "
-        "McNemar test on the seeds where the two cells disagree and the interval is Newcombe's paired interval; "
-        "otherwise the t-interval and t-test over seeds, with the sign-flip test (distribution-free) beside "
-        "them. A claim holds when the test's p < 0.05 and its interval lies on the claimed side of zero "
-        "(of -margin for 'not lower'), is contradicted when both say the other side, and is inconclusive "
-        "otherwise; a verdict resting on the t-interval alone rests on normality (with 3 seeds no "
-        "distribution-free test goes below p = 0.25). Seeds needed: for 80% power at the observed effect and "
-        "spread (noncentral t; simulated for 0/1 outcomes). With several baselines the weakest comparison "
-        "is shown (the CSV has each): an intersection-union test, which needs no correction for the number "
-        f"of baselines. 'With Holm' adjusts across the {len(frame)} claims of this run (family-wise 5%). "
-        "Method: docs/statistics.md. Claims are declared in the config beside their experiment."
-    )
+    note = CLAIMS_NOTE.format(claims=len(frame))
     write_report(frame, csv=csv, md=md, lines=lines, note=note, scale=scale)
     return frame

@@ -178,9 +178,8 @@ def mcnemar_exact_p(first_only, second_only):
     from scipy import stats
 
     b, c = np.asarray(first_only), np.asarray(second_only)
-    p = np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(b, c), b + c, 0.5))
-    p = np.where(b + c > 0, p, 1.0)
-    return float(p) if p.ndim == 0 else p
+    p = np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(b, c), b + c, 0.5))  # 1 where b + c = 0
+    return p if p.ndim else float(p)
 
 
 def newcombe_paired_interval(both, first_only, second_only, neither, confidence: float = 1 - ALPHA):
@@ -201,11 +200,10 @@ def newcombe_paired_interval(both, first_only, second_only, neither, confidence:
     alpha = 1 - confidence
     l1, u1 = proportion_confint(a + b, safe, alpha=alpha, method="wilson")
     l2, u2 = proportion_confint(a + c, safe, alpha=alpha, method="wilson")
-    product = (a + b) * (c + d) * (a + c) * (b + d)
+    product = (a + b) * (c + d) * (a + c) * (b + d)  # 0 where a margin is empty, and then so is ad - bc
     association = a * d - b * c
     association = np.where(association > n / 2, association - n / 2, np.minimum(association, 0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        phi = np.where(product > 0, association / np.sqrt(np.where(product > 0, product, 1)), 0.0)
+    phi = np.divide(association, np.sqrt(product), out=np.zeros_like(product), where=product > 0)
     low = p1 - p2 - np.sqrt(np.maximum(0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     high = p1 - p2 + np.sqrt(np.maximum(0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
     low, high = np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
@@ -234,7 +232,7 @@ def newcombe_p(both, first_only, second_only, neither, null: float) -> float:
     smallest, largest = 1e-12, 1 - 1e-12
     if gap(smallest) * gap(largest) > 0:  # even the 1 - 1e-12 interval excludes the null
         return smallest
-    return float(optimize.brentq(gap, smallest, largest, xtol=1e-12))
+    return float(optimize.brentq(gap, smallest, largest))
 
 
 def seed_interval(rates, trials) -> tuple[float, float, str]:

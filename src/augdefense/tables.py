@@ -153,6 +153,52 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
 
 
+# The tables' notes: module-level prose (the tests check each appears where it should).
+TABLE_NOTE = (
+    "Mean ± std over {seeds} seed(s) per cell; poison success also with its 95% interval over seeds "
+    "[low–high] (the seed is the unit: one model and one draw each): the Clopper–Pearson (exact) interval of "
+    "the successes where each seed has one target, else the t-interval of the per-seed rates, clipped to "
+    "[0, 100]; none with one seed, or rates with no spread. Paper values: {papers} (first that reports the cell)."
+)
+ALL_IMAGES_NOTE = (
+    "{all images} = the share of every source-class test image with the trigger at a random location "
+    "(mean over seeds), beside the scored success: one source-class target per seed with the trigger "
+    "where crafting put it (the benchmark's poison_test.py)."
+)
+DP_CEILING_NOTE = (
+    "{DP ceiling} = the highest poison success Ma et al.'s bound allows against a learner with "
+    "the run's differential-privacy guarantee (opacus's accountant, or Theorem 2 with δ = 0) and "
+    "that many poisons, given the success without poisons (the control's; 0 without a control). "
+    "100 means the guarantee is vacuous at this scale."
+)
+DPSGD_BATCH_NOTE = (
+    "{names}: DP-SGD as the papers ran it (the mini-batch gradient clipped, then noised). It carries "
+    "no formal privacy guarantee: without per-sample clipping no sensitivity bound exists, so no ε "
+    "and no DP ceiling are reported (`dpsgd_opacus` is DP-SGD with one)."
+)
+CONTROL_NOTE = (
+    "Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
+    "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
+    "(log p_goal − log max_other p) in the poisoned victim minus in its control, with a 95% t-interval: "
+    "how far the poisons pushed the target, even where they did not flip it."
+)
+COMPARISON_HEADER = (
+    "# Reproduced cells beside the papers' values",
+    "",
+    "| table | attack | defense | metric | paper | ours | our 95% interval | seeds | paper inside? |",
+    "|---|---|---|---|---|---|---|---|---|",
+)
+COMPARISON_NOTE = (
+    "Intervals are over seeds, the unit of replication (the images of one seed share one model and one "
+    "draw): the Clopper–Pearson (exact) interval of the successes where each seed scores one target, else "
+    "the t-interval of the per-seed values, clipped to [0, 100]. n/a: one seed, or per-seed rates with "
+    "no spread, give no interval over seeds. A paper value outside it is one these seeds contradict; "
+    "with few seeds the intervals are wide. The paper's own sampling error is not counted: its value is "
+    "treated as exact, though it too comes from a few seeds, so 'no' overstates a disagreement. "
+    "A CPU preset is not expected to match the papers' CIFAR-10 numbers."
+)
+
+
 def to_markdown(
     summary: pd.DataFrame,
     table: str,
@@ -203,45 +249,16 @@ def to_markdown(
         lines.append("| " + " | ".join(row) + " |")
     seeds = sorted(set(summary.get("clean_acc_count", pd.Series(dtype=int)).astype(int)))
     papers = REFERENCE_PAPER.get(table, [])
-    lines += [
-        "",
-        f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell; poison success also with its "
-        "95% interval over seeds [low–high] (the seed is the unit: one model and one draw each): the "
-        "Clopper–Pearson (exact) interval of the successes where each seed has one target, else the "
-        "t-interval of the per-seed rates, clipped to [0, 100]; none with one seed, or rates with no spread. "
-        f"Paper values: {', '.join(papers) if papers else 'none recorded'} (first that reports the cell).",
-    ]
+    lines += ["", TABLE_NOTE.format(seeds=", ".join(map(str, seeds)), papers=", ".join(papers) or "none recorded")]
     if "poison_success_all_images_mean" in summary and summary.poison_success_all_images_mean.notna().any():
-        lines += [
-            "",
-            "{all images} = the share of every source-class test image with the trigger at a random location "
-            "(mean over seeds), beside the scored success: one source-class target per seed with the trigger "
-            "where crafting put it (the benchmark's poison_test.py).",
-        ]
+        lines += ["", ALL_IMAGES_NOTE]
     if "dp_success_ceiling" in summary and summary.dp_success_ceiling.notna().any():
-        lines += [
-            "",
-            "{DP ceiling} = the highest poison success Ma et al.'s bound allows against a learner with "
-            "the run's differential-privacy guarantee (opacus's accountant, or Theorem 2 with δ = 0) and "
-            "that many poisons, given the success without poisons (the control's; 0 without a control). "
-            "100 means the guarantee is vacuous at this scale.",
-        ]
+        lines += ["", DP_CEILING_NOTE]
     if "defense_type" in summary and (summary.defense_type == "dpsgd_batch").any():
         names = ", ".join(sorted(set(summary.defense[summary.defense_type == "dpsgd_batch"])))
-        lines += [
-            "",
-            f"{names}: DP-SGD as the papers ran it (the mini-batch gradient clipped, then noised). It carries "
-            "no formal privacy guarantee: without per-sample clipping no sensitivity bound exists, so no ε "
-            "and no DP ceiling are reported (`dpsgd_opacus` is DP-SGD with one).",
-        ]
+        lines += ["", DPSGD_BATCH_NOTE.format(names=names)]
     if control is not None:
-        lines += [
-            "",
-            f"Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
-            "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
-            "(log p_goal − log max_other p) in the poisoned victim minus in its control, with a 95% t-interval: "
-            "how far the poisons pushed the target, even where they did not flip it.",
-        ]
+        lines += ["", CONTROL_NOTE.format(control=control)]
     if scale:
         lines += ["", f"Computed at: {scale}."]
     return "\n".join(lines) + "\n"
@@ -309,12 +326,7 @@ def compare_papers(
         "paper_inside_ci",
     ]
     frame = pd.DataFrame(rows, columns=columns)
-    lines = [
-        "# Reproduced cells beside the papers' values",
-        "",
-        "| table | attack | defense | metric | paper | ours | our 95% interval | seeds | paper inside? |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = list(COMPARISON_HEADER)
     for r in frame.itertuples():
         no_interval = r.paper_inside_ci is None
         interval = "n/a" if no_interval else f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}"
@@ -323,15 +335,7 @@ def compare_papers(
             f"| {r.table} | {r.attack} | {r.defense} | {r.metric} | {100 * r.paper_value:.1f} | "
             f"{100 * r.ours:.1f} | {interval} | {r.n_seeds} | {inside} |"
         )
-    note = (
-        "Intervals are over seeds, the unit of replication (the images of one seed share one model and one "
-        "draw): the Clopper–Pearson (exact) interval of the successes where each seed scores one target, else "
-        "the t-interval of the per-seed values, clipped to [0, 100]. n/a: one seed, or per-seed rates with "
-        "no spread, give no interval over seeds. A paper value outside it is one these seeds contradict; "
-        "with few seeds the intervals are wide. The paper's own sampling error is not counted: its value is "
-        "treated as exact, though it too comes from a few seeds, so 'no' overstates a disagreement. "
-        "A CPU preset is not expected to match the papers' CIFAR-10 numbers."
-    )
+    note = COMPARISON_NOTE
     write_report(frame, csv=csv, md=md, lines=lines, note=note, scale=scale)
     return frame
 
