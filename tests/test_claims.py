@@ -136,7 +136,8 @@ def test_identical_rate_effects_are_not_certainty():
     assert result["seeds_needed_note"].startswith("at least 6 seeds: no spread in 3 seeds")
     six = claims.compare(_metrics([(0.0, 1.0)] * 6), _claim(), "none")
     assert six["p_value"] == pytest.approx(1 / 32) and six["verdict"] == "holds"
-    assert "sign-flip test alone" in six["rests_on"]
+    assert six["rests_on"] == "sign-flip test alone: every seed gives the same effect, so there is no t-interval"
+    assert six["interval"] == "none"
 
 
 def test_float_noise_is_no_spread():
@@ -250,6 +251,9 @@ def test_a_one_target_not_lower_claim_rests_on_newcombes_interval():
     claim = _claim(direction="not_lower", margin=0.3)
     result = claims.compare(_one_target(pairs), claim, "none")
     assert result["test"] == "Newcombe interval" and result["verdict"] == "holds"
+    assert result["rests_on"] == (
+        "Newcombe's paired interval against -margin (no exact test of a margin); 0 claim cell only, 0 baseline only"
+    )
     assert result["ci_low"] > -0.3 and result["p_value"] < 0.05
     tight = claims.compare(_one_target(pairs), _claim(direction="not_lower", margin=0.05), "none")
     assert tight["verdict"] == "inconclusive" and tight["p_value"] > 0.05 and tight["ci_low"] < -0.05
@@ -478,7 +482,8 @@ def test_render_claims_on_a_realistic_run(tmp_path):
     assert "(Newcombe; 0 claim cell only, 3 baseline only) | 5 | exact McNemar p = 0.25 |" in md
     assert f"**inconclusive at 5 seeds** (about {success.seeds_needed} seeds for 80% power" in md
     assert "patch100 / mixup (vs none), poison_success, not lower by more than 10.0 points" in md
-    assert "; sign-flip p = " in md and "'With Holm' adjusts across the 5 claims" in md
+    assert "| 5 | t p < 0.001; sign-flip p = 0.062 | **holds**: t-interval alone" in md
+    assert "'With Holm' adjusts across the 5 claims" in md
     assert "intersection-union test" in md
     written = pd.read_csv(tmp_path / "c.csv")
     assert list(written.columns) == claims.COLUMNS and written.holm_verdict.notna().all()
@@ -536,13 +541,14 @@ def test_the_tests_run_against_minus_the_margin():
     result = claims.compare(metrics, _claim(direction="not_lower", margin=0.05), "none")
     assert result["p_value"] == pytest.approx(stats.ttest_1samp(effects, -0.05).pvalue)
     assert result["sign_flip_p"] == pytest.approx(2 / 2**5) and result["verdict"] == "holds"
+    assert result["seeds_needed_note"].startswith("about ")  # -0.016 is above -0.05: the claimed side
     assert claims.compare(metrics, _claim(), "none")["sign_flip_p"] > 0.2  # against 0 instead
 
 
 def test_a_one_target_not_lower_claims_seeds_are_counted_from_minus_the_margin():
     assert claims.seeds_needed_paired_binary((8, 0, 2, 10), "not_lower", 0.3) >= 2
     assert claims.seeds_needed_paired_binary((8, 0, 2, 10), "not_lower", 0.05) is None  # -0.1 is below -0.05
-    assert claims.seeds_needed_paired_binary((20, 0, 0, 0), "not_lower", 0.05) > 20
+    assert 20 < claims.seeds_needed_paired_binary((20, 0, 0, 0), "not_lower", 0.05) < claims.SEEDS_NEEDED_CAP
 
 
 def test_seeds_needed_can_be_two_and_is_exact_between_the_probes():
@@ -639,3 +645,24 @@ def test_the_markdown_says_each_case(tmp_path):
     assert "| inconclusive (p = 1) |" in md
     rows = pd.read_csv(tmp_path / "c.csv")
     assert rows.claim.tolist() == ["a", "b", "c"]
+
+
+def test_the_weakest_of_two_holding_baselines_is_the_one_whose_near_end_is_nearer():
+    """For higher the near end is the low end: a wide interval reaching nearer zero is weaker than a
+    tight one further off, though its far end is further."""
+    wide = [(0.3 + d, 0.0) for d in (-0.2, 0.25, 0.1, -0.1, 0.2, -0.25)]  # +0.3, wide
+    metrics = _metrics(wide)
+    tight = metrics[metrics.defense == "none"].assign(defense="cutout")
+    tight["poison_success"] = metrics[metrics.defense == "cutmix"].poison_success.to_numpy() - [
+        0.15,
+        0.16,
+        0.14,
+        0.15,
+        0.16,
+        0.14,
+    ]
+    metrics = pd.concat([metrics, tight])
+    claim = _claim(direction="higher", baseline=["cutout", "none"])
+    wide_result, tight_result = (claims.compare(metrics, claim, b) for b in ("none", "cutout"))
+    assert wide_result["ci_low"] < tight_result["ci_low"] and wide_result["ci_high"] > tight_result["ci_high"]
+    assert claims.evaluate(metrics, {"a": {"claims": [claim]}}).iloc[0].baseline == "none"

@@ -291,3 +291,14 @@ def test_a_one_seed_cell_has_no_interval_and_no_answer(tmp_path, monkeypatch):
     assert row.paper_inside_ci is None and math.isnan(row.ci_low) and row.n_seeds == 1
     assert "| 50.0 | 100.0 | n/a | 1 | n/a |" in (tmp_path / "c.md").read_text()
     assert "nan" not in (tmp_path / "c.md").read_text()
+
+
+def test_all_images_metrics_score_the_wider_test_set_when_there_is_one():
+    probs = torch.tensor([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    assert metrics.all_images_metrics(probs, torch.tensor([0, 0, 0])) == {
+        "poison_success_all_images": pytest.approx(2 / 3),
+        "n_eval_all_images": 3,
+    }
+    assert metrics.all_images_metrics(None, torch.tensor([0])) == {}
+    assert metrics.all_images_metrics(probs, None) == {}
+    assert metrics.all_images_metrics(probs[:0], torch.zeros(0, dtype=torch.long)) == {}

@@ -246,10 +246,10 @@ def test_compare_papers_takes_each_reported_cell_the_run_has(tmp_path, monkeypat
     _papers(
         monkeypatch,
         [
-            ("p", "table1", "patch10", "none", "clean_acc", 0.95),
-            ("p", "table1", "patch10", "mixup", "poison_success", 0.2),
             ("p", "table1", "patch10", "cutmix", "poison_success", 0.1),  # not run
+            ("p", "table1", "patch10", "none", "clean_acc", 0.95),
             ("p", "table1", "patch100", "none", "poison_success", 0.9),  # not in the experiment
+            ("p", "table1", "patch10", "mixup", "poison_success", 0.2),
             ("q", "table9", "patch10", "none", "poison_success", 0.5),  # another table
         ],
     )
@@ -297,3 +297,72 @@ def test_the_reference_numbers_prefer_the_first_paper_listed():
     assert table2.loc[("wb", "none", "poison_success")].paper == "strong-augmentation"
     assert not table2.index.duplicated().any()
     assert tables.reference_numbers("figure4b").empty
+
+
+def test_to_markdown_lays_out_every_kind_of_cell():
+    frame = pd.concat(
+        [
+            _backdoor_metrics(100).assign(attack="wb", goal_probability=0.2, goal_margin=[1.0, 2.0, 3.0]),
+            _backdoor_metrics(100).assign(attack="c", poison_success=0.0, goal_probability=0.1, goal_margin=-1.0),
+            # mixup's one seed has no control run
+            _backdoor_metrics(100).assign(attack="wb", defense="mixup", goal_probability=0.3).iloc[:1],
+        ]
+    )
+    summary = tables.summarize(frame, "t", ["wb"], ["none", "mixup", "cutout"], "c")
+    assert "index" not in summary.columns
+    md = tables.to_markdown(summary, "t", ["wb"], ["none", "mixup", "cutout"], {("wb", "cutout")}, "c", "x")
+    head = md.split("\n\n")[0].splitlines()
+    assert head == [
+        "| defense | clean acc % (wb) | poison success % (wb) | goal-class probability % (wb; control) "
+        "| goal log-odds shift (wb) |",
+        "|---|---|---|---|---|",
+        "| none | 90.0 ± 0.0 | 50.0 ± 20.0 [0–100] | 20.0; 10.0 | +3.00 [+0.52, +5.48] |",
+        "| mixup | 90.0 | 30.0 | 30.0; – | – |",  # one seed, and no control run beside it
+        "| cutout | not applicable | not applicable | not applicable | not applicable |",
+    ]
+    assert "\n\nMean ± std over 1, 3 seed(s) per cell;" in md and "Paper values: none recorded" in md
+    assert md.endswith("\n\nComputed at: x.\n") and "\n\n" + tables.CONTROL_NOTE.format(control="c") + "\n\n" in md
+
+
+def test_a_cell_without_a_trial_count_gets_the_t_interval():
+    frame = _backdoor_metrics(1).assign(poison_success=[1.0, 0.0, 1.0]).drop(columns="n_eval")
+    row = tables.summarize(frame, "table1", ["patch10"], ["none"]).iloc[0]
+    assert row.poison_success_ci_method == "t over seeds"
+    assert (row.poison_success_ci_low, row.poison_success_ci_high) == pytest.approx((0.0, 1.0))
+
+
+def test_the_dp_ceiling_of_several_cells_and_a_control_missing_for_one(tmp_path):
+    frame = pd.read_csv(_metrics(tmp_path, ["none", "mixup"]))
+    frame.loc[frame.defense == "none", "theorem2_epsilon"] = math.nan  # the first cell has no guarantee
+    frame = frame[~((frame.attack == "wb_control") & (frame.defense == "mixup"))]  # and the second no control
+    frame.loc[frame.attack == "wb_control", "poison_success"] = 1.0
+    summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none", "mixup"], "wb_control")
+    assert math.isnan(summary.dp_success_ceiling[0])
+    assert summary.dp_success_ceiling[1] == pytest.approx(poison_success_ceiling(0.02, 0.0, 5, 0.0))
+
+
+def test_render_table_with_a_control_and_no_exclusions(tmp_path):
+    path = _metrics(tmp_path, ["none"])
+    experiment = {"attacks": ["wb_adapt"], "defenses": ["none"], "control": "wb_control"}
+    tables.render_table(
+        metrics=path, table="table2", experiment=experiment, scale="q", csv=tmp_path / "t.csv", md=tmp_path / "t.md"
+    )
+    assert "goal log-odds shift (wb_adapt)" in (tmp_path / "t.md").read_text()
+    written = pd.read_csv(tmp_path / "t.csv")
+    assert written.columns[0] == "defense" and "goal_margin_shift" in written
+
+
+def test_compare_papers_with_nothing_to_compare_writes_an_empty_table(tmp_path, monkeypatch):
+    _backdoor_metrics(100).to_csv(tmp_path / "m.csv", index=False)
+    _papers(monkeypatch, [("p", "table1", "patch10", "cutmix", "poison_success", 0.1)])
+    out = tables.compare_papers(
+        metrics=tmp_path / "m.csv",
+        experiments={"table1": {"attacks": ["patch10"], "defenses": ["none"]}},
+        scale="s",
+        csv=tmp_path / "c.csv",
+        md=tmp_path / "c.md",
+    )
+    assert out.empty and "paper_inside_ci" in out.columns
+    assert (tmp_path / "c.md").read_text() == "\n".join(
+        [*tables.COMPARISON_HEADER, "", tables.COMPARISON_NOTE, "", "Computed at: s."]
+    ) + "\n"

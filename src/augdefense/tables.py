@@ -240,7 +240,8 @@ def to_markdown(
                 row.append(text)
             if control is not None:
                 prob, twin = c.get("goal_probability_mean", math.nan), c.get("control_goal_probability_mean", math.nan)
-                row.append(f"{100 * prob:.1f}; {100 * twin:.1f}" if prob == prob else "–")
+                control_text = f"{100 * twin:.1f}" if twin == twin else "–"  # no control run for this cell
+                row.append(f"{100 * prob:.1f}; {control_text}" if prob == prob else "–")
                 shift, low = c.get("goal_margin_shift", math.nan), c.get("goal_margin_shift_ci_low", math.nan)
                 text = "–" if shift != shift else f"{shift:+.2f}"
                 if low == low:
