@@ -643,6 +643,7 @@ def test_the_markdown_says_each_case(tmp_path):
         in md
     )
     assert "| inconclusive (p = 1) |" in md
+    assert md.endswith("\n\nComputed at: s.\n")
     rows = pd.read_csv(tmp_path / "c.csv")
     assert rows.claim.tolist() == ["a", "b", "c"]
 
@@ -665,4 +666,23 @@ def test_the_weakest_of_two_holding_baselines_is_the_one_whose_near_end_is_neare
     claim = _claim(direction="higher", baseline=["cutout", "none"])
     wide_result, tight_result = (claims.compare(metrics, claim, b) for b in ("none", "cutout"))
     assert wide_result["ci_low"] < tight_result["ci_low"] and wide_result["ci_high"] > tight_result["ci_high"]
+    assert claims.evaluate(metrics, {"a": {"claims": [claim]}}).iloc[0].baseline == "none"
+
+
+def test_for_lower_the_near_end_is_the_high_end():
+    wide = [(0.0, 0.3 + d) for d in (-0.2, 0.25, 0.1, -0.1, 0.2, -0.25)]  # -0.3, wide
+    metrics = _metrics(wide)
+    tight = metrics[metrics.defense == "none"].assign(defense="cutout")
+    tight["poison_success"] = metrics[metrics.defense == "cutmix"].poison_success.to_numpy() + [
+        0.15,
+        0.16,
+        0.14,
+        0.15,
+        0.16,
+        0.14,
+    ]
+    metrics = pd.concat([metrics, tight])
+    claim = _claim(baseline=["cutout", "none"])
+    wide_result, tight_result = (claims.compare(metrics, claim, b) for b in ("none", "cutout"))
+    assert wide_result["ci_high"] > tight_result["ci_high"] and wide_result["ci_low"] < tight_result["ci_low"]
     assert claims.evaluate(metrics, {"a": {"claims": [claim]}}).iloc[0].baseline == "none"

@@ -302,3 +302,15 @@ def test_all_images_metrics_score_the_wider_test_set_when_there_is_one():
     assert metrics.all_images_metrics(None, torch.tensor([0])) == {}
     assert metrics.all_images_metrics(probs, None) == {}
     assert metrics.all_images_metrics(probs[:0], torch.zeros(0, dtype=torch.long)) == {}
+
+
+def test_where_the_exact_mcnemar_test_rejects_newcombes_interval_clears_zero():
+    """Every paired table of up to 30 seeds: the 0/1 verdict needs both, and the exact test is the
+    stricter, so it decides lower/higher claims (docs/statistics.md)."""
+    for n in range(2, 31):
+        tables = np.array(
+            [(a, b, c, n - a - b - c) for a in range(n + 1) for b in range(n + 1 - a) for c in range(n + 1 - a - b)]
+        ).T
+        rejects = metrics.mcnemar_exact_p(tables[1], tables[2]) < 0.05
+        low, high = metrics.newcombe_paired_interval(*tables)
+        assert not (rejects & (low <= 0) & (high >= 0)).any(), n

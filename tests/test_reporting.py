@@ -86,7 +86,8 @@ def test_the_papers_dp_sgd_is_flagged_as_carrying_no_guarantee(tmp_path):
     frame["defense_type"] = frame.defense.map({"none": "none", "dpsgd_n1e-2": "dpsgd_batch"})
     summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none", "dpsgd_n1e-2"], "wb_control")
     md = tables.to_markdown(summary, "table2", ["wb_adapt"], ["none", "dpsgd_n1e-2"], control="wb_control")
-    assert "dpsgd_n1e-2: DP-SGD as the papers ran it" in md and "no formal privacy guarantee" in md
+    assert "\n\n" + tables.DPSGD_BATCH_NOTE.format(names="dpsgd_n1e-2") in md
+    assert md.startswith("| defense | clean acc % (wb_adapt) |")
     frame = frame[frame.defense == "none"]
     summary = tables.summarize(frame, "table2", ["wb_adapt"], ["none"], "wb_control")
     assert "no formal privacy guarantee" not in tables.to_markdown(
@@ -221,7 +222,7 @@ def test_the_dp_ceiling_uses_opacus_delta_and_the_controls_success(tmp_path):
     no_control = tables.summarize(frame, "table2", ["wb_adapt"], ["none"])
     assert no_control.iloc[0].dp_success_ceiling == pytest.approx(poison_success_ceiling(2.0, 1e-5, 5, 0.0))
     md = tables.to_markdown(summary, "table2", ["wb_adapt"], ["none"], control="wb_control")
-    assert tables.DP_CEILING_NOTE in md
+    assert "\n\n" + tables.DP_CEILING_NOTE + "\n\n" in md
     plain = tables.summarize(frame.assign(dp_epsilon=math.nan), "table2", ["wb_adapt"], ["none"], "wb_control")
     assert math.isnan(plain.iloc[0].dp_success_ceiling) and math.isnan(plain.iloc[0].dp_epsilon_used)
 
@@ -230,7 +231,7 @@ def test_the_all_images_rate_is_shown_beside_the_scored_one():
     frame = _backdoor_metrics(1).assign(poison_success=[1.0, 0.0, 1.0], poison_success_all_images=[0.5, 0.3, 0.4])
     summary = tables.summarize(frame, "table6", ["patch10"], ["none"])
     md = tables.to_markdown(summary, "table6", ["patch10"], ["none"])
-    assert "66.7 ± 57.7 [9–99] {all images 40.0}" in md and tables.ALL_IMAGES_NOTE in md
+    assert "66.7 ± 57.7 [9–99] {all images 40.0}" in md and "\n\n" + tables.ALL_IMAGES_NOTE in md
 
 
 def _papers(monkeypatch, rows):
