@@ -223,6 +223,8 @@ def test_the_dp_ceiling_uses_opacus_delta_and_the_controls_success(tmp_path):
     assert no_control.iloc[0].dp_success_ceiling == pytest.approx(poison_success_ceiling(2.0, 1e-5, 5, 0.0))
     md = tables.to_markdown(summary, "table2", ["wb_adapt"], ["none"], control="wb_control")
     assert "\n\n" + tables.DP_CEILING_NOTE + "\n\n" in md
+    vacuous = tables.summarize(frame.assign(dp_epsilon=50.0), "table2", ["wb_adapt"], ["none"], "wb_control")
+    assert "{DP ceiling 100}" in tables.to_markdown(vacuous, "table2", ["wb_adapt"], ["none"], control="wb_control")
     plain = tables.summarize(frame.assign(dp_epsilon=math.nan), "table2", ["wb_adapt"], ["none"], "wb_control")
     assert math.isnan(plain.iloc[0].dp_success_ceiling) and math.isnan(plain.iloc[0].dp_epsilon_used)
 
@@ -327,7 +329,9 @@ def test_to_markdown_lays_out_every_kind_of_cell():
 
 def test_a_cell_without_a_trial_count_gets_the_t_interval():
     frame = _backdoor_metrics(1).assign(poison_success=[1.0, 0.0, 1.0]).drop(columns="n_eval")
+    frame["dp_epsilon"] = math.nan  # a column other cells fill: its gaps do not drop seeds
     row = tables.summarize(frame, "table1", ["patch10"], ["none"]).iloc[0]
+    assert row.poison_success_count == 3
     assert row.poison_success_ci_method == "t over seeds"
     assert (row.poison_success_ci_low, row.poison_success_ci_high) == pytest.approx((0.0, 1.0))
 
