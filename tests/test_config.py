@@ -351,3 +351,15 @@ def test_a_shift_claim_needs_the_experiments_control(config):
         r"^experiments\.table1\.claims\[0\]\.metric: goal_margin_shift compares with the clean control; "
         r"the experiment has no 'control'$",
     )
+
+
+def test_a_not_lower_claim_names_its_margin_and_no_other_claim_has_one(config):
+    not_lower = config["experiments"]["table1"]["claims"][1]
+    assert not_lower["direction"] == "not_lower" and not_lower["margin"] == 0.05
+    config["experiments"]["table1"]["claims"][1] = {k: v for k, v in not_lower.items() if k != "margin"}
+    _refused(
+        config, r"^experiments\.table1\.claims\[1\]\.margin: required for direction not_lower: .*in the metric's unit"
+    )
+    config["experiments"]["table1"]["claims"][1] = not_lower
+    config["experiments"]["table1"]["claims"][0]["margin"] = 0.05
+    _refused(config, r"^experiments\.table1\.claims\[0\]\.margin: only a not_lower claim has a margin")

@@ -96,9 +96,9 @@ def test_comparison_flags_values_outside_our_interval(tmp_path):
             "attack": "patch10",
             "defense": "none",
             "seed": s,
-            "clean_acc": 0.943,
+            "clean_acc": 0.943 + 0.001 * (s - 1),
             "n_clean": 10000,
-            "poison_success": 0.10,
+            "poison_success": 0.10 + 0.005 * (s - 1),
             "n_eval": 1000,
         }
         for s in range(3)

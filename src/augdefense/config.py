@@ -186,9 +186,12 @@ def check_config(config: dict, facts=None) -> None:
 
 
 def check_claims(table: str, experiment: dict) -> None:
-    """A claim compares cells its experiment runs."""
+    """A claim compares cells its experiment runs, and names a margin where (only where) it needs one."""
+    from augdefense.claims import check_claim
+
     cells = set(experiment_cells(experiment))
     for i, claim in enumerate(experiment.get("claims", [])):
+        check_claim(claim, f"experiments.{table}.claims[{i}]")
         baselines = claim["baseline"] if isinstance(claim["baseline"], list) else [claim["baseline"]]
         needed = [(claim["attack"], claim["defense"])]
         needed += [(claim.get("baseline_attack", claim["attack"]), b) for b in baselines]

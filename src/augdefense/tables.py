@@ -153,6 +153,52 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std == std else f"{100 * mean:.1f}"
 
 
+# The tables' notes: module-level prose (the tests check each appears where it should).
+TABLE_NOTE = (
+    "Mean ± std over {seeds} seed(s) per cell; poison success also with its 95% interval over seeds "
+    "[low–high] (the seed is the unit: one model and one draw each): the Clopper–Pearson (exact) interval of "
+    "the successes where each seed has one target, else the t-interval of the per-seed rates, clipped to "
+    "[0, 100]; none with one seed, or rates with no spread. Paper values: {papers} (first that reports the cell)."
+)
+ALL_IMAGES_NOTE = (
+    "{all images} = the share of every source-class test image with the trigger at a random location "
+    "(mean over seeds), beside the scored success: one source-class target per seed with the trigger "
+    "where crafting put it (the benchmark's poison_test.py)."
+)
+DP_CEILING_NOTE = (
+    "{DP ceiling} = the highest poison success Ma et al.'s bound allows against a learner with "
+    "the run's differential-privacy guarantee (opacus's accountant, or Theorem 2 with δ = 0) and "
+    "that many poisons, given the success without poisons (the control's; 0 without a control). "
+    "100 means the guarantee is vacuous at this scale."
+)
+DPSGD_BATCH_NOTE = (
+    "{names}: DP-SGD as the papers ran it (the mini-batch gradient clipped, then noised). It carries "
+    "no formal privacy guarantee: without per-sample clipping no sensitivity bound exists, so no ε "
+    "and no DP ceiling are reported (`dpsgd_opacus` is DP-SGD with one)."
+)
+CONTROL_NOTE = (
+    "Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
+    "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
+    "(log p_goal − log max_other p) in the poisoned victim minus in its control, with a 95% t-interval: "
+    "how far the poisons pushed the target, even where they did not flip it."
+)
+COMPARISON_HEADER = (
+    "# Reproduced cells beside the papers' values",
+    "",
+    "| table | attack | defense | metric | paper | ours | our 95% interval | seeds | paper inside? |",
+    "|---|---|---|---|---|---|---|---|---|",
+)
+COMPARISON_NOTE = (
+    "Intervals are over seeds, the unit of replication (the images of one seed share one model and one "
+    "draw): the Clopper–Pearson (exact) interval of the successes where each seed scores one target, else "
+    "the t-interval of the per-seed values, clipped to [0, 100]. n/a: one seed, or per-seed rates with "
+    "no spread, give no interval over seeds. A paper value outside it is one these seeds contradict; "
+    "with few seeds the intervals are wide. The paper's own sampling error is not counted: its value is "
+    "treated as exact, though it too comes from a few seeds, so 'no' overstates a disagreement. "
+    "A CPU preset is not expected to match the papers' CIFAR-10 numbers."
+)
+
+
 def to_markdown(
     summary: pd.DataFrame,
     table: str,
@@ -194,7 +240,8 @@ def to_markdown(
                 row.append(text)
             if control is not None:
                 prob, twin = c.get("goal_probability_mean", math.nan), c.get("control_goal_probability_mean", math.nan)
-                row.append(f"{100 * prob:.1f}; {100 * twin:.1f}" if prob == prob else "–")
+                control_text = f"{100 * twin:.1f}" if twin == twin else "–"  # no control run for this cell
+                row.append(f"{100 * prob:.1f}; {control_text}" if prob == prob else "–")
                 shift, low = c.get("goal_margin_shift", math.nan), c.get("goal_margin_shift_ci_low", math.nan)
                 text = "–" if shift != shift else f"{shift:+.2f}"
                 if low == low:
@@ -203,44 +250,16 @@ def to_markdown(
         lines.append("| " + " | ".join(row) + " |")
     seeds = sorted(set(summary.get("clean_acc_count", pd.Series(dtype=int)).astype(int)))
     papers = REFERENCE_PAPER.get(table, [])
-    lines += [
-        "",
-        f"Mean ± std over {', '.join(map(str, seeds))} seed(s) per cell; poison success also with its "
-        "95% interval over seeds [low–high] (the seed is the unit: one model and one draw each): the Wilson "
-        "interval of the successes where each seed has one target, else the t-interval of the per-seed rates. "
-        f"Paper values: {', '.join(papers) if papers else 'none recorded'} (first that reports the cell).",
-    ]
+    lines += ["", TABLE_NOTE.format(seeds=", ".join(map(str, seeds)), papers=", ".join(papers) or "none recorded")]
     if "poison_success_all_images_mean" in summary and summary.poison_success_all_images_mean.notna().any():
-        lines += [
-            "",
-            "{all images} = the share of every source-class test image with the trigger at a random location "
-            "(mean over seeds), beside the scored success: one source-class target per seed with the trigger "
-            "where crafting put it (the benchmark's poison_test.py).",
-        ]
+        lines += ["", ALL_IMAGES_NOTE]
     if "dp_success_ceiling" in summary and summary.dp_success_ceiling.notna().any():
-        lines += [
-            "",
-            "{DP ceiling} = the highest poison success Ma et al.'s bound allows against a learner with "
-            "the run's differential-privacy guarantee (opacus's accountant, or Theorem 2 with δ = 0) and "
-            "that many poisons, given the success without poisons (the control's; 0 without a control). "
-            "100 means the guarantee is vacuous at this scale.",
-        ]
+        lines += ["", DP_CEILING_NOTE]
     if "defense_type" in summary and (summary.defense_type == "dpsgd_batch").any():
         names = ", ".join(sorted(set(summary.defense[summary.defense_type == "dpsgd_batch"])))
-        lines += [
-            "",
-            f"{names}: DP-SGD as the papers ran it (the mini-batch gradient clipped, then noised). It carries "
-            "no formal privacy guarantee: without per-sample clipping no sensitivity bound exists, so no ε "
-            "and no DP ceiling are reported (`dpsgd_opacus` is DP-SGD with one).",
-        ]
+        lines += ["", DPSGD_BATCH_NOTE.format(names=names)]
     if control is not None:
-        lines += [
-            "",
-            f"Goal class = the attacker's intended class. Control = attack '{control}': the same seed's "
-            "target and classes, the same defense, no poisons. Log-odds shift = mean over seeds of "
-            "(log p_goal − log max_other p) in the poisoned victim minus in its control, with a 95% t-interval: "
-            "how far the poisons pushed the target, even where they did not flip it.",
-        ]
+        lines += ["", CONTROL_NOTE.format(control=control)]
     if scale:
         lines += ["", f"Computed at: {scale}."]
     return "\n".join(lines) + "\n"
@@ -265,7 +284,9 @@ def compare_papers(
     *, metrics: str | Path, experiments: dict, scale: str, csv: str | Path, md: str | Path
 ) -> pd.DataFrame:
     """Every reproduced cell that a paper reports, beside the paper's value, with our 95% interval
-    over seeds (``cell_interval``) and whether the paper's value falls inside it."""
+    over seeds (``cell_interval``: Clopper-Pearson where each seed is one trial, else the clipped
+    t-interval) and whether the paper's value falls inside it: True, False, or None (n/a) where
+    there is no interval (one seed, or rates with no spread)."""
     metrics = pd.read_csv(metrics)
     counts = {"clean_acc": "n_clean", "poison_success": "n_eval"}
     rows = []
@@ -288,7 +309,7 @@ def compare_papers(
                     "ci_high": high,
                     "ci_method": method,
                     "n_seeds": int(cell[ref.metric].notna().sum()),
-                    "paper_inside_ci": bool(low <= ref.value <= high),
+                    "paper_inside_ci": None if math.isnan(low) else bool(low <= ref.value <= high),
                 }
             )
     columns = [
@@ -306,24 +327,16 @@ def compare_papers(
         "paper_inside_ci",
     ]
     frame = pd.DataFrame(rows, columns=columns)
-    lines = [
-        "# Reproduced cells beside the papers' values",
-        "",
-        "| table | attack | defense | metric | paper | ours | our 95% interval | seeds | paper inside? |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = list(COMPARISON_HEADER)
     for r in frame.itertuples():
+        no_interval = r.paper_inside_ci is None
+        interval = "n/a" if no_interval else f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}"
+        inside = "n/a" if no_interval else "yes" if r.paper_inside_ci else "**no**"
         lines.append(
             f"| {r.table} | {r.attack} | {r.defense} | {r.metric} | {100 * r.paper_value:.1f} | "
-            f"{100 * r.ours:.1f} | {100 * r.ci_low:.1f}–{100 * r.ci_high:.1f} | {r.n_seeds} | "
-            f"{'yes' if r.paper_inside_ci else '**no**'} |"
+            f"{100 * r.ours:.1f} | {interval} | {r.n_seeds} | {inside} |"
         )
-    note = (
-        "Intervals are over seeds, the unit of replication (the images of one seed share one model and one "
-        "draw): the Wilson interval of the successes where each seed scores one target, else the "
-        "t-interval of the per-seed values. A paper value outside it is one these seeds contradict; with "
-        "few seeds the intervals are wide. A CPU preset is not expected to match the papers' CIFAR-10 numbers."
-    )
+    note = COMPARISON_NOTE
     write_report(frame, csv=csv, md=md, lines=lines, note=note, scale=scale)
     return frame
 
