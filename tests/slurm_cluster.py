@@ -328,7 +328,8 @@ NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory
         while time.monotonic() < deadline:
             result = self.run("sinfo", "--noheader", "--Node", "--format=%T", check=False)
             state = (result.stdout + result.stderr).strip()
-            if result.returncode == 0 and state in ("idle", "mixed", "allocated"):
+            # One line per partition the node is in.
+            if result.returncode == 0 and state and set(state.split()) <= {"idle", "mixed", "allocated"}:
                 return
             time.sleep(0.5)
         raise ClusterUnavailable(
