@@ -7,7 +7,7 @@ SNAKEMAKE := PATH="$(BIN):$$PATH" $(BIN)/snakemake
 # The config `make demo` and `make report` use; `make report CONFIG=config.yaml` after a paper-scale run.
 CONFIG ?= presets/quick.yaml
 
-.PHONY: setup demo test test-slurm lint schema report archive check bench gpu-check estimate mutation clean
+.PHONY: setup demo evidence test test-slurm lint schema report archive check bench gpu-check estimate mutation clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,14 @@ demo: setup
 	@echo "Figures:          $(CURDIR)/results/figures/ (the same tables as .png and .pdf; figure4a; illustrations)"
 	@echo "Claims:           $(CURDIR)/results/claims.md (each claim: effect over seeds, 95% interval, verdict)"
 	@cat results/tables/table1.md results/tables/table2.md results/tables/table5.md results/tables/figure4b.md results/tables/table4.md results/tables/table6.md results/claims.md
+
+# The evidence run (presets/evidence.yaml): every headline claim at small scale, enough seeds for
+# a verdict; in its own folder so that it and the demo keep their results side by side.
+EVIDENCE_DIR ?= evidence
+evidence: setup
+	$(SNAKEMAKE) --directory $(EVIDENCE_DIR) --configfile $(CURDIR)/presets/evidence.yaml
+	@echo "Claims (evidence): $(CURDIR)/$(EVIDENCE_DIR)/results/claims.md; tables in $(CURDIR)/$(EVIDENCE_DIR)/results/tables/"
+	@cat $(EVIDENCE_DIR)/results/claims.md
 
 test: setup
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
@@ -78,4 +86,4 @@ mutation: setup
 	$(BIN)/python tests/mutation_scores.py
 
 clean:
-	rm -rf results logs benchmarks scratch .snakemake mutants
+	rm -rf results logs benchmarks scratch .snakemake mutants evidence

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from augdefense import data, poisons, sources
+from augdefense import data, imagefiles, poisons, sources
 from augdefense.errors import ArtifactError, ConfigError
 
 SIZE = 24
@@ -233,8 +233,8 @@ def test_crafting_decodes_only_its_poisons_and_target(both, tmp_path, monkeypatc
     runtime = {"device": "cpu", "amp": False, "loader_workers": 0}
     model = _crafting_model(root / "stream.pt", tmp_path, runtime)
     decoded = []
-    original = data.decode_file
-    monkeypatch.setattr(data, "decode_file", lambda path, size: decoded.append(path) or original(path, size))
+    original = imagefiles.decode_file
+    monkeypatch.setattr(imagefiles, "decode_file", lambda path, *args: decoded.append(path) or original(path, *args))
     poison = torch.load(_craft(root / "stream.pt", tmp_path, runtime, model), weights_only=True)
     listed = [str(root / "tree" / f) for f in torch.load(root / "stream.pt", weights_only=True)["train_files"]]
     train_files, poisoned = set(listed), {listed[i] for i in poison["train_indices"].tolist()}

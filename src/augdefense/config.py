@@ -91,98 +91,104 @@ def check_config(config: dict, facts=None) -> None:
     """Raise ConfigError naming the first key that refers to something undefined, pairs cells that
     cannot work, or asks for more than the dataset holds (``facts``: ``sources.facts`` of the data
     entry, computed when not given)."""
-    attacks, defenses, recipes = config["attacks"], config["defenses"], config["recipes"]
-    for name in list(attacks) + list(defenses):
+    from augdefense import sources
+
+    attacks, recipes = config["attacks"], config["recipes"]
+    for name in list(attacks) + list(config["defenses"]):
         if "/" in name or name.startswith("."):
             raise ConfigError(
                 f"'{name}': attack and defense names become directory names; use letters, digits, '_' and '-'"
             )
     for name, attack in attacks.items():
-        if attack["recipe"] not in recipes:
-            raise ConfigError(
-                f"attacks.{name}.recipe: '{attack['recipe']}' is not defined under 'recipes' "
-                f"(defined: {sorted(recipes)})"
-            )
-    for table, experiment in config["experiments"].items():
-        for pair in experiment.get("exclude", []):
-            if pair.get("attack") not in experiment["attacks"] or pair.get("defense") not in experiment["defenses"]:
-                raise ConfigError(
-                    f"experiments.{table}.exclude: {pair} does not name one of the experiment's "
-                    "attacks and one of its defenses"
-                )
-        for name in experiment["attacks"] + ([experiment["control"]] if "control" in experiment else []):
-            if name not in attacks:
-                raise ConfigError(
-                    f"experiments.{table}.attacks: '{name}' is not defined under 'attacks' (defined: {sorted(attacks)})"
-                )
-        for name in experiment["defenses"]:
-            if name not in defenses:
-                raise ConfigError(
-                    f"experiments.{table}.defenses: '{name}' is not defined under 'defenses' "
-                    f"(defined: {sorted(defenses)})"
-                )
+        _defined(f"attacks.{name}.recipe", attack["recipe"], recipes, "recipes")
     for name, recipe in recipes.items():
-        transfer = recipe.get("transfer", {})
-        if ("mean" in transfer) != ("std" in transfer) or len(transfer.get("mean", ())) != len(transfer.get("std", ())):
-            raise ConfigError(
-                f"recipes.{name}.transfer.mean, recipes.{name}.transfer.std: give both, one value per channel, "
-                "or neither"
-            )
-        pretrain = transfer.get("pretrain_recipe")
-        if pretrain is not None and (pretrain not in recipes or "transfer" in recipes[pretrain]):
-            raise ConfigError(
-                f"recipes.{name}.transfer.pretrain_recipe: '{pretrain}' must name a recipe without "
-                f"'transfer' (defined: {sorted(recipes)})"
-            )
+        _check_transfer(name, recipe.get("transfer", {}), recipes)
+    for table, experiment in config["experiments"].items():
+        _check_experiment(table, experiment, config)
     check_datasets(config)
     for name, attack in attacks.items():
-        transfer = recipes[attack["recipe"]].get("transfer")
-        crafting = attack.get("crafting_recipe")
-        if crafting is not None and (crafting not in recipes or "transfer" in recipes[crafting]):
-            raise ConfigError(
-                f"attacks.{name}.crafting_recipe: '{crafting}' must name a recipe without 'transfer' "
-                f"(defined: {sorted(recipes)})"
-            )
-        if (
-            attack["type"] in LOGIT_ATTACK_TYPES
-            and transfer is not None
-            and transfer.get("pretrain_data") is not None
-            and crafting is None
-            and not attack.get("control", False)
-        ):
-            raise ConfigError(
-                f"attacks.{name}.crafting_recipe: required: its crafting needs a classifier over the victim's "
-                f"classes, and recipe '{attack['recipe']}' pretrains its extractor on another dataset"
-            )
-        if attack.get("adaptive", False) and "transfer" in recipes[attack["recipe"]]:
-            raise ConfigError(
-                f"attacks.{name}.adaptive: adaptive crafting trains a model under the victim's "
-                "defense; a transfer recipe crafts against the shared pretrained extractor"
-            )
+        _check_crafting(name, attack, recipes)
     for table, experiment in config["experiments"].items():
         check_claims(table, experiment)
-    for table, experiment in config["experiments"].items():
-        control = experiment.get("control")
-        if control is not None and not attacks[control].get("control", False):
-            raise ConfigError(
-                f"experiments.{table}.control: attack '{control}' poisons; a control needs 'control: true'"
-            )
-        for attack, defense in experiment_cells(experiment):
-            reason = filter_inapplicable(attacks[attack], defenses[defense])
-            if reason:
-                raise ConfigError(
-                    f"experiments.{table}: defense '{defense}' cannot apply to attack '{attack}': "
-                    f"{reason}; list {{attack: {attack}, defense: {defense}}} under "
-                    f"experiments.{table}.exclude"
-                )
-    from augdefense import sources
-
-    if facts is None:
-        facts = sources.facts(config["data"])
+        _check_cells(table, experiment, config)
+    facts = sources.facts(config["data"]) if facts is None else facts
     sources.check_fits(config["data"], facts)
-    used = {a for a, _ in cells(config)}
-    for name in sorted(used):
+    for name in sorted({a for a, _ in cells(config)}):
         check_feasible(name, attacks[name], recipes[attacks[name]["recipe"]], facts)
+
+
+def _defined(where: str, name: str, section: dict, section_name: str) -> None:
+    if name not in section:
+        raise ConfigError(f"{where}: '{name}' is not defined under '{section_name}' (defined: {sorted(section)})")
+
+
+def _plain_recipe(where: str, name: str | None, recipes: dict) -> None:
+    """A recipe that another names as its extractor's or crafting model's must train from scratch."""
+    if name is not None and (name not in recipes or "transfer" in recipes[name]):
+        raise ConfigError(f"{where}: '{name}' must name a recipe without 'transfer' (defined: {sorted(recipes)})")
+
+
+def _check_transfer(name: str, transfer: dict, recipes: dict) -> None:
+    """A transfer block gives its normalisation's mean and std together, and pretrains on a plain recipe."""
+    if ("mean" in transfer) != ("std" in transfer) or len(transfer.get("mean", ())) != len(transfer.get("std", ())):
+        raise ConfigError(
+            f"recipes.{name}.transfer.mean, recipes.{name}.transfer.std: give both, one value per channel, or neither"
+        )
+    _plain_recipe(f"recipes.{name}.transfer.pretrain_recipe", transfer.get("pretrain_recipe"), recipes)
+
+
+def _check_experiment(table: str, experiment: dict, config: dict) -> None:
+    """An experiment names defined attacks, defenses and control, and excludes only its own cells."""
+    for pair in experiment.get("exclude", []):
+        if pair.get("attack") not in experiment["attacks"] or pair.get("defense") not in experiment["defenses"]:
+            raise ConfigError(
+                f"experiments.{table}.exclude: {pair} does not name one of the experiment's "
+                "attacks and one of its defenses"
+            )
+    for name in experiment["attacks"] + ([experiment["control"]] if "control" in experiment else []):
+        _defined(f"experiments.{table}.attacks", name, config["attacks"], "attacks")
+    for name in experiment["defenses"]:
+        _defined(f"experiments.{table}.defenses", name, config["defenses"], "defenses")
+
+
+def _check_crafting(name: str, attack: dict, recipes: dict) -> None:
+    """An attack's crafting model can be trained: a plain ``crafting_recipe``, one where the
+    attack needs the victim's classifier and the extractor lacks it, and no adaptive transfer."""
+    transfer = recipes[attack["recipe"]].get("transfer")
+    crafting = attack.get("crafting_recipe")
+    _plain_recipe(f"attacks.{name}.crafting_recipe", crafting, recipes)
+    if (
+        attack["type"] in LOGIT_ATTACK_TYPES
+        and transfer is not None
+        and transfer.get("pretrain_data") is not None
+        and crafting is None
+        and not attack.get("control", False)
+    ):
+        raise ConfigError(
+            f"attacks.{name}.crafting_recipe: required: its crafting needs a classifier over the victim's "
+            f"classes, and recipe '{attack['recipe']}' pretrains its extractor on another dataset"
+        )
+    if attack.get("adaptive", False) and transfer is not None:
+        raise ConfigError(
+            f"attacks.{name}.adaptive: adaptive crafting trains a model under the victim's "
+            "defense; a transfer recipe crafts against the shared pretrained extractor"
+        )
+
+
+def _check_cells(table: str, experiment: dict, config: dict) -> None:
+    """The control poisons nothing, and every cell's defense applies to its attack."""
+    attacks, defenses = config["attacks"], config["defenses"]
+    control = experiment.get("control")
+    if control is not None and not attacks[control].get("control", False):
+        raise ConfigError(f"experiments.{table}.control: attack '{control}' poisons; a control needs 'control: true'")
+    for attack, defense in experiment_cells(experiment):
+        reason = filter_inapplicable(attacks[attack], defenses[defense])
+        if reason:
+            raise ConfigError(
+                f"experiments.{table}: defense '{defense}' cannot apply to attack '{attack}': "
+                f"{reason}; list {{attack: {attack}, defense: {defense}}} under "
+                f"experiments.{table}.exclude"
+            )
 
 
 def check_claims(table: str, experiment: dict) -> None:

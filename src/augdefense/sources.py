@@ -13,6 +13,7 @@ from augdefense.params import OPTIONAL, Param, complete
 
 SOURCES = ("cifar10", "cifar100", "digits", "imagefolder")
 STORAGES = ("memory", "stream")
+RESIZES = ("imagenet", "none")
 DATA_PARAMS = {
     "source": Param(
         "string",
@@ -36,6 +37,27 @@ DATA_PARAMS = {
         "per-channel normalisation std in [0, 1] units (with mean); absent: computed from the training set",
         default=OPTIONAL,
         items=Param("number", exclusive_minimum=0),
+    ),
+    "train_per_class": Param(
+        "integer",
+        "a class-balanced subset: the first N training images of each class in the source's own order "
+        "(torchvision's for cifar10/cifar100, the stratified split's for digits, sorted file names for "
+        "imagefolder); absent: every image",
+        default=OPTIONAL,
+        minimum=1,
+    ),
+    "test_per_class": Param(
+        "integer",
+        "the first N test images of each class, as train_per_class; absent: every image",
+        default=OPTIONAL,
+        minimum=1,
+    ),
+    "resize": Param(
+        "string",
+        "imagefolder: imagenet, forest's ImageNet decoding (shorter side to image_size x 256/224, centre crop); "
+        "none, images that already measure image_size x image_size taken as they are (resizing would blur them)",
+        default="imagenet",
+        enum=RESIZES,
     ),
     "storage": Param(
         "string",
@@ -63,6 +85,10 @@ def check(spec: dict) -> dict:
                 raise ConfigError(f"data.{key}: required for source 'imagefolder' ({what})")
     if ("mean" in spec) != ("std" in spec) or len(spec.get("mean", ())) != len(spec.get("std", ())):
         raise ConfigError("data.mean, data.std: give both, one value per channel, or neither")
+    if spec["resize"] != "imagenet" and spec["source"] != "imagefolder":
+        raise ConfigError(
+            f"data.resize: applies to imagefolder files; source '{spec['source']}' is resized as a tensor to image_size"
+        )
     if spec["storage"] == "stream" and spec["source"] != "imagefolder":
         raise ConfigError(
             f"data.storage: 'stream' reads an imagefolder tree file by file; source '{spec['source']}' is "
@@ -99,21 +125,52 @@ def facts(spec: dict) -> SourceFacts:
     size = spec.get("image_size")
     if spec["source"] in ("cifar10", "cifar100"):
         sizes = CIFAR10_TRAIN_CLASS_SIZES if spec["source"] == "cifar10" else CIFAR100_TRAIN_CLASS_SIZES
-        shape, num_test = CIFAR10_SHAPE, CIFAR_TEST_SIZE
+        shape = CIFAR10_SHAPE
+        test_class_sizes = (CIFAR_TEST_SIZE // len(sizes),) * len(sizes)
     elif spec["source"] == "digits":
         import numpy as np
 
         targets, train, test = digits_split(spec["split_seed"])
-        sizes, shape, num_test = tuple(np.bincount(targets[train]).tolist()), DIGITS_SHAPE, len(test)
+        sizes, shape = tuple(np.bincount(targets[train]).tolist()), DIGITS_SHAPE
+        test_class_sizes = tuple(np.bincount(targets[test]).tolist())
     else:
         root = Path(spec["path"])
         classes = imagefolder_classes(root)
-        sizes = tuple(sum(1 for _ in class_images(root / "train" / name)) for name in classes)
-        num_test = sum(sum(1 for _ in class_images(root / "test" / name)) for name in classes)
+        sizes = tuple(len(class_images(root / "train" / name)) for name in classes)
+        test_class_sizes = tuple(len(class_images(root / "test" / name)) for name in classes)
         shape = (3, size, size)
     if size is not None:
         shape = (shape[0], size, size)
-    return SourceFacts(sizes, shape, num_test)
+    return SourceFacts(
+        _balanced_sizes(spec, "train", sizes), shape, sum(_balanced_sizes(spec, "test", test_class_sizes))
+    )
+
+
+def _balanced_sizes(spec: dict, split: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """Class sizes with ``<split>_per_class`` applied, refused where a class has fewer images."""
+    wanted = spec.get(f"{split}_per_class")
+    if wanted is None:
+        return sizes
+    if min(sizes) < wanted:
+        smallest = min(range(len(sizes)), key=sizes.__getitem__)
+        raise ConfigError(
+            f"data.{split}_per_class: {wanted} images of each class, but class {smallest} of "
+            f"'{spec['source']}' has only {sizes[smallest]} in its {split} split"
+        )
+    return (wanted,) * len(sizes)
+
+
+def first_per_class(labels: list[int], per_class: int | None) -> list[int] | None:
+    """Positions of the first ``per_class`` images of each class, in dataset order (None: keep all)."""
+    if per_class is None:
+        return None
+    seen: dict[int, int] = {}
+    keep = []
+    for position, label in enumerate(labels):
+        if seen.get(label, 0) < per_class:
+            seen[label] = seen.get(label, 0) + 1
+            keep.append(position)
+    return keep
 
 
 def memory_bytes() -> int | None:
@@ -200,6 +257,12 @@ def finetune_class_sizes(train_class_sizes: tuple[int, ...], transfer: dict) -> 
 
 
 def dataset_name(spec: dict) -> str:
-    """The prepared artifact's name of a data entry: its source, and its size where it resizes."""
+    """The prepared artifact's name of a data entry: its source, its size where it resizes, the
+    images per class of a balanced subset, and how files are decoded and stored where not the default."""
     name = spec["source"] + (f"-{spec['image_size']}px" if spec.get("image_size") is not None else "")
+    if spec.get("resize", "imagenet") != "imagenet":
+        name += f"-resize{spec['resize']}"
+    for split in ("train", "test"):
+        if spec.get(f"{split}_per_class") is not None:
+            name += f"-{split}{spec[f'{split}_per_class']}pc"
     return name + ("-stream" if spec.get("storage") == "stream" else "")
