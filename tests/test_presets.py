@@ -58,7 +58,7 @@ def test_the_evidence_preset_schedules_its_cells(tmp_path):
 
 @pytest.mark.skipif(not JPEG_TARBALL.exists(), reason="the JPEG copy of CIFAR-10 (../shared/data) is not here")
 def test_the_cifar10_preset_runs_offline_on_the_jpeg_copy(tmp_path):
-    """The preset with presets/cifar10-jpeg.yaml on top reads the JPEG copy as an imagefolder tree:
+    """The preset with presets/overlays/cifar10-jpeg.yaml on top reads the JPEG copy as an imagefolder tree:
     the first images of each class, their pixels as the files hold them (no resize), and the dry run
     schedules the preset's cells."""
     from PIL import Image
@@ -79,13 +79,13 @@ def test_the_cifar10_preset_runs_offline_on_the_jpeg_copy(tmp_path):
             "-n",
             "--configfile",
             str(REPO / "presets" / "cifar10-small.yaml"),
-            str(REPO / "presets" / "cifar10-jpeg.yaml"),
+            str(REPO / "presets" / "overlays" / "cifar10-jpeg.yaml"),
             cwd=tmp_path,
         ).stdout
     )
     assert counts["train_victim"] == config["seeds"] * 39 and counts["prepare_data"] == 1
 
-    overlay = yaml.safe_load((REPO / "presets" / "cifar10-jpeg.yaml").read_text())["data"]
+    overlay = yaml.safe_load((REPO / "presets" / "overlays" / "cifar10-jpeg.yaml").read_text())["data"]
     spec = {**config["data"], **overlay, "path": str(tmp_path / overlay["path"])}
     dataset = data.build(spec)
     assert torch.bincount(dataset.train_labels).tolist() == [train_n] * 10
