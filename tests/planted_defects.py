@@ -1,4 +1,4 @@
-"""Plant, one at a time, each defect a promise of the README's "Guarantees" guards against, in a copy
+"""Plant, one at a time, each defect a promise of docs/guarantees.md guards against, in a copy
 of this checkout, and check that the promise's test then fails:
 
     .venv/bin/python tests/planted_defects.py
@@ -16,7 +16,7 @@ DEFECTS = [
     (
         "resume loses the shuffle state",
         "src/augdefense/training.py",
-        '        shuffle.set_state(resumed["rng_shuffle"])\n',
+        '        self.shuffle.set_state(saved["rng_shuffle"])\n',
         "        pass\n",
         "tests/test_faults.py::test_killed_training_resumes_to_identical_metrics",
     ),
@@ -44,7 +44,7 @@ DEFECTS = [
     ),
     (
         "inputs not checked against their producer",
-        "src/augdefense/runner.py",
+        "src/augdefense/execution.py",
         "        if recorded != digests[file]:",
         "        if False:",
         "tests/test_workflow.py::test_a_corrupted_input_is_refused_naming_it",
@@ -52,8 +52,8 @@ DEFECTS = [
     (
         "a NaN loss is not caught",
         "src/augdefense/training.py",
-        "            if not math.isfinite(value):",
-        "            if False:",
+        "        if bad:\n            step = self.checked + bad[0]\n",
+        "        if False:\n            step = self.checked + bad[0]\n",
         "tests/test_training.py::test_divergence_stops_with_epoch_step_and_defense",
     ),
     (
@@ -101,14 +101,14 @@ DEFECTS = [
     ),
     (
         "streamed poisons not shown at their indices",
-        "src/augdefense/data.py",
+        "src/augdefense/imagefiles.py",
         "        image = self.replaced.get(position)\n",
         "        image = None\n",
         "tests/test_stream.py::test_a_seed_gives_the_same_poisons_and_metrics_through_either_storage",
     ),
     (
         "the streamed loader draws from the global generator",
-        "src/augdefense/data.py",
+        "src/augdefense/imagefiles.py",
         "        generator=torch.Generator().manual_seed(0),\n",
         "",
         "tests/test_stream.py::test_a_seed_gives_the_same_poisons_and_metrics_through_either_storage",
@@ -140,6 +140,36 @@ DEFECTS = [
         "    if sources_fingerprint() != fingerprint:",
         "    if False:",
         "tests/test_forkserver.py::test_a_job_the_worker_cannot_run_runs_in_its_own_process",
+    ),
+    (
+        "the checkpoint's fingerprint leaves out the poison",
+        "src/augdefense/jobs/train.py",
+        '                "poison": sha256(job.poison) if job.poison else None,\n',
+        '                "poison": None,\n',
+        "tests/test_faults.py::test_checkpoint_of_a_run_on_other_inputs_or_config_is_ignored "
+        "tests/test_faults.py::test_the_fingerprint_covers_every_input_config_entry_and_the_seed",
+    ),
+    (
+        "the checkpoint's fingerprint leaves out the defense",
+        "src/augdefense/jobs/train.py",
+        '                "defense": job.defense,\n',
+        "",
+        "tests/test_faults.py::test_checkpoint_of_a_run_on_other_inputs_or_config_is_ignored "
+        "tests/test_faults.py::test_the_fingerprint_covers_every_input_config_entry_and_the_seed",
+    ),
+    (
+        "an input no job recorded is not named unverified",
+        "src/augdefense/execution.py",
+        "                unverified.append(file)\n",
+        "                pass\n",
+        "tests/test_faults.py::test_an_input_no_job_recorded_is_named_unverified_and_a_changed_one_refused",
+    ),
+    (
+        "McNemar's exact p off by one discordant pair",
+        "src/augdefense/metrics.py",
+        "stats.binom.cdf(np.minimum(b, c), b + c, 0.5)",
+        "stats.binom.cdf(np.minimum(b, c) - 1, b + c, 0.5)",
+        "tests/test_claims.py::test_three_identical_discordant_seeds_are_inconclusive",
     ),
 ]
 IGNORE = shutil.ignore_patterns(
