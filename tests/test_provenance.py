@@ -200,3 +200,34 @@ def test_an_archive_unpacked_in_an_empty_folder_checks_clean_rebuilds_and_replay
     (reviewer / "resources/prepared/digits.pt").write_bytes(b"other")
     check = augdefense("check-manifest")
     assert check.returncode == 1 and "resources/prepared/digits.pt: sha256 differs" in check.stderr
+
+
+def test_packed_evidence_is_the_runs_files_with_where_they_came_from(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    packed = subprocess.run(
+        [sys.executable, "-m", "augdefense", "pack-evidence", str(copy), str(tmp_path / "ev"), "--preset", "tiny"],
+        capture_output=True,
+        text=True,
+    )
+    assert packed.returncode == 0, packed.stderr
+    for name in ("claims.md", "claims.csv", "paper_comparison.md", "metrics.csv", "config.json", "tables/table1.md"):
+        source = copy / "results" / ("provenance" if name == "config.json" else "") / name
+        assert (tmp_path / "ev" / name).read_bytes() == source.read_bytes(), name
+    record = json.loads((tmp_path / "ev" / "run.json").read_text())
+    sidecar = json.loads((copy / "results/runs/patch10/none/0.json.prov.json").read_text())
+    assert record["commit"] == [sidecar["code"]["git_commit"]]
+    assert record["cpu_isa"] == [sidecar["environment"]["kernels"]["aten_capability"]]
+    assert record["seeds"] == pd.read_csv(copy / "results/metrics.csv").seed.nunique()
+    assert record["victim_runs"] == len(pd.read_csv(copy / "results/metrics.csv"))
+    # An output changed after the run is not packed.
+    with open(copy / "results/claims.md", "a") as fh:
+        fh.write("edited\n")
+    refused = subprocess.run(
+        [sys.executable, "-m", "augdefense", "pack-evidence", str(copy), str(tmp_path / "ev2"), "--preset", "tiny"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "results/claims.md" in refused.stderr
+    assert not (tmp_path / "ev2" / "run.json").exists()

@@ -5,6 +5,9 @@
     archive [--out FILE]           bundle results, provenance, source and environment for reviewers
     rebuild [MANIFEST]             rebuild what an archive left out (large prepared data), and check it
     replay SIDECAR [--out-dir D]   run the job that wrote an output again, from its provenance record
+    pack-evidence RUN DEST --preset P [--wall-seconds S]
+                                   copy a finished run's claims, tables and metrics, checked against
+                                   its manifest, with run.json (commit, date, machine, kernels, seeds)
 """
 
 from __future__ import annotations
@@ -39,7 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run the job that wrote an output again, from its sidecar (<output>.prov.json)")
     p.add_argument("sidecar")
     p.add_argument("--out-dir", default="scratch/replay", help="where the outputs go (same relative paths)")
+    p = sub.add_parser("pack-evidence", help="copy a finished run's quotable results, checked, with run.json")
+    p.add_argument("run_dir", help="the run's working directory (holding results/)")
+    p.add_argument("dest", help="the evidence folder to write")
+    p.add_argument("--preset", required=True, help="the config the run used (recorded)")
+    p.add_argument("--wall-seconds", type=float, help="the workflow's wall time, measured around it")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile, and anything a reader needs")
     return parser
+
+
+def pack_evidence(args: argparse.Namespace) -> int:
+    from augdefense import evidence
+
+    record = evidence.pack(args.run_dir, args.dest, preset=args.preset, wall_seconds=args.wall_seconds, note=args.note)
+    print(f"{args.dest}: {record['victim_runs']} runs of {record['preset']} at {record['commit']}, {record['cpu_isa']}")
+    return 0
 
 
 def check_manifest(args: argparse.Namespace) -> int:
@@ -97,7 +114,13 @@ def _json_difference(old: str, new: Path) -> str:
     return f"; keys that differ: {', '.join(keys)}"
 
 
-COMMANDS = {"check-manifest": check_manifest, "archive": archive, "rebuild": rebuild, "replay": replay}
+COMMANDS = {
+    "check-manifest": check_manifest,
+    "archive": archive,
+    "rebuild": rebuild,
+    "replay": replay,
+    "pack-evidence": pack_evidence,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,89 @@
+"""Pack a finished run's quotable results into a folder of evidence (``python -m augdefense
+pack-evidence RUN_DIR DEST``): the claims, the paper comparison, the tables, ``metrics.csv`` and the
+resolved config, copied byte for byte after the run's manifest has checked them, and ``run.json``
+saying which run wrote them: commit, dates, machine, the kernels' instruction set, seeds, wall time.
+The docs quote numbers from these folders only, and ``tests/test_docs.py`` checks each quote."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+
+from augdefense import provenance
+from augdefense.errors import ArtifactError
+from augdefense.io import atomic_path
+
+QUOTED = [
+    "results/claims.md",
+    "results/claims.csv",
+    "results/paper_comparison.md",
+    "results/paper_comparison.csv",
+    "results/metrics.csv",
+    "results/provenance/config.json",
+]
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (the platform's machine type elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _sidecars(run_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((run_dir / "results" / "runs").rglob("*.json.prov.json"))]
+
+
+def run_record(run_dir: Path, *, preset: str, wall_seconds: float | None, note: str = "") -> dict:
+    """What ``run.json`` says about the run in ``run_dir``, read from its victims' sidecars."""
+    sidecars = _sidecars(run_dir)
+    if not sidecars:
+        raise ArtifactError(f"{run_dir}: no run records under results/runs (not a finished run?)")
+    commits = {(s["code"].get("git_commit"), s["code"].get("git_dirty")) for s in sidecars}
+    kernels = [s["environment"].get("kernels", {}) for s in sidecars]
+    config = json.loads((run_dir / "results" / "provenance" / "config.json").read_text())
+    seeds = config["seeds"]
+    return {
+        "preset": preset,
+        "commit": sorted(c for c, _ in commits if c) or None,
+        "dirty": any(d for _, d in commits),
+        "date": min(s["started"] for s in sidecars)[:10],
+        "first_job_started": min(s["started"] for s in sidecars),
+        "last_job_finished": max(s["finished"] for s in sidecars),
+        "machine": cpu_model(),
+        "host": sorted({s["environment"].get("host") for s in sidecars}),
+        "cpu_isa": sorted({str(k.get("aten_capability")) for k in kernels}),
+        "cpu_isa_setting": sorted({str(k.get("cpu_isa")) for k in kernels}),
+        "threads": sorted({k.get("torch_threads") for k in kernels if k.get("torch_threads") is not None}),
+        "torch": sorted({s["environment"].get("torch") for s in sidecars}),
+        "seeds": len(seeds) if isinstance(seeds, list) else seeds,
+        "victim_runs": len(sidecars),
+        "workflow_wall_seconds": wall_seconds,
+        "note": note,
+    }
+
+
+def pack(run_dir: str | Path, dest: str | Path, *, preset: str, wall_seconds: float | None, note: str = "") -> dict:
+    """Check the run against its manifest, then copy its quotable files and write ``run.json``."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    manifest = run_dir / provenance.MANIFEST
+    problems = provenance.check_manifest(manifest, root=run_dir)
+    if problems:
+        raise ArtifactError(f"{run_dir}: outputs changed since the run: {problems[:5]}")
+    record = run_record(run_dir, preset=preset, wall_seconds=wall_seconds, note=note)
+    tables = sorted([*(run_dir / "results" / "tables").glob("*.md"), *(run_dir / "results" / "tables").glob("*.csv")])
+    for source in [run_dir / f for f in QUOTED] + tables:
+        target = dest / ("tables" if source.parent.name == "tables" else "") / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest / "run.json") as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
