@@ -48,13 +48,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, help="the config the run used (recorded)")
     p.add_argument("--wall-seconds", type=float, help="the workflow's wall time, measured around it")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile, and anything a reader needs")
+    p.add_argument(
+        "--render-claims",
+        action="store_true",
+        help="write the claims from the run's metrics with this checkout's code (a run older than the statistics)",
+    )
     return parser
 
 
 def pack_evidence(args: argparse.Namespace) -> int:
     from augdefense import evidence
 
-    record = evidence.pack(args.run_dir, args.dest, preset=args.preset, wall_seconds=args.wall_seconds, note=args.note)
+    record = evidence.pack(
+        args.run_dir,
+        args.dest,
+        preset=args.preset,
+        wall_seconds=args.wall_seconds,
+        note=args.note,
+        render_claims=args.render_claims,
+    )
     print(f"{args.dest}: {record['victim_runs']} runs of {record['preset']} at {record['commit']}, {record['cpu_isa']}")
     return 0
 

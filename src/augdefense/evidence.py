@@ -15,13 +15,12 @@ from augdefense import provenance
 from augdefense.errors import ArtifactError
 from augdefense.io import atomic_path
 
-QUOTED = [
+REQUIRED = ["results/metrics.csv", "results/provenance/config.json"]
+OPTIONAL = [  # a run whose config declares no claims, or no paper cells, has none to pack
     "results/claims.md",
     "results/claims.csv",
     "results/paper_comparison.md",
     "results/paper_comparison.csv",
-    "results/metrics.csv",
-    "results/provenance/config.json",
 ]
 
 
@@ -34,6 +33,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def cpu_features(wanted=("avx2", "avx512f", "avx512_bf16", "amx_tile")) -> list[str]:
+    """Which of the instruction-set extensions the kernels choose between this CPU has."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
 
 
 def _sidecars(run_dir: Path) -> list[dict]:
@@ -51,12 +62,13 @@ def run_record(run_dir: Path, *, preset: str, wall_seconds: float | None, note: 
     seeds = config["seeds"]
     return {
         "preset": preset,
-        "commit": sorted(c for c, _ in commits if c) or None,
+        "commit": sorted({c for c, _ in commits if c}) or None,
         "dirty": any(d for _, d in commits),
         "date": min(s["started"] for s in sidecars)[:10],
         "first_job_started": min(s["started"] for s in sidecars),
         "last_job_finished": max(s["finished"] for s in sidecars),
         "machine": cpu_model(),
+        "cpu_features": cpu_features(),
         "host": sorted({s["environment"].get("host") for s in sidecars}),
         "cpu_isa": sorted({str(k.get("aten_capability")) for k in kernels}),
         "cpu_isa_setting": sorted({str(k.get("cpu_isa")) for k in kernels}),
@@ -69,21 +81,51 @@ def run_record(run_dir: Path, *, preset: str, wall_seconds: float | None, note: 
     }
 
 
-def pack(run_dir: str | Path, dest: str | Path, *, preset: str, wall_seconds: float | None, note: str = "") -> dict:
-    """Check the run against its manifest, then copy its quotable files and write ``run.json``."""
+def pack(
+    run_dir: str | Path,
+    dest: str | Path,
+    *,
+    preset: str,
+    wall_seconds: float | None,
+    note: str = "",
+    render_claims: bool = False,
+) -> dict:
+    """Check the run against its manifest, then copy its quotable files and write ``run.json``.
+    ``render_claims``: write the claims from the run's metrics with this checkout's code instead of
+    copying them (for a run made before the current statistics; ``run.json`` says so)."""
     run_dir, dest = Path(run_dir), Path(dest)
+    missing = [f for f in REQUIRED if not (run_dir / f).is_file()]
+    if missing:
+        raise ArtifactError(f"{run_dir}: {missing} missing (not a finished run?)")
     manifest = run_dir / provenance.MANIFEST
     problems = provenance.check_manifest(manifest, root=run_dir)
     if problems:
         raise ArtifactError(f"{run_dir}: outputs changed since the run: {problems[:5]}")
     record = run_record(run_dir, preset=preset, wall_seconds=wall_seconds, note=note)
     tables = sorted([*(run_dir / "results" / "tables").glob("*.md"), *(run_dir / "results" / "tables").glob("*.csv")])
-    for source in [run_dir / f for f in QUOTED] + tables:
+    quoted = REQUIRED + [f for f in OPTIONAL if not (render_claims and "claims" in f)]
+    for source in [run_dir / f for f in quoted if (run_dir / f).is_file()] + tables:
         target = dest / ("tables" if source.parent.name == "tables" else "") / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
     dest.mkdir(parents=True, exist_ok=True)
+    if render_claims:
+        from augdefense.claims import render_claims as render
+
+        experiments = json.loads((run_dir / "results" / "provenance" / "config.json").read_text())["experiments"]
+        for experiment in experiments.values():
+            for claim in experiment.get("claims", []):
+                if claim.get("direction") != "not_lower":  # older schemas filled a margin into every claim
+                    claim.pop("margin", None)
+        render(
+            metrics=run_dir / "results" / "metrics.csv",
+            experiments=experiments,
+            scale=f"{preset}, claims rendered from its metrics.csv by later code",
+            csv=dest / "claims.csv",
+            md=dest / "claims.md",
+        )
+        record["claims_rendered_by"] = provenance.code_version().get("git_commit")
     with atomic_path(dest / "run.json") as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
