@@ -654,14 +654,8 @@ def test_the_weakest_of_two_holding_baselines_is_the_one_whose_near_end_is_neare
     wide = [(0.3 + d, 0.0) for d in (-0.2, 0.25, 0.1, -0.1, 0.2, -0.25)]  # +0.3, wide
     metrics = _metrics(wide)
     tight = metrics[metrics.defense == "none"].assign(defense="cutout")
-    tight["poison_success"] = metrics[metrics.defense == "cutmix"].poison_success.to_numpy() - [
-        0.15,
-        0.16,
-        0.14,
-        0.15,
-        0.16,
-        0.14,
-    ]
+    offsets = np.tile([0.15, 0.16, 0.14], 2)
+    tight["poison_success"] = metrics[metrics.defense == "cutmix"].poison_success.to_numpy() - offsets
     metrics = pd.concat([metrics, tight])
     claim = _claim(direction="higher", baseline=["cutout", "none"])
     wide_result, tight_result = (claims.compare(metrics, claim, b) for b in ("none", "cutout"))
@@ -673,14 +667,8 @@ def test_for_lower_the_near_end_is_the_high_end():
     wide = [(0.0, 0.3 + d) for d in (-0.2, 0.25, 0.1, -0.1, 0.2, -0.25)]  # -0.3, wide
     metrics = _metrics(wide)
     tight = metrics[metrics.defense == "none"].assign(defense="cutout")
-    tight["poison_success"] = metrics[metrics.defense == "cutmix"].poison_success.to_numpy() + [
-        0.15,
-        0.16,
-        0.14,
-        0.15,
-        0.16,
-        0.14,
-    ]
+    offsets = np.tile([0.15, 0.16, 0.14], 2)
+    tight["poison_success"] = metrics[metrics.defense == "cutmix"].poison_success.to_numpy() + offsets
     metrics = pd.concat([metrics, tight])
     claim = _claim(baseline=["cutout", "none"])
     wide_result, tight_result = (claims.compare(metrics, claim, b) for b in ("none", "cutout"))

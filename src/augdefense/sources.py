@@ -11,6 +11,15 @@ from pathlib import Path
 from augdefense.errors import ConfigError, DataError
 from augdefense.params import OPTIONAL, Param, complete
 
+
+def normalisation_params(mean: str, std: str) -> dict[str, Param]:
+    """An optional per-channel ``mean``/``std`` pair in [0, 1] units, with each one's description."""
+    return {
+        "mean": Param("array", mean, default=OPTIONAL, items=Param("number", minimum=0, maximum=1)),
+        "std": Param("array", std, default=OPTIONAL, items=Param("number", exclusive_minimum=0)),
+    }
+
+
 SOURCES = ("cifar10", "cifar100", "digits", "imagefolder")
 STORAGES = ("memory", "stream")
 RESIZES = ("imagenet", "none")
@@ -26,17 +35,9 @@ DATA_PARAMS = {
         "integer", "resize to this square size (required for imagefolder)", default=OPTIONAL, minimum=4
     ),
     "split_seed": Param("integer", "digits: seed of the stratified 80/20 split", default=0),
-    "mean": Param(
-        "array",
+    **normalisation_params(
         "per-channel normalisation mean in [0, 1] units (with std); absent: computed from the training set",
-        default=OPTIONAL,
-        items=Param("number", minimum=0, maximum=1),
-    ),
-    "std": Param(
-        "array",
         "per-channel normalisation std in [0, 1] units (with mean); absent: computed from the training set",
-        default=OPTIONAL,
-        items=Param("number", exclusive_minimum=0),
     ),
     "train_per_class": Param(
         "integer",

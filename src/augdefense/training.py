@@ -58,18 +58,10 @@ TRANSFER_PARAMS = {
     ),
     # The benchmark normalises fine-tuning and crafting with fixed constants (learning_module.py,
     # data_mean_std_dict["cifar10"]), whose std is not CIFAR-10's; the data's own stay for the other tables.
-    "mean": Param(
-        "array",
+    **sources.normalisation_params(
         "per-channel mean (in [0, 1] units, with std) that fine-tuning and crafting against the extractor "
         "normalise with (the benchmark's CIFAR-10 constants); absent: the data's",
-        default=OPTIONAL,
-        items=Param("number", minimum=0, maximum=1),
-    ),
-    "std": Param(
-        "array",
         "per-channel std (in [0, 1] units, with mean) of that normalisation; absent: the data's",
-        default=OPTIONAL,
-        items=Param("number", exclusive_minimum=0),
     ),
 }
 RECIPE_PARAMS = {
