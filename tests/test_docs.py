@@ -113,10 +113,10 @@ def test_a_misquoted_number_is_caught(tmp_path):
     assert _misquotes(doc) == []
 
 
-RUNS = sorted(p.parent for p in EVIDENCE.glob("*/run.json"))
+RUNS = sorted(p.parent for p in EVIDENCE.rglob("run.json"))
 
 
-@pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: str(p.relative_to(EVIDENCE)))
 def test_a_committed_runs_claims_are_what_its_metrics_give(run, tmp_path):
     from augdefense.claims import render_claims
 
