@@ -119,11 +119,12 @@ RUNS = sorted(p.parent for p in EVIDENCE.rglob("run.json"))
 @pytest.mark.parametrize("run", RUNS, ids=lambda p: str(p.relative_to(EVIDENCE)))
 def test_a_committed_runs_claims_are_what_its_metrics_give(run, tmp_path):
     from augdefense.claims import render_claims
+    from augdefense.evidence import claimed_experiments
 
     record = json.loads((run / "run.json").read_text())
     for key in ("commit", "date", "machine", "cpu_isa", "preset", "seeds", "workflow_wall_seconds"):
         assert key in record, f"{run / 'run.json'} lacks {key}"
-    experiments = json.loads((run / "config.json").read_text())["experiments"]
+    experiments = claimed_experiments(run / "config.json")
     frame = render_claims(
         metrics=run / "metrics.csv", experiments=experiments, scale="", csv=tmp_path / "c.csv", md=tmp_path / "c.md"
     )

@@ -81,6 +81,17 @@ def run_record(run_dir: Path, *, preset: str, wall_seconds: float | None, note: 
     }
 
 
+def claimed_experiments(config_json: str | Path) -> dict:
+    """The experiments of a resolved config as today's claims code reads them: older schemas filled
+    a margin into every claim, where only a ``not_lower`` claim has one."""
+    experiments = json.loads(Path(config_json).read_text())["experiments"]
+    for experiment in experiments.values():
+        for claim in experiment.get("claims", []):
+            if claim.get("direction") != "not_lower":
+                claim.pop("margin", None)
+    return experiments
+
+
 def pack(
     run_dir: str | Path,
     dest: str | Path,
@@ -113,11 +124,7 @@ def pack(
     if render_claims:
         from augdefense.claims import render_claims as render
 
-        experiments = json.loads((run_dir / "results" / "provenance" / "config.json").read_text())["experiments"]
-        for experiment in experiments.values():
-            for claim in experiment.get("claims", []):
-                if claim.get("direction") != "not_lower":  # older schemas filled a margin into every claim
-                    claim.pop("margin", None)
+        experiments = claimed_experiments(run_dir / "results" / "provenance" / "config.json")
         render(
             metrics=run_dir / "results" / "metrics.csv",
             experiments=experiments,
