@@ -171,6 +171,13 @@ DEFECTS = [
         "stats.binom.cdf(np.minimum(b, c) - 1, b + c, 0.5)",
         "tests/test_claims.py::test_three_identical_discordant_seeds_are_inconclusive",
     ),
+    (
+        "a run changed since its manifest is packed as evidence",
+        "src/augdefense/evidence.py",
+        "    if problems:\n        raise ArtifactError(f\"{run_dir}: outputs changed",
+        "    if False:\n        raise ArtifactError(f\"{run_dir}: outputs changed",
+        "tests/test_provenance.py::test_packed_evidence_is_the_runs_files_with_where_they_came_from",
+    ),
 ]
 IGNORE = shutil.ignore_patterns(
     ".venv", "results", "resources", ".snakemake", "scratch", "logs", "benchmarks", "mutants", ".git"
