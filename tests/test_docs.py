@@ -134,3 +134,47 @@ def test_a_committed_runs_claims_are_what_its_metrics_give(run, tmp_path):
     )
     assert set(frame.verdict) <= {"holds", "contradicted", "inconclusive"}
     assert int(pd.read_csv(run / "metrics.csv").seed.nunique()) == record["seeds"]
+
+
+def _recipes_of(config: dict, attack: str) -> dict:
+    """The recipes a cell of ``attack`` trains with: its own, its extractor's and its crafting model's."""
+    names, entry = set(), config["attacks"][attack]
+    for name in (entry.get("recipe"), entry.get("crafting_recipe")):
+        if name:
+            names.add(name)
+            names.add((config["recipes"][name].get("transfer") or {}).get("pretrain_recipe"))
+    return {n: config["recipes"][n] for n in sorted(filter(None, names))}
+
+
+def _cell_setting(config: dict, attack: str, defense: str) -> str:
+    shared = {k: config.get(k) for k in ("data", "model", "runtime", "threads")}
+    entries = {"attack": config["attacks"][attack], "defense": config["defenses"][defense]}
+    return json.dumps({**shared, **entries, "recipes": _recipes_of(config, attack)}, sort_keys=True)
+
+
+TOP_RUNS = [run for run in RUNS if run.parent == EVIDENCE]
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [(a, b) for i, a in enumerate(TOP_RUNS) for b in TOP_RUNS[i + 1 :]],
+    ids=lambda p: p.name,
+)
+def test_two_committed_runs_give_a_shared_cell_the_same_numbers(first, second):
+    """Two runs on the same kernels that hold a cell with the same settings (data, model, runtime,
+    the attack's and defense's entries, every recipe it trains with) have the same metrics per seed."""
+    records = [json.loads((run / "run.json").read_text()) for run in (first, second)]
+    if records[0]["cpu_isa"] != records[1]["cpu_isa"]:
+        pytest.skip("different kernels: verdicts, not digits, should agree")
+    configs = [json.loads((run / "config.json").read_text()) for run in (first, second)]
+    metrics = [pd.read_csv(run / "metrics.csv") for run in (first, second)]
+    both = metrics[0].merge(metrics[1], on=["attack", "defense", "seed"], suffixes=("_1", "_2"))
+    compared = 0
+    for (attack, defense), rows in both.groupby(["attack", "defense"]):
+        if _cell_setting(configs[0], attack, defense) != _cell_setting(configs[1], attack, defense):
+            continue
+        for column in ("clean_acc", "poison_success", "goal_margin"):
+            assert list(rows[f"{column}_1"]) == list(rows[f"{column}_2"]), (attack, defense, column)
+        compared += len(rows)
+    if not compared:
+        pytest.skip("no cell with the same settings in both runs")
