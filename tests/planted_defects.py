@@ -174,8 +174,8 @@ DEFECTS = [
     (
         "a run changed since its manifest is packed as evidence",
         "src/augdefense/evidence.py",
-        "    if problems:\n        raise ArtifactError(f\"{run_dir}: outputs changed",
-        "    if False:\n        raise ArtifactError(f\"{run_dir}: outputs changed",
+        '    if problems:\n        raise ArtifactError(f"{run_dir}: outputs changed',
+        '    if False:\n        raise ArtifactError(f"{run_dir}: outputs changed',
         "tests/test_provenance.py::test_packed_evidence_is_the_runs_files_with_where_they_came_from",
     ),
 ]
