@@ -13,7 +13,7 @@ from pathlib import Path
 
 from augdefense import provenance
 from augdefense.errors import ArtifactError
-from augdefense.io import atomic_path
+from augdefense.io import atomic_path, write_json
 
 REQUIRED = ["results/metrics.csv", "results/provenance/config.json"]
 OPTIONAL = [  # a run whose config declares no claims, or no paper cells, has none to pack
@@ -24,27 +24,26 @@ OPTIONAL = [  # a run whose config declares no claims, or no paper cells, has no
 ]
 
 
-def cpu_model() -> str:
-    """The CPU's model name, as /proc/cpuinfo gives it (the platform's machine type elsewhere)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the platform's machine type where /proc/cpuinfo has none)."""
+    return _cpuinfo("model name") or platform.machine()
 
 
 def cpu_features(wanted=("avx2", "avx512f", "avx512_bf16", "amx_tile")) -> list[str]:
     """Which of the instruction-set extensions the kernels choose between this CPU has."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in flags]
-    except OSError:
-        pass
-    return []
+    flags = set((_cpuinfo("flags") or "").split())
+    return [f for f in wanted if f in flags]
 
 
 def _sidecars(run_dir: Path) -> list[dict]:
@@ -133,6 +132,5 @@ def pack(
             md=dest / "claims.md",
         )
         record["claims_rendered_by"] = provenance.code_version().get("git_commit")
-    with atomic_path(dest / "run.json") as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    write_json(dest / "run.json", record)
     return record
