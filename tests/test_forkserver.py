@@ -175,7 +175,8 @@ def test_a_job_the_worker_cannot_run_runs_in_its_own_process(monkeypatch, worker
 
 def test_a_forked_jobs_thread_pools_follow_its_threads(worker, prepared):
     """The worker loaded numpy, scipy, scikit-learn and torch with pools of every core; a forked job
-    with threads: 1 runs with every BLAS and OpenMP pool, and torch's, at 1 (its sidecar says)."""
+    with threads: 1 runs with every BLAS and OpenMP pool, and torch's, at 1 (its sidecar says), and
+    with the allocator settings of a job's process (kernels.hold_freed_memory), set in the child."""
     if os.cpu_count() < 2:
         pytest.skip("one core: every pool has one thread anyway")
     _, path = worker
@@ -186,6 +187,7 @@ def test_a_forked_jobs_thread_pools_follow_its_threads(worker, prepared):
     assert {pool["user_api"] for pool in found["pools"]} == {"blas", "openmp"}
     assert [pool["num_threads"] for pool in found["pools"]] == [1] * len(found["pools"])
     assert found["torch_threads"] == 1
+    assert found["heap_held"] is sys.platform.startswith("linux")
 
 
 def _alive(pid: int) -> bool:

@@ -9,7 +9,9 @@ avx2`` caps all five at AVX2, which x86-64 CPUs of the last decade have, so a jo
 same way on any of them, whatever the calling environment asks for; ``native`` (the default: the
 pin costs 20-30% on an AVX-512 machine, docs/reproducibility.md) leaves the choice to each library
 and to the caller's variables, which is how one runs another machine's kernels here. The thread
-count changes summation order too: a job's pools follow its ``threads``.
+count changes summation order too: a job's pools follow its ``threads``. And the allocator: a
+training step frees every buffer it made when it returns, so glibc hands the heap's top back to the
+system after each step and the next step faults it in again (``hold_freed_memory``).
 
 Each library reads its variable once, when it first loads or first computes. The workflow sets them
 in its own environment as it starts (the Snakefile), so every job process and the warm worker
@@ -42,6 +44,12 @@ PINS = {
 VARIABLES = tuple(PINS["avx2"])
 # Snakemake sets these to a job's threads; libraries loaded before the job (the warm worker's) ignore them.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# glibc's mallopt parameters (malloc.h) and the values a job sets: blocks up to 32 MiB (glibc's
+# largest mmap threshold) come from the heap, and up to 1 GiB of freed heap stays for the next step.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HELD_BYTES = 1 << 30
+HEAP_BLOCK_BYTES = 32 << 20
+_heap_held = False
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,7 @@ def apply(setting: str, threads: int) -> None:
     """Pin this process's kernels to ``setting`` (effective for a library not yet loaded or, for
     ATen, oneDNN and MKL, not yet used) and its thread pools, loaded or not, to ``threads``."""
     pin(setting)
+    hold_freed_memory()
     os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
     from threadpoolctl import threadpool_limits
 
@@ -92,6 +101,25 @@ def apply(setting: str, threads: int) -> None:
             )
 
 
+def hold_freed_memory() -> bool:
+    """Keep freed memory in this process's heap for reuse instead of returning it to the system after
+    each step; True where it took effect (glibc), False elsewhere. glibc raises its thresholds by
+    itself only as large blocks are freed, so whether it trims each step depended on which tensors
+    outlived a step; fixed thresholds (what MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ set at a
+    process's start, here also for the warm worker's children) end that. docs/performance.md."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: no such thresholds
+        return False
+    global _heap_held
+    trim_set = libc.mallopt(M_TRIM_THRESHOLD, HELD_BYTES)
+    _heap_held = bool(trim_set) and bool(libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES))
+    return _heap_held
+
+
 def report() -> dict:
     """What this process's kernels are: the setting, the variables, ATen's dispatch level and the
     thread pools (OpenBLAS reports the kernels it chose)."""
@@ -101,6 +129,7 @@ def report() -> dict:
         "cpu_isa": os.environ.get(SETTING_ENV),
         "machine": platform.machine(),
         "variables": {name: os.environ.get(name) for name in VARIABLES},
+        "heap_held": _heap_held,
         "pools": [
             {key: pool.get(key) for key in ("user_api", "internal_api", "num_threads", "architecture")}
             for pool in threadpool_info()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from augdefense import data
+from augdefense import data, kernels
 from augdefense.bench.crafting import CRAFT_MODEL_EPOCHS, bench_crafting, crafting_markdown
 from augdefense.bench.data_path import IMAGENET_TRAIN_IMAGES, bench_data_path
 from augdefense.bench.demo import breakdown_markdown, job_breakdown, overhead_share, run_demo, workflow_timings
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-warm-worker", action="store_true", help="run the demo's jobs each in its own process (for comparison)"
     )
     args = parser.parse_args(argv)
+    heap_held = kernels.hold_freed_memory()  # the allocator a job's process runs with
     torch.set_num_threads(args.threads)
     dataset = data.build({"source": "digits", "image_size": 16})
     model_spec = {"arch": "convnet", "width": 32}
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "heap_held": heap_held,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     result = (
