@@ -28,6 +28,10 @@ def pyplot():
     return plt
 
 
+# No creation date in the file, so two runs of one workflow write the same bytes.
+UNDATED = {"pdf": {"CreationDate": None}}
+
+
 def save(fig, *outs: str | Path, scale: str | None = None) -> None:
     """Write ``fig`` to each path (format from the suffix), noting the run's scale under it."""
     plt = pyplot()
@@ -35,8 +39,9 @@ def save(fig, *outs: str | Path, scale: str | None = None) -> None:
         fig.text(0.5, 0.002, f"computed at: {scale}", ha="center", va="bottom", fontsize=6, color="grey")
     fig.tight_layout(rect=(0, 0.03 if scale else 0, 1, 1))
     for out in outs:
+        kind = Path(out).suffix[1:]
         with atomic_path(out) as tmp:
-            fig.savefig(tmp, format=Path(out).suffix[1:], dpi=150)
+            fig.savefig(tmp, format=kind, dpi=150, metadata=UNDATED.get(kind))
     plt.close(fig)
 
 
