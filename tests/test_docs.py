@@ -161,11 +161,14 @@ TOP_RUNS = [run for run in RUNS if run.parent == EVIDENCE]
     ids=lambda p: p.name,
 )
 def test_two_committed_runs_give_a_shared_cell_the_same_numbers(first, second):
-    """Two runs on the same kernels that hold a cell with the same settings (data, model, runtime,
-    the attack's and defense's entries, every recipe it trains with) have the same metrics per seed."""
+    """Two runs on the same kernels and the same CPU model that hold a cell with the same settings
+    (data, model, runtime, the attack's and defense's entries, every recipe it trains with) have the
+    same metrics per seed."""
     records = [json.loads((run / "run.json").read_text()) for run in (first, second)]
     if records[0]["cpu_isa"] != records[1]["cpu_isa"]:
         pytest.skip("different kernels: verdicts, not digits, should agree")
+    if records[0]["machine"] != records[1]["machine"]:
+        pytest.skip("different CPUs (the same ISA sums in another order on another vendor's CPU): verdicts agree")
     configs = [json.loads((run / "config.json").read_text()) for run in (first, second)]
     metrics = [pd.read_csv(run / "metrics.csv") for run in (first, second)]
     both = metrics[0].merge(metrics[1], on=["attack", "defense", "seed"], suffixes=("_1", "_2"))
@@ -178,3 +181,17 @@ def test_two_committed_runs_give_a_shared_cell_the_same_numbers(first, second):
         compared += len(rows)
     if not compared:
         pytest.skip("no cell with the same settings in both runs")
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [(a, b) for i, a in enumerate(TOP_RUNS) for b in TOP_RUNS[i + 1 :]],
+    ids=lambda p: p.name,
+)
+def test_two_committed_runs_of_one_config_give_every_claim_the_same_verdict(first, second):
+    """Per-seed numbers may move with the CPU; a claim's verdict must not (docs/reproducibility.md)."""
+    configs = [(run / "config.json").read_text() for run in (first, second)]
+    if json.loads(configs[0]) != json.loads(configs[1]):
+        pytest.skip("different configs")
+    claims = [pd.read_csv(run / "claims.csv").set_index(["experiment", "claim"]).verdict for run in (first, second)]
+    assert claims[0].sort_index().to_dict() == claims[1].sort_index().to_dict()
