@@ -5,10 +5,12 @@ CPU it finds: ATen's vectorised kernels (``ATEN_CPU_CAPABILITY``), oneDNN's conv
 (``ONEDNN_MAX_CPU_ISA``), MKL's BLAS inside torch (``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS``) and the
 OpenBLAS of numpy and scipy (``OPENBLAS_CORETYPE``). AVX-512 and AVX2 kernels sum in different
 orders, so the same seed gives other bytes on an AVX-512 machine than on an AVX2 one. ``runtime.cpu_isa:
-avx2`` caps all five at AVX2, which x86-64 CPUs of the last decade have, so a job computes the
-same way on any of them, whatever the calling environment asks for; ``native`` (the default: the
-pin costs 20-30% on an AVX-512 machine, docs/reproducibility.md) leaves the choice to each library
-and to the caller's variables, which is how one runs another machine's kernels here. The thread
+avx2`` caps all five at AVX2, which x86-64 CPUs of the last decade have, whatever the calling
+environment asks for: an AVX-512 machine then runs the kernels an AVX2 machine runs. It does
+not make two CPU vendors agree (measured: an Intel and an AMD CPU gave one pinned job different
+numbers, docs/reproducibility.md). ``native`` (the default: the pin is slower on an AVX-512
+machine) leaves the choice to each library and to the caller's variables, which is how one runs
+another machine's kernels here. The thread
 count changes summation order too: a job's pools follow its ``threads``. And the allocator: a
 training step frees every buffer it made when it returns, so glibc hands the heap's top back to the
 system after each step and the next step faults it in again (``hold_freed_memory``).
