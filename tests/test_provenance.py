@@ -219,6 +219,8 @@ def test_packed_evidence_is_the_runs_files_with_where_they_came_from(tiny_run, t
     sidecar = json.loads((copy / "results/runs/patch10/none/0.json.prov.json").read_text())
     assert record["commit"] == [sidecar["code"]["git_commit"]]
     assert record["cpu_isa"] == [sidecar["environment"]["kernels"]["aten_capability"]]
+    variables = sidecar["environment"]["kernels"]["variables"]
+    assert record["kernel_variables"] == [{k: v for k, v in variables.items() if v is not None}]
     assert record["seeds"] == pd.read_csv(copy / "results/metrics.csv").seed.nunique()
     assert record["victim_runs"] == len(pd.read_csv(copy / "results/metrics.csv"))
     # An output changed after the run is not packed.

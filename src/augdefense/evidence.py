@@ -50,6 +50,10 @@ def _sidecars(run_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((run_dir / "results" / "runs").rglob("*.json.prov.json"))]
 
 
+def _set(kernels: dict) -> dict:
+    return {name: value for name, value in (kernels.get("variables") or {}).items() if value is not None}
+
+
 def run_record(run_dir: Path, *, preset: str, wall_seconds: float | None, note: str = "") -> dict:
     """What ``run.json`` says about the run in ``run_dir``, read from its victims' sidecars."""
     sidecars = _sidecars(run_dir)
@@ -72,6 +76,9 @@ def run_record(run_dir: Path, *, preset: str, wall_seconds: float | None, note: 
         "cpu_isa": sorted({str(k.get("aten_capability")) for k in kernels}),
         "cpu_isa_setting": sorted({str(k.get("cpu_isa")) for k in kernels}),
         "threads": sorted({k.get("torch_threads") for k in kernels if k.get("torch_threads") is not None}),
+        # The kernel variables set in the jobs' environment: a machine's own (OPENBLAS_CORETYPE, say)
+        # moves numbers as the pin does, and a reader comparing two runs looks here first.
+        "kernel_variables": [json.loads(v) for v in sorted({json.dumps(_set(k), sort_keys=True) for k in kernels})],
         "torch": sorted({s["environment"].get("torch") for s in sidecars}),
         "seeds": len(seeds) if isinstance(seeds, list) else seeds,
         "victim_runs": len(sidecars),
