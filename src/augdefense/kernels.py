@@ -10,10 +10,10 @@ environment asks for: an AVX-512 machine then runs the kernels an AVX2 machine r
 not make two CPU vendors agree (measured: an Intel and an AMD CPU gave one pinned job different
 numbers, docs/reproducibility.md). ``native`` (the default: the pin is slower on an AVX-512
 machine) leaves the choice to each library and to the caller's variables, which is how one runs
-another machine's kernels here. The thread
-count changes summation order too: a job's pools follow its ``threads``. And the allocator: a
-training step frees every buffer it made when it returns, so glibc hands the heap's top back to the
-system after each step and the next step faults it in again (``hold_freed_memory``).
+another machine's kernels here. The thread count changes summation order too: a job's pools follow
+its ``threads``. And the allocator: a training step frees every buffer it made when it returns, so
+glibc hands the heap's top back to the system after each step and the next step faults it in again
+(``hold_freed_memory``).
 
 Each library reads its variable once, when it first loads or first computes. The workflow sets them
 in its own environment as it starts (the Snakefile), so every job process and the warm worker

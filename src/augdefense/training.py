@@ -124,8 +124,8 @@ RUNTIME_PARAMS = {
     "cpu_isa": Param(
         "string",
         "the CPU kernels' instruction set on x86-64 (augdefense.kernels): native, each library's best for this CPU "
-        "(AVX-512 where there is one); avx2, the kernels every x86-64 CPU of the last decade has, run on any "
-        "(slower on AVX-512; it does not make two CPU vendors' numbers agree: docs/reproducibility.md)",
+        "(AVX-512 where there is one); avx2, capped at what every x86-64 CPU of the last decade has (slower on "
+        "AVX-512, and two CPU vendors' numbers still differ: docs/reproducibility.md)",
         default=kernels.DEFAULT,
         enum=kernels.SETTINGS,
     ),
