@@ -52,6 +52,18 @@ def _art_importable() -> bool:
     return True
 
 
+def test_the_demo_command_runs_this_checkouts_workflow_and_demo_preset(tmp_path):
+    from pathlib import Path
+
+    from augdefense.bench.demo import demo_command
+
+    cmd = demo_command(tmp_path / "demo", cores=2, warm_worker=False)
+    repo = Path(__file__).resolve().parents[1]
+    snakefile, configfile = cmd[cmd.index("--snakefile") + 1], cmd[cmd.index("--configfile") + 1]
+    assert Path(snakefile) == repo / "Snakefile" and Path(configfile) == repo / "presets" / "quick.yaml"
+    assert cmd[cmd.index("-d") + 1] == str(tmp_path / "demo") and "warm_worker=False" in cmd
+
+
 def test_crafting_row_is_skipped_with_a_reason_without_art(monkeypatch):
     # As if ART were not installed: a None entry in sys.modules makes its import raise ImportError,
     # whether or not it is installed (and already imported by another test).

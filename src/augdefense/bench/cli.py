@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     if args.demo or args.demo_only:
-        repo, workdir = Path(__file__).resolve().parents[2], Path("scratch") / "bench-demo"
-        demo = run_demo(repo, workdir, warm_worker=not args.no_warm_worker)
+        workdir = Path("scratch") / "bench-demo"
+        demo = run_demo(workdir, warm_worker=not args.no_warm_worker)
         result["demo"] = {**demo, "breakdown": job_breakdown(workdir)}
         result["demo"]["overhead_share"] = overhead_share(result["demo"])
     out = Path(args.out)

@@ -34,20 +34,32 @@ def workflow_timings(root: Path) -> dict:
     return out
 
 
-def run_demo(repo: Path, workdir: Path, cores: int = 2, warm_worker: bool = True) -> dict:
+def demo_command(workdir: Path, cores: int = 2, warm_worker: bool = True) -> list[str]:
+    """The Snakemake command of the CPU demo (``make demo``'s workflow) in ``workdir``, from this checkout."""
+    import sys
+
+    from augdefense.runner import CHECKOUT
+
+    files = {"--snakefile": CHECKOUT / "Snakefile", "--configfile": CHECKOUT / "presets" / "quick.yaml"}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the demo needs the checkout's {missing} (is augdefense installed from a clone?)")
+    snakemake = Path(sys.executable).with_name("snakemake")
+    cmd = [str(snakemake), "--snakefile", str(files["--snakefile"]), "-d", str(workdir), "--cores", str(cores)]
+    return cmd + ["--configfile", str(files["--configfile"]), "--config", f"warm_worker={warm_worker}"]
+
+
+def run_demo(workdir: Path, cores: int = 2, warm_worker: bool = True) -> dict:
     """Run the CPU demo in ``workdir`` from scratch and measure Snakemake's own CPU time (its
     process alone: its jobs are children, counted apart) by polling it."""
     import shutil
     import subprocess
-    import sys
 
     import psutil
 
+    cmd = demo_command(workdir, cores, warm_worker)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake), "--snakefile", str(repo / "Snakefile"), "-d", str(workdir), "--cores", str(cores)]
-    cmd += ["--configfile", str(repo / "presets" / "quick.yaml"), "--config", f"warm_worker={warm_worker}"]
     start = time.perf_counter()
     worker_log = workdir / "logs" / "warm_worker.log"
     with open(workdir / "snakemake.out", "w") as out:
