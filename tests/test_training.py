@@ -110,13 +110,13 @@ PATCH25 = {"type": "patch", "recipe": "r", "patch_size": 10, "fraction": 0.25}
 def patched25(tmp_path_factory):
     """Digits at 16 px with 25% of the target class carrying a 10x10 trigger, and a feature model
     (width 32, learning rate dropped for the last 5 epochs) trained on them. The backdoor is strong
-    enough that the filters' outcome does not hang on floating-point order: over seeds 0-9 both
-    filters found every poison on 9 of 10 under the AVX-512 kernels and, under AVX2 (the same
-    draws, other kernels), Spectral Signatures' recall was at least 0.94 on all 10 and Activation
-    Clustering's 1.0 (docs/reproducibility.md). Seed 3 reached 1.0 under both. (With 10% of the
-    class, width 16 and no drop, the setting this replaced, recall ranged from 0.0 to 1.0 by seed,
-    and seed 3's 1.0 fell to 0.07 on an AMD machine's AVX-512 kernels.) The test checks the
-    plumbing around the filters: the right features, budget and poison positions."""
+    enough that the filters' outcome does not hang on floating-point order: over seeds 0-9 under the
+    AVX-512 and AVX2 kernels of an Intel and an AMD CPU, Activation Clustering found every poison
+    and Spectral Signatures at least 0.77 of them, 1.0 for seed 3 in all four
+    (docs/reproducibility.md); chance is about 0.38. (With 10% of the class, width 16 and no drop,
+    the setting this replaced, recall ranged from 0.0 to 1.0 by seed, and seed 3's 1.0 fell to 0.07
+    on an AMD machine's AVX-512 kernels.) The test checks the plumbing around the filters: the
+    right features, budget and poison positions."""
     root = tmp_path_factory.mktemp("patched25")
     data.prepare(spec={"source": "digits", "image_size": 16}, out=root / "data.pt")
     craft_poison(data=root / "data.pt", attack_name="patch25", attack=PATCH25, seed=3, out=root / "poison.pt")
@@ -153,7 +153,7 @@ def test_filters_catch_a_learned_backdoor_through_the_sanitize_job(patched25, sp
     root, _ = patched25
     record = _sanitize(root, root / "fm.pt", spec, tmp_path / "s.json")
     assert record["n_poisons"] == 36
-    assert record["filter_recall"] >= 0.9  # these filters find this backdoor's poisons
+    assert record["filter_recall"] >= 0.75  # twice chance, below every seed's recall on both CPUs and ISAs
     poisoned = set(torch.load(root / "poison.pt", weights_only=True)["train_indices"].tolist())
     assert record["n_poisons_removed"] == len(set(record["removed"]) & poisoned)
 

@@ -44,9 +44,11 @@ GPU_DEFAULTS = {
     "shape": [3, 32, 32],
     "startup_seconds": 20.0,
 }
-# The demo's ConvNet (width 32, 16x16 digits) on one thread of the CI machine (README "Estimate").
+# The demo's ConvNet (width 32, 16x16 digits) on one thread of the 2-core Intel CI machine, 2026-11-28
+# (docs/performance.md, "The cost estimate").
 CPU_DEFAULTS = {
-    "source": "measured: the demo's ConvNet on one core of this project's 2-core CI machine (README 'Estimate')",
+    "source": "measured: the demo's ConvNet on one core of this project's 2-core CI machine, 2026-11-28 "
+    "(docs/performance.md, 'The cost estimate')",
     "training_seconds_per_image": {
         "none": 1 / 5867,
         "mixup": 1 / 5392,
@@ -57,7 +59,7 @@ CPU_DEFAULTS = {
     "crafting_seconds_per_iteration_per_poison": 0.0470 / 72,
     "model": {"arch": "convnet", "width": 32},
     "shape": [1, 16, 16],
-    # A job's overhead with the warm worker (README "Where the demo's time goes").
+    # A job's overhead with the warm worker (docs/performance.md, "Where the demo's time goes").
     "startup_seconds": 0.5,
 }
 # Per-sample DP-SGD (opacus) is not measured (opacus is not on the GPU node): assumed this many times
