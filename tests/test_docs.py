@@ -153,13 +153,10 @@ def _cell_setting(config: dict, attack: str, defense: str) -> str:
 
 
 TOP_RUNS = [run for run in RUNS if run.parent == EVIDENCE]
+RUN_PAIRS = [(a, b) for i, a in enumerate(TOP_RUNS) for b in TOP_RUNS[i + 1 :]]
 
 
-@pytest.mark.parametrize(
-    "first, second",
-    [(a, b) for i, a in enumerate(TOP_RUNS) for b in TOP_RUNS[i + 1 :]],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("first, second", RUN_PAIRS, ids=lambda p: p.name)
 def test_two_committed_runs_give_a_shared_cell_the_same_numbers(first, second):
     """Two runs on the same kernels and the same CPU model that hold a cell with the same settings
     (data, model, runtime, the attack's and defense's entries, every recipe it trains with) have the
@@ -183,11 +180,7 @@ def test_two_committed_runs_give_a_shared_cell_the_same_numbers(first, second):
         pytest.skip("no cell with the same settings in both runs")
 
 
-@pytest.mark.parametrize(
-    "first, second",
-    [(a, b) for i, a in enumerate(TOP_RUNS) for b in TOP_RUNS[i + 1 :]],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("first, second", RUN_PAIRS, ids=lambda p: p.name)
 def test_two_committed_runs_of_one_config_give_every_claim_the_same_verdict(first, second):
     """Per-seed numbers may move with the CPU; a claim's verdict must not (docs/reproducibility.md)."""
     configs = [(run / "config.json").read_text() for run in (first, second)]

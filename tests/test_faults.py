@@ -335,8 +335,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
 def test_a_jobs_process_reuses_the_memory_a_training_step_frees():
     """glibc's default thresholds returned the heap's top to the system after every step of a demo
-    victim and faulted it in again at the next (5x the page faults, 6.5% more CPU per job); a job's
-    process (``kernels.apply``) keeps it."""
+    victim and faulted it in again at the next (docs/performance.md has the cost); a job's process
+    (``kernels.apply``) keeps it."""
 
     def page_faults(mode: str) -> int:
         done = subprocess.run(

@@ -50,8 +50,13 @@ def _sidecars(run_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((run_dir / "results" / "runs").rglob("*.json.prov.json"))]
 
 
-def _set(kernels: dict) -> dict:
-    return {name: value for name, value in (kernels.get("variables") or {}).items() if value is not None}
+def _distinct_set_variables(kernels: list[dict]) -> list[dict]:
+    """Each distinct set of kernel variables the jobs ran with (unset ones left out)."""
+    seen = {
+        json.dumps({k: v for k, v in (each.get("variables") or {}).items() if v is not None}, sort_keys=True)
+        for each in kernels
+    }
+    return [json.loads(text) for text in sorted(seen)]
 
 
 def run_record(run_dir: Path, *, preset: str, wall_seconds: float | None, note: str = "") -> dict:
@@ -78,7 +83,7 @@ def run_record(run_dir: Path, *, preset: str, wall_seconds: float | None, note: 
         "threads": sorted({k.get("torch_threads") for k in kernels if k.get("torch_threads") is not None}),
         # The kernel variables set in the jobs' environment: a machine's own (OPENBLAS_CORETYPE, say)
         # moves numbers as the pin does, and a reader comparing two runs looks here first.
-        "kernel_variables": [json.loads(v) for v in sorted({json.dumps(_set(k), sort_keys=True) for k in kernels})],
+        "kernel_variables": _distinct_set_variables(kernels),
         "torch": sorted({s["environment"].get("torch") for s in sidecars}),
         "seeds": len(seeds) if isinstance(seeds, list) else seeds,
         "victim_runs": len(sidecars),
