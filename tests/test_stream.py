@@ -273,6 +273,10 @@ def _growth(record) -> float:
     return record["memory"]["peak_rss_mb"] - record["memory"]["before_data_rss_mb"]
 
 
+def _load_growth(record) -> float:
+    return record["memory"]["after_data_rss_mb"] - record["memory"]["before_data_rss_mb"]
+
+
 def test_random_resized_crops_train_alike_from_either_storage(both, tmp_path):
     """crop: random_resized (per image, in the loader) on the in-memory tensor in this process and
     on the streamed files in 2 workers: the same draws, so the same poisons and metrics; and not
@@ -330,11 +334,14 @@ def test_a_filter_sees_the_same_features_through_either_storage(both, tmp_path):
 def test_table3_runs_through_snakemake_streaming_224px_jpegs(tmp_path):
     """presets/imagenet.yaml's Table 3 cells (Witches' Brew against none, 2-way and 4-way mixup,
     with the clean control) end to end on a generated ImageFolder tree of 224-px JPEGs, streamed.
-    Memory: each job's sidecar records its resident memory when the data started loading and its
-    peak. A job's growth includes the working set of 224-px convolutions, measured by the same
-    training job (the crafting model's) with as many steps on a 16-image tree: streaming adds a
-    small fraction of the decoded training set to it, every streamed job stays well under the set,
-    and the same job with the set held in memory adds more than the set (the measure can tell)."""
+    Memory: each job's sidecar records its resident memory when the data started loading, when it
+    had loaded, and its peak. Loading a streamed set adds its index, a small fraction of the decoded
+    set; loading it into memory adds more than the set (the measure can tell). The peak adds a
+    working set of 224-px convolutions, measured by the same training job (the crafting model's)
+    with as many steps on a 16-image tree. The same job's peak varies by tens of MiB from run to
+    run (where the address space and hash seed put the allocator's blocks;
+    docs/evidence/stream_memory.txt), so the peaks are held to half the set: the streamed job
+    against the reference, every streamed job against the job that holds the set."""
     import yaml
 
     from augdefense.runner import JobSpec
@@ -362,11 +369,12 @@ def test_table3_runs_through_snakemake_streaming_224px_jpegs(tmp_path):
     assert sorted(metrics["defense"]) == sorted(["none", "mixup", "mixup4"] * 2)
     assert (metrics["n_train"] == classes * per_class).all()
     assert "mixup4" in (tmp_path / "results/tables/table3.md").read_text()
-    streamed = {}
+    streamed, streamed_loads = {}, {}
     for sidecar in (tmp_path / "results").rglob("*.prov.json"):
         record = json.loads(sidecar.read_text())
         if record["rule"] in ("train_victim", "train_crafting_model"):
             streamed[str(sidecar.relative_to(tmp_path))] = _growth(record)
+            streamed_loads[str(sidecar.relative_to(tmp_path))] = _load_growth(record)
     assert len(streamed) == 6 + 1
 
     # The reference: the same training job, as many optimisation steps, on a tree of 16 images.
@@ -392,12 +400,18 @@ def test_table3_runs_through_snakemake_streaming_224px_jpegs(tmp_path):
             params={**params, "recipe": {**params["recipe"], "epochs": epochs}},
         )
         growth[name] = _job_growth(job)
+    # Read by docs/evidence/stream_memory.txt's runs of this test.
+    measures = {"decoded_mb": decoded_mb, "reference": growth, "streamed": streamed, "loads": streamed_loads}
+    (tmp_path / "memory_measures.json").write_text(json.dumps(measures, indent=1))
+    assert max(streamed_loads.values()) < decoded_mb / 10, measures
+    memory_load = _load_growth(json.loads((tmp_path / "memory_model.pt.prov.json").read_text()))
+    assert memory_load > decoded_mb, (memory_load, measures)
     working_set = growth["small"]
     same_job = streamed["results/crafting_models/targeted/none/0.pt.prov.json"]
-    assert same_job - working_set < decoded_mb / 6, (decoded_mb, working_set, streamed)
-    # The victims under mixup hold their mixing buffers besides: still well under the set.
-    assert max(streamed.values()) - working_set < decoded_mb / 2, (decoded_mb, working_set, streamed)
-    assert growth["memory"] - working_set > decoded_mb, (decoded_mb, working_set, growth)
+    assert same_job - working_set < decoded_mb / 2, measures
+    # The victims under mixup hold their mixing buffers besides.
+    assert max(streamed.values()) < growth["memory"] - decoded_mb / 2, measures
+    assert growth["memory"] - working_set > decoded_mb, measures
 
 
 @pytest.mark.workflow

@@ -260,4 +260,5 @@ def load(path: str | Path) -> Dataset:
             )
         if len(labels) and (labels.min() < 0 or labels.max() >= len(obj["classes"])):
             raise ArtifactError(f"{path}: '{split}_labels' outside 0..{len(obj['classes']) - 1}")
+    timing.mark_memory("after_data")
     return dataset
