@@ -531,3 +531,40 @@ def test_an_input_no_job_recorded_is_named_unverified_and_a_changed_one_refused(
         fh.write(b"changed")
     with pytest.raises(ArtifactError, match=r"data\.pt: its sha256 differs from what the job that wrote it recorded"):
         execute(craft, craft_poison)
+
+
+def test_an_artifact_named_from_another_directory_is_checked_against_its_record(tmp_path, monkeypatch):
+    """A job names its outputs from its working directory (Snakemake's relative paths); a later job
+    or a replay that names the same file otherwise (absolute, through a link above it) is checked
+    against that record, not refused as changed; a sidecar that records another file is named."""
+    from augdefense.errors import ArtifactError
+    from augdefense.io import read_json
+    from augdefense.runner import execute
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    execute(
+        JobSpec(rule="prepare_data", outputs={"out": "resources/data.pt"}, params={"spec": {"source": "digits"}}),
+        data.prepare,
+    )
+    (tmp_path / "link").symlink_to(tmp_path / "work")
+    for name in (str(tmp_path / "work/resources/data.pt"), str(tmp_path / "link/resources/data.pt")):
+        out = tmp_path / f"poison{len(name)}.pt"
+        craft = JobSpec(
+            rule="craft_poison",
+            inputs={"data": name},
+            outputs={"out": str(out)},
+            params={"attack_name": "p", "attack": {"type": "patch", "recipe": "r", "patch_size": 2}, "seed": 0},
+        )
+        execute(craft, craft_poison)
+        assert read_json(f"{out}.prov.json")["unverified_inputs"] == [], name
+
+    shutil.copy("resources/data.pt", "resources/copy.pt")
+    shutil.copy("resources/data.pt.prov.json", "resources/copy.pt.prov.json")
+    copied = JobSpec(**{**craft.__dict__, "inputs": {"data": "resources/copy.pt"}})
+    with pytest.raises(ArtifactError, match=r"copy\.pt: its sidecar .* records no output of that name"):
+        execute(copied, craft_poison)
+    with open("resources/data.pt", "ab") as fh:
+        fh.write(b"changed")
+    with pytest.raises(ArtifactError, match=r"data\.pt: its sha256 differs from what the job that wrote it recorded"):
+        execute(craft, craft_poison)

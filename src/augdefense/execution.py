@@ -121,7 +121,7 @@ def verify_inputs(job: JobSpec) -> tuple[dict[str, str], list[str]]:
     what the job that wrote it recorded in its sidecar; an input without a sidecar (a file made by
     hand, or outside the workflow) is hashed but cannot be checked, so it is named for the record."""
     from augdefense.io import read_json, sha256
-    from augdefense.provenance import sidecar_path
+    from augdefense.provenance import recorded_digest, sidecar_path
 
     digests, unverified = {}, []
     for file in job.input_files():
@@ -133,7 +133,13 @@ def verify_inputs(job: JobSpec) -> tuple[dict[str, str], list[str]]:
             if file not in job.code:  # package sources are checked by their sha256 alone
                 unverified.append(file)
             continue
-        recorded = read_json(sidecar).get("outputs", {}).get(file)
+        outputs = read_json(sidecar).get("outputs", {})
+        recorded = recorded_digest(outputs, file)
+        if recorded is None:
+            raise ArtifactError(
+                f"{file}: its sidecar {sidecar} records no output of that name (it records {sorted(outputs)}): "
+                "a file moved or copied without its sidecar? delete the sidecar, or rerun the job that writes it"
+            )
         if recorded != digests[file]:
             raise ArtifactError(
                 f"{file}: its sha256 differs from what the job that wrote it recorded in {sidecar} "

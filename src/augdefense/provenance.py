@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -35,6 +36,25 @@ NOT_ARCHIVED = "not archived"
 
 def sidecar_path(artifact: str | Path) -> Path:
     return Path(f"{artifact}{SIDECAR_SUFFIX}")
+
+
+def recorded_digest(outputs: dict[str, str], artifact: str | Path) -> str | None:
+    """The sha256 a job recorded for ``artifact`` among its ``outputs`` (its sidecar's), None where it
+    names no such file. The job named its outputs from its own working directory, so a reader that
+    names the file otherwise (an absolute path, another directory, a link above it) finds the
+    record whose path is the tail of its own; an absolute record must be the same file."""
+    artifact = str(artifact)
+    if artifact in outputs:
+        return outputs[artifact]
+    here = Path(os.path.abspath(artifact))
+    for name, digest in outputs.items():
+        recorded = Path(os.path.normpath(name))
+        if recorded.is_absolute():
+            if recorded.resolve() == here.resolve():
+                return digest
+        elif here.parts[-len(recorded.parts) :] == recorded.parts:
+            return digest
+    return None
 
 
 def now() -> str:
