@@ -47,16 +47,16 @@ GPU_DEFAULTS = {
 # The demo's ConvNet (width 32, 16x16 digits) on one thread of the 2-core Intel CI machine, 2026-11-28
 # (docs/performance.md, "The cost estimate").
 CPU_DEFAULTS = {
-    "source": "measured: the demo's ConvNet on one core of this project's 2-core CI machine, 2026-11-28 "
-    "(docs/performance.md, 'The cost estimate')",
+    "source": "measured: the demo's ConvNet on one thread of a 2-core AMD EPYC, 2026-12-05, the medians of "
+    "five runs (docs/evidence/cpu_costs.txt)",
     "training_seconds_per_image": {
-        "none": 1 / 5867,
-        "mixup": 1 / 5392,
-        "cutmix": 1 / 6575,
-        "maxup_cutout": 1 / 1430,
-        "dpsgd_batch": 1 / 5635,
+        "none": 1 / 7364.9,
+        "mixup": 1 / 7553.6,
+        "cutmix": 1 / 8262.3,
+        "maxup_cutout": 1 / 2287.3,
+        "dpsgd_batch": 1 / 8251.2,
     },
-    "crafting_seconds_per_iteration_per_poison": 0.0470 / 72,
+    "crafting_seconds_per_iteration_per_poison": 0.0333 / 72,
     "model": {"arch": "convnet", "width": 32},
     "shape": [1, 16, 16],
     # A job's overhead with the warm worker (docs/performance.md, "Where the demo's time goes").
