@@ -1,5 +1,6 @@
 """Fault injection: kills, corrupted and planted artifacts, bad values, checksum mismatches."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -561,7 +562,7 @@ def test_an_artifact_named_from_another_directory_is_checked_against_its_record(
 
     shutil.copy("resources/data.pt", "resources/copy.pt")
     shutil.copy("resources/data.pt.prov.json", "resources/copy.pt.prov.json")
-    copied = JobSpec(**{**craft.__dict__, "inputs": {"data": "resources/copy.pt"}})
+    copied = dataclasses.replace(craft, inputs={"data": "resources/copy.pt"})
     with pytest.raises(ArtifactError, match=r"copy\.pt: its sidecar .* records no output of that name"):
         execute(copied, craft_poison)
     with open("resources/data.pt", "ab") as fh:

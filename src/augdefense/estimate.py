@@ -44,8 +44,7 @@ GPU_DEFAULTS = {
     "shape": [3, 32, 32],
     "startup_seconds": 20.0,
 }
-# The demo's ConvNet (width 32, 16x16 digits) on one thread of the 2-core Intel CI machine, 2026-11-28
-# (docs/performance.md, "The cost estimate").
+# What a CPU config is priced with; "source" says where the figures were measured.
 CPU_DEFAULTS = {
     "source": "measured: the demo's ConvNet on one thread of a 2-core AMD EPYC, 2026-12-05, the medians of "
     "five runs (docs/evidence/cpu_costs.txt)",
